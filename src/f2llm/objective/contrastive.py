@@ -1,0 +1,63 @@
+"""InfoNCE: hard negatives per query, in-batch negatives over the global batch."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cosine_logits(a: Tensor, b: Tensor, tau: float) -> Tensor:
+    """Cosine similarity of rows of `a` [B, D] and `b` [N, D], over `tau`: [B, N]."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
+
+
+def hard_negative_loss(
+    query: Tensor, positive: Tensor, negatives: Tensor, tau: float = 0.05
+) -> Tensor:
+    """Cross-entropy of each query over [its positive, its own K negatives]; mean.
+
+    Shapes: query [B, D], positive [B, D], negatives [B, K, D]. Raw embeddings,
+    normalised here.
+    """
+    if negatives.dim() != 3 or negatives.shape[0] != query.shape[0]:
+        raise ValueError(
+            f"negatives must be [B, K, D] with B={query.shape[0]}, "
+            f"got {tuple(negatives.shape)}"
+        )
+    candidates = F.normalize(
+        torch.cat([positive.unsqueeze(1), negatives], dim=1), dim=-1
+    )
+    logits = torch.einsum("bd,bkd->bk", F.normalize(query, dim=-1), candidates) / tau
+    # The positive sits in column 0 of every row.
+    labels = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits, labels)
+
+
+def _world_size(gather: bool) -> int:
+    if not gather or not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size()
+
+
+def inbatch_loss(
+    query: Tensor, positive: Tensor, tau: float = 0.05, gather: bool = True
+) -> Tensor:
+    """Cross-entropy of each local query over all positives of the global batch; mean.
+
+    Shapes: query [B, D], positive [B, D]. Raw embeddings, normalised here. With
+    `gather` under torch.distributed, every rank must pass the same B.
+    """
+    batch = query.shape[0]
+    offset = 0
+    if _world_size(gather) > 1:
+        # The autograd all_gather returns each rank's gradient for the other ranks'
+        # positives to their owners; the plain collective would cut those terms off.
+        from torch.distributed.nn.functional import all_gather
+
+        positive = torch.cat(all_gather(positive), dim=0)
+        offset = dist.get_rank() * batch
+    logits = cosine_logits(query, positive, tau)
+    labels = torch.arange(offset, offset + batch, device=query.device)
+    return F.cross_entropy(logits, labels)

@@ -1,0 +1,71 @@
+"""Train an embedding model: `python src/f2llm/train.py [experiment=<name>] [overrides]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Run as a script, Python puts this file's folder first on sys.path, where our subpackages
+# (`data`, `model`, ...) would shadow same-named top-level modules of other libraries.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from f2llm.module import F2LLMModule  # noqa: E402
+
+log = logging.getLogger("f2llm.train")
+
+
+def build(cfg: DictConfig) -> tuple[F2LLMModule, L.LightningDataModule, L.Trainer]:
+    """Instantiate encoder, datamodule, module, callbacks, loggers and trainer from `cfg`."""
+    encoder = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data)
+    datamodule.attach_encoder(encoder)
+    module = F2LLMModule(
+        encoder=encoder,
+        objective=instantiate(cfg.objective),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return module, datamodule, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    module, datamodule, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("final_validate") and datamodule.val_bitext:
+        metrics.update({k: float(v) for k, v in trainer.validate(module, datamodule)[0].items()})
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        dims = sorted((int(k.split("@")[1]), v) for k, v in metrics.items()
+                      if k.startswith("val/bitext/accuracy@"))
+        if dims:
+            log.info("held-out bitext accuracy by dim: %s",
+                     ", ".join(f"{d}: {v:.4f}" for d, v in dims))
+        log.info("run folder: %s", out)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    metrics = train(cfg)
+    # Hydra sweepers optimise the returned value.
+    return metrics.get(cfg.get("optimized_metric", "val/bitext/accuracy"))
+
+
+if __name__ == "__main__":
+    main()
