@@ -27,7 +27,7 @@ RETRIEVAL_INSTRUCTION = "Retrieve the sentence that is a translation of the give
 _CACHE_VERSION = 1
 # Catalogs built from the same sources under two names (iso_639-3 / iso_639_3) or versions
 # (postgres-15) collapse to one family, so a held-out family is never seen under another name.
-_FAMILY_SUFFIX = re.compile(r"([-_]\d+(\.\d+)?)+$")
+_FAMILY_SUFFIX = re.compile(r"(?P<sep>[-_])\d+(\.\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,15 @@ class Pair:
 
 
 def catalog_family(domain: str) -> str:
-    """Name shared by a catalog's aliases and versions (`iso_639-3` -> `iso_639`)."""
-    return _FAMILY_SUFFIX.sub("", domain.replace("-", "_"))
+    """Name shared by a catalog's aliases and versions (`iso_639-3`, `iso_639_3` -> `iso_639`;
+    `postgres-15` -> `postgres`), keeping standard numbers (`iso_3166`, `iso_15924`)."""
+    match = _FAMILY_SUFFIX.search(domain)
+    if match:
+        stem = domain[: match.start()]
+        # "_3" after "iso_639" is an alias suffix; "_3166" after "iso" is the name itself.
+        if match["sep"] == "-" or stem[-1:].isdigit():
+            domain = stem
+    return domain.replace("-", "_")
 
 
 def _clean(text: str) -> str:

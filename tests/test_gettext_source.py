@@ -1,0 +1,81 @@
+"""The embedded gettext corpus: held-out catalogs, negatives, cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from f2llm.data.gettext_source import (
+    Pair,
+    _neighbour_negatives,
+    build_gettext_corpus,
+    catalog_family,
+    read_catalogs,
+    split_by_catalog,
+)
+from tests.conftest import TEST_VAL_CATALOGS
+
+
+def test_catalog_family_merges_aliases_and_versions() -> None:
+    assert catalog_family("iso_639-3") == catalog_family("iso_639_3") == "iso_639"
+    assert catalog_family("iso_3166-2") == catalog_family("iso_3166") == "iso_3166"
+    assert catalog_family("postgres-15") == "postgres"
+    assert catalog_family("gtk20-properties") == "gtk20_properties"
+
+
+def test_split_holds_out_whole_catalogs_and_their_sentences() -> None:
+    pairs = [
+        Pair("Open", "Ouvrir", "fr", "gtk"),
+        Pair("Open", "Ouvrir", "fr", "held"),        # same sentence in a held-out catalog
+        Pair("Close", "Fermer", "fr", "gtk"),
+        Pair("Save", "Enregistrer", "fr", "held-2"),  # alias of the held-out family
+        Pair("Quit", "Quitter", "fr", "held"),
+    ]
+    train, val = split_by_catalog(pairs, ["held"])
+    assert {p.english for p in train} == {"Close"}
+    assert {p.english for p in val} == {"Open", "Save", "Quit"}
+
+
+def test_neighbour_negatives_are_distinct_and_lexically_close() -> None:
+    keys = ["Cannot open file", "Cannot open directory", "Cannot close file", "Print", "Printer",
+            "Save as", "Save all"]
+    neg = _neighbour_negatives(keys, 2)
+    for i, row in enumerate(neg):
+        assert i not in row.tolist()
+    assert keys[neg[keys.index("Save as")][0]] == "Save all" or keys[
+        neg[keys.index("Save as")][1]] == "Save all"
+
+
+def test_build_corpus(tmp_path: Path, locale_dir: Path) -> None:
+    paths = build_gettext_corpus(locale_dir, tmp_path, TEST_VAL_CATALOGS, num_negatives=3,
+                                 val_min_pairs=16, val_max_pairs=32)
+    train = pq.read_table(paths["train"]).to_pydict()
+    val = pq.read_table(paths["val_bitext"]).to_pydict()
+    assert set(train) >= {"query", "passage", "negative_1", "negative_3", "language"}
+    assert not set(train["catalog"]) & set(TEST_VAL_CATALOGS)
+    assert set(val["catalog"]) <= set(TEST_VAL_CATALOGS)
+    # No held-out sentence is trained on, in either direction.
+    seen = set(zip(train["language"], train["query"], strict=True))
+    assert not any((lang, src) in seen for lang, src in zip(val["language"], val["source"],
+                                                            strict=True))
+    # Both directions exist; negatives differ from the positive.
+    n = len(train["query"])
+    assert 0 < sum(d == "en->xx" for d in train["direction"]) < n
+    differ = sum(train["negative_1"][i] != train["passage"][i] for i in range(n))
+    assert differ / n > 0.95
+    # Validation pools: unique sources and targets per language, capped.
+    for lang in set(val["language"]):
+        src = [s for s, lg in zip(val["source"], val["language"], strict=True) if lg == lang]
+        assert 16 <= len(src) <= 32 and len(set(src)) == len(src)
+    # Second call is served from the cache (no rebuild: files untouched).
+    mtime = paths["train"].stat().st_mtime_ns
+    again = build_gettext_corpus(locale_dir, tmp_path, TEST_VAL_CATALOGS, num_negatives=3,
+                                 val_min_pairs=16, val_max_pairs=32)
+    assert again["train"].stat().st_mtime_ns == mtime
+
+
+def test_read_catalogs_skips_untranslated_and_english(locale_dir: Path) -> None:
+    pairs = read_catalogs(locale_dir)
+    assert pairs and all(p.english != p.translation for p in pairs)
+    assert not any(p.language.startswith("en") for p in pairs)

@@ -1,0 +1,98 @@
+"""Model shapes, EOS, last-token pooling, prompts and local from_pretrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModel, Qwen3ForCausalLM
+
+from f2llm.model import build_encoder, last_token_pool, qwen3_config
+from tests.conftest import CONFIGS
+
+PUBLISHED = {
+    "f2llm_80m": 80_084_288,
+    "f2llm_160m": 159_185_024,
+    "f2llm_330m": 334_349_184,
+    "f2llm_0_6b": 596_049_920,
+    "f2llm_1_7b": 1_720_574_976,
+    "f2llm_4b": 4_022_468_096,
+    "f2llm_8b": 7_568_405_504,
+    "f2llm_14b": 13_990_394_880,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_parameter_counts(name: str) -> None:
+    cfg = OmegaConf.load(CONFIGS / "model" / f"{name}.yaml")
+    with torch.device("meta"):
+        model = AutoModel.from_config(qwen3_config(**cfg.shape))
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]
+    assert model.config.vocab_size == 151_936 and model.config.head_dim == 128
+
+
+def tiny_encoder(**kw):
+    shape = dict(vocab_size=151_936, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=16, intermediate_size=64)
+    torch.manual_seed(0)
+    return build_encoder("tiny", shape=shape, max_length=32, **kw)
+
+
+def test_eos_appended_and_kept_under_truncation() -> None:
+    enc = tiny_encoder()
+    eos = enc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    batch = enc.tokenize(["Hello world", "word " * 100])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape[1] == 32
+    last = mask.sum(1) - 1
+    assert (ids[torch.arange(2), last] == eos).all()
+
+
+def test_last_token_pool_picks_last_real_token() -> None:
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).view(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert last_token_pool(hidden, right).flatten().tolist() == [1.0, 7.0]
+    assert last_token_pool(hidden, left).flatten().tolist() == [3.0, 7.0]
+
+
+def test_left_and_right_padding_give_equal_embeddings() -> None:
+    enc = tiny_encoder().eval()
+    texts = ["short", "a considerably longer sentence with several more tokens in it"]
+    with torch.no_grad():
+        enc.tokenizer.padding_side = "right"
+        right = enc(**enc.tokenize(texts))
+        enc.tokenizer.padding_side = "left"
+        left_batch = enc.tokenize(texts)
+        left = enc(**left_batch)
+        alone = torch.cat([enc(**enc.tokenize([t])) for t in texts])
+    assert left_batch["attention_mask"][0, 0] == 0  # really left-padded
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, right, atol=1e-5, rtol=1e-5)
+
+
+def test_query_instruction_format() -> None:
+    enc = tiny_encoder()
+    task = "Retrieve parallel sentences"
+    assert enc.format_query("Bonjour", task) == f"Instruct: {task}\nQuery: Bonjour"
+    assert enc.format_query("Bonjour", None) == "Bonjour"
+    assert enc.query_prompt(task) == f"Instruct: {task}\nQuery: "
+
+
+def test_from_pretrained_local_folder(tmp_path: Path) -> None:
+    """A causal-LM checkpoint saved to a folder loads as the backbone with the same weights."""
+    enc = tiny_encoder()
+    lm = Qwen3ForCausalLM(enc.backbone.config)
+    lm.model.load_state_dict(enc.backbone.state_dict())
+    lm.save_pretrained(tmp_path / "ckpt")
+    enc.tokenizer.save_pretrained(tmp_path / "ckpt")
+    loaded = build_encoder("local", pretrained=str(tmp_path / "ckpt"), max_length=32)
+    texts = ["Datei nicht gefunden", "file not found"]
+    torch.testing.assert_close(loaded.encode(texts), enc.encode(texts))
+
+
+def test_missing_model_source_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="pretrained"):
+        build_encoder("nothing")

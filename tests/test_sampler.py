@@ -1,0 +1,80 @@
+"""Per-group batches, temperature sampling, rank sharding, resume; length packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from f2llm.data import LanguageTemperatureSampler, pack_by_length, temperature_probs
+
+
+def groups() -> dict[str, np.ndarray]:
+    sizes = {"fr": 400, "de": 200, "ja": 40, "xx": 5}
+    out, start = {}, 0
+    for k, n in sizes.items():
+        out[k] = np.arange(start, start + n)
+        start += n
+    return out
+
+
+def test_temperature_probs() -> None:
+    p1 = temperature_probs([100, 1], 1.0)
+    p0 = temperature_probs([100, 1], 0.0)
+    assert np.allclose(p1, [100 / 101, 1 / 101]) and np.allclose(p0, [0.5, 0.5])
+
+
+def test_batches_come_from_one_group_without_repeats() -> None:
+    g = groups()
+    owner = {int(i): k for k, idx in g.items() for i in idx}
+    sampler = LanguageTemperatureSampler(g, batch_size=16, alpha=0.5, seed=1)
+    for item in sampler:
+        idx = item["indices"].tolist()
+        assert {owner[i] for i in idx} == {item["group"]}
+        assert len(set(idx)) == len(idx)
+        assert len(idx) == min(16, len(g[item["group"]]))
+
+
+def test_ranks_split_the_same_global_batch() -> None:
+    g = {k: v for k, v in groups().items() if len(v) >= 16}  # small groups round to the ranks
+    s0 = LanguageTemperatureSampler(g, 16, alpha=0.5, seed=3, rank=0, world_size=2)
+    s1 = LanguageTemperatureSampler(g, 16, alpha=0.5, seed=3, rank=1, world_size=2)
+    single = LanguageTemperatureSampler(g, 16, alpha=0.5, seed=3)
+    for a, b, full in zip(s0, s1, single, strict=True):
+        assert a["group"] == b["group"] == full["group"]
+        assert np.array_equal(np.concatenate([a["indices"], b["indices"]]), full["indices"])
+
+
+def test_resume_continues_the_same_sequence() -> None:
+    g = groups()
+    full = [item["indices"].tolist() for _ in range(2)
+            for item in LanguageTemperatureSampler(g, 16, 0.5, seed=7)]
+    ref = LanguageTemperatureSampler(g, 16, 0.5, seed=7)
+    uninterrupted = [b["indices"].tolist() for b in ref] + [b["indices"].tolist() for b in ref]
+    first = LanguageTemperatureSampler(g, 16, 0.5, seed=7)
+    it = iter(first)
+    head = [next(it)["indices"].tolist() for _ in range(5)]
+    resumed = LanguageTemperatureSampler(g, 16, 0.5, seed=7)
+    resumed.load_state_dict(first.state_dict())
+    tail = [b["indices"].tolist() for b in resumed] + [b["indices"].tolist() for b in resumed]
+    assert head + tail == uninterrupted
+    assert full[: len(uninterrupted) // 2] == uninterrupted[: len(uninterrupted) // 2]
+
+
+def test_low_alpha_lifts_small_groups() -> None:
+    g = groups()
+    def share(alpha: float) -> float:
+        s = LanguageTemperatureSampler(g, 4, alpha, seed=0, batches_per_epoch=4000)
+        plan = s.schedule(0)
+        return float(np.mean(plan == s.keys.index("ja")))
+    assert share(0.3) > 2 * share(1.0)
+
+
+def test_pack_by_length_restores_order_and_bounds_tokens() -> None:
+    seqs = [[1] * n for n in [5, 1, 9, 3, 3, 7, 2]]
+    chunks, restore, padding = pack_by_length(seqs, pad_id=0, max_tokens=12)
+    for c in chunks:
+        assert c["input_ids"].numel() <= 12 or c["input_ids"].shape[0] == 1
+    lengths = torch.cat([c["attention_mask"].sum(1) for c in chunks])[restore]
+    assert lengths.tolist() == [5, 1, 9, 3, 3, 7, 2]
+    total = sum(c["input_ids"].numel() for c in chunks)
+    assert padding == total - sum(map(len, seqs))

@@ -1,0 +1,57 @@
+"""End to end: the composed default trains, evaluates, logs and exports; multirun sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from f2llm.train import train
+from tests.conftest import ROOT, tiny_overrides
+
+
+def scalar_tags(run: Path) -> set[str]:
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def test_default_config_trains_evaluates_and_exports(cfg_tiny: DictConfig) -> None:
+    metrics = train(cfg_tiny)
+    run = Path(cfg_tiny.paths.output_dir)
+    dims = [32, 16, 8]
+    for dim in dims:
+        assert 0.0 <= metrics[f"val/bitext/accuracy@{dim}"] <= 1.0
+    saved = json.loads((run / "final_metrics.json").read_text())
+    assert saved["val/bitext/accuracy@32"] == pytest.approx(metrics["val/bitext/accuracy@32"])
+    assert (run / "export" / "modules.json").exists()
+    assert (run / "export" / "model.safetensors").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    lines = (run / "matryoshka_eval.jsonl").read_text().splitlines()
+    assert len(lines) >= 2 and "per_language" in json.loads(lines[-1])
+    tags = scalar_tags(run)
+    expected = {"train/loss", "train/loss_inbatch", "train/loss_hard", "perf/samples_per_s",
+                "perf/tokens_per_s", "perf/padding_fraction", "lr-AdamW"}
+    expected |= {f"train/loss@{d}" for d in dims} | {f"val/bitext/accuracy@{d}" for d in dims}
+    assert expected <= tags, expected - tags
+
+
+@pytest.mark.slow
+def test_multirun_sweep_runs_two_jobs(tmp_path: Path, locale_dir: Path) -> None:
+    overrides = [o for o in tiny_overrides(tmp_path, locale_dir, **{"trainer.max_steps": 2})
+                 if not o.startswith("paths.output_dir")]
+    cmd = [sys.executable, "src/f2llm/train.py", "-m", "optimizer.lr=1e-3,2e-3",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job in ("0", "1"):
+        job_dir = tmp_path / "sweep" / job
+        assert (job_dir / "final_metrics.json").exists(), sorted(p.name for p in job_dir.iterdir())
+        assert (job_dir / "export" / "modules.json").exists()
