@@ -186,8 +186,8 @@ def test_matryoshka_weights_by_hand() -> None:
 
 
 def test_matryoshka_weights_follow_the_order_of_dims() -> None:
-    descending = dict(zip([320, 256, 8], matryoshka_weights([320, 256, 8], 320)))
-    shuffled = dict(zip([8, 320, 256], matryoshka_weights([8, 320, 256], 320)))
+    descending = dict(zip([320, 256, 8], matryoshka_weights([320, 256, 8], 320), strict=False))
+    shuffled = dict(zip([8, 320, 256], matryoshka_weights([8, 320, 256], 320), strict=False))
     assert shuffled == descending
     assert descending[8] == pytest.approx(1 / (3 * math.sqrt(40)))
 
@@ -312,7 +312,7 @@ def test_objective_components_add_up(table: Tensor) -> None:
     hard = matryoshka_loss(
         partial(hard_negative_loss, tau=TAU), [q, p, n], dims, weights
     )[0]
-    kd = sum(distillation_loss(x, teacher[k]) for k, x in zip(teacher, (q, p, n)))
+    kd = sum(distillation_loss(x, teacher[k]) for k, x in zip(teacher, (q, p, n), strict=False))
     torch.testing.assert_close(logs["loss_inbatch"], inbatch, **TOL)
     torch.testing.assert_close(logs["loss_hard"], hard, **TOL)
     torch.testing.assert_close(logs["loss_kd"], kd, **TOL)

@@ -10,7 +10,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
@@ -53,7 +52,8 @@ class RetrievalBatches(Dataset):
         self.tokenize = tokenize
         self.pad_id = pad_id
         self.negative_columns = [f"negative_{j + 1}" for j in range(num_negatives)]
-        missing = [c for c in ["query", "passage", *self.negative_columns] if c not in table.schema.names]
+        needed = ["query", "passage", *self.negative_columns]
+        missing = [c for c in needed if c not in table.schema.names]
         if missing:
             raise ValueError(f"records lack columns {missing} (have {table.schema.names})")
         self.max_tokens = max_tokens_per_chunk

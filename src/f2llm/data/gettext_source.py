@@ -64,8 +64,8 @@ def read_catalogs(locale_dir: str | Path, min_chars: int = 2) -> list[Pair]:
             continue  # English variants are not translations
         try:
             with path.open("rb") as fh:
-                catalog = gettext.GNUTranslations(fh)._catalog  # noqa: SLF001 - the raw msgid table
-        except Exception:  # noqa: BLE001 - a corrupt .mo raises assorted errors; count them
+                catalog = gettext.GNUTranslations(fh)._catalog
+        except Exception:
             unreadable += 1
             continue
         for msgid, msgstr in catalog.items():

@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
+from transformers import (
+    AutoModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+    Qwen3Model,
+)
 
 from f2llm.model.tokenizer import DEFAULT_EOS, load_tokenizer
 
@@ -39,7 +45,7 @@ def build_backbone(
     if shape is None:
         raise ValueError("model needs either `pretrained` (hub name or folder) or `shape`")
     config = qwen3_config(**dict(shape))
-    config._attn_implementation = attn_implementation  # noqa: SLF001 - the public setter differs by version
+    config._attn_implementation = attn_implementation
     return Qwen3Model(config)
 
 
@@ -139,7 +145,9 @@ def build_encoder(
     del name  # the config's label, used in logs and run names
     backbone = build_backbone(shape, pretrained, attn_implementation, trust_remote_code)
     if gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     # A pretrained folder carries its own tokenizer unless one is named.
     tok = load_tokenizer(tokenizer or pretrained, eos_token, trust_remote_code)
     return Encoder(backbone, tok, max_length)

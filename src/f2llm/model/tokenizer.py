@@ -41,7 +41,7 @@ def append_eos(tokenizer: PreTrainedTokenizerBase, eos_token: str = DEFAULT_EOS)
         raise ValueError(f"EOS token {eos_token!r} is not in the tokenizer's vocabulary")
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise TypeError(f"{type(tokenizer).__name__} has no fast backend; a fast tokenizer is needed")
+        raise TypeError(f"{type(tokenizer).__name__} has no fast backend; a fast one is needed")
     backend.post_processor = TemplateProcessing(
         single=f"$A {eos_token}",
         pair=f"$A {eos_token} $B {eos_token}",
