@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
@@ -53,12 +52,8 @@ class F2LLMModule(L.LightningModule):
     def mrl_dims(self) -> list[int]:
         return self.objective.dims_and_weights(self.encoder.hidden_size)[0]
 
-    def embed_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor) -> Tensor:
-        """One forward per length-sorted chunk, outputs back in the batch's text order."""
-        return torch.cat([self.encoder(**chunk) for chunk in chunks])[restore]
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        emb = self.embed_chunks(batch["chunks"], batch["restore"])
+        emb = self.encoder.forward_chunks(batch["chunks"], batch["restore"])
         b, k = batch["batch_size"], batch["num_negatives"]
         query, positive = emb[:b], emb[b : 2 * b]
         # Negatives were laid out column by column: negative_1 of every query, then negative_2...
@@ -70,7 +65,7 @@ class F2LLMModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        emb = self.embed_chunks(batch["chunks"], batch["restore"])
+        emb = self.encoder.forward_chunks(batch["chunks"], batch["restore"])
         return {"embeddings": emb.float(), "rows": batch["rows"], "side": batch["side"]}
 
     def configure_optimizers(self) -> dict[str, Any]:

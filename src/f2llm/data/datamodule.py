@@ -34,6 +34,25 @@ def memory_mapped_table(parquet_path: str | Path, cache_dir: str | Path | None =
     return pa.ipc.open_file(pa.memory_map(str(arrow), "r")).read_all()
 
 
+def take_rows(table: pa.Table, indices: np.ndarray, columns: list[str]) -> dict[str, list]:
+    """`columns` of the rows at `indices` (in that order) as Python lists.
+
+    Arrow's `take` on a multi-chunk column concatenates the chunks first, i.e. copies the whole
+    column per batch; taking from each touched chunk separately copies only the batch.
+    """
+    offsets = np.cumsum([0] + [len(c) for c in table.column(columns[0]).chunks])
+    chunk_of = np.searchsorted(offsets, indices, side="right") - 1
+    out: dict[str, list] = {c: [None] * len(indices) for c in columns}
+    for chunk in np.unique(chunk_of):
+        where = np.nonzero(chunk_of == chunk)[0]
+        local = pa.array(indices[where] - offsets[chunk])
+        for c in columns:
+            values = table.column(c).chunk(int(chunk)).take(local).to_pylist()
+            for slot, value in zip(where.tolist(), values, strict=True):
+                out[c][slot] = value
+    return out
+
+
 class RetrievalBatches(Dataset):
     """Item = one batch (a dict of record indices from the sampler) -> tokenized texts."""
 
@@ -65,10 +84,11 @@ class RetrievalBatches(Dataset):
         raise TypeError("RetrievalBatches is indexed by sampler batches")
 
     def __getitem__(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        rows = self.table.take(pa.array(item["indices"]))
-        queries = [self.format_query(q, self.instruction) for q in rows["query"].to_pylist()]
-        passages = rows["passage"].to_pylist()
-        negatives = [t for c in self.negative_columns for t in rows[c].to_pylist()]
+        rows = take_rows(self.table, np.asarray(item["indices"]),
+                         ["query", "passage", *self.negative_columns])
+        queries = [self.format_query(q, self.instruction) for q in rows["query"]]
+        passages = rows["passage"]
+        negatives = [t for c in self.negative_columns for t in rows[c]]
         token_ids = self.tokenize(queries + passages + negatives)
         chunks, restore, padding = pack_by_length(token_ids, self.pad_id, self.max_tokens)
         return {

@@ -97,13 +97,39 @@ class Encoder(nn.Module):
         )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
         # Positions count real tokens only, so left padding gives the same embedding as right.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
         ).last_hidden_state
         return last_token_pool(hidden, attention_mask)
+
+    def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor) -> Tensor:
+        """Embeddings of length-sorted chunks, returned in the batch's original text order.
+
+        The token embeddings of all chunks are looked up in one call: each lookup's backward
+        materialises a dense vocabulary-sized gradient, which for a small model costs more
+        than the transformer layers.
+        """
+        ids = [chunk["input_ids"] for chunk in chunks]
+        table = self.backbone.get_input_embeddings()
+        flat = table(torch.cat([i.reshape(-1) for i in ids]))
+        out, offset = [], 0
+        for chunk, chunk_ids in zip(chunks, ids, strict=True):
+            n = chunk_ids.numel()
+            embeds = flat[offset : offset + n].view(*chunk_ids.shape, -1)
+            out.append(self(inputs_embeds=embeds, attention_mask=chunk["attention_mask"]))
+            offset += n
+        return torch.cat(out)[restore]
 
     @torch.no_grad()
     def encode(
