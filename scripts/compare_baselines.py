@@ -72,6 +72,8 @@ def main() -> None:
         result = bitext_accuracy_by_dim(source, target, val["language"], dims)
         table[name] = {d: mean_over_languages(v) for d, v in result.items()}
     langs = len(set(val["language"]))
+    per_lang = {lang: val["language"].count(lang) for lang in set(val["language"])}
+    chance = sum(1 / n for n in per_lang.values()) / len(per_lang)
     dims = sorted({d for row in table.values() for d in row})
     print(f"Held-out bitext accuracy (mean over {langs} languages, both directions), "
           f"{len(val['source'])} pairs\n")
@@ -83,7 +85,7 @@ def main() -> None:
     full = table[f"f2llm export ({args.export})"][hidden]
     print(f"\nf2llm at full dim {hidden}: {full:.3f}; "
           f"{full / table['untrained (same init)'][hidden]:.1f}x untrained; "
-          f"MiniLM full dim: {table['all-MiniLM-L6-v2'][384]:.3f}")
+          f"MiniLM full dim: {table['all-MiniLM-L6-v2'][384]:.3f}; chance: {chance:.4f}")
     out = args.export.parent / "baseline_comparison.json"
     out.write_text(json.dumps(table, indent=2))
 

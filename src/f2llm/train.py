@@ -45,7 +45,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module, datamodule, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("final_validate") and datamodule.val_bitext:
+    evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
+                        for cb in trainer.callbacks)
+    if cfg.get("final_validate") and not evaluated_now:
         metrics.update({k: float(v) for k, v in trainer.validate(module, datamodule)[0].items()})
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)

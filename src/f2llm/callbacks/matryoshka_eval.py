@@ -26,6 +26,7 @@ class MatryoshkaEval(L.Callback):
         self.output_dir = Path(output_dir) if output_dir else None
         self._parts: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
         self.last: dict[int, dict[str, float]] = {}
+        self.last_step: int | None = None  # global step of the latest evaluation
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._parts = {"source": [], "target": []}
@@ -57,7 +58,7 @@ class MatryoshkaEval(L.Callback):
             self._side("source", n), self._side("target", n), bitext["language"],
             pl_module.mrl_dims,
         )
-        self.last = result
+        self.last, self.last_step = result, trainer.global_step
         means = {dim: mean_over_languages(per_lang) for dim, per_lang in result.items()}
         for dim, value in means.items():
             pl_module.log(f"val/bitext/accuracy@{dim}", value, sync_dist=False)

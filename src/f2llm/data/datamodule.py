@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
@@ -32,6 +33,19 @@ def memory_mapped_table(parquet_path: str | Path, cache_dir: str | Path | None =
             writer.write_table(table, max_chunksize=64_000)
         tmp.replace(arrow)
     return pa.ipc.open_file(pa.memory_map(str(arrow), "r")).read_all()
+
+
+def group_rows(table: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
+    """Row indices per distinct value of `columns` (joined with "/"), e.g. "fr/en->xx"."""
+    key = table.column(columns[0]).combine_chunks()
+    for c in columns[1:]:
+        key = pc.binary_join_element_wise(key, table.column(c).combine_chunks(), "/")
+    encoded = key.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    names = encoded.dictionary.to_pylist()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    return {names[i]: order[bounds[i] : bounds[i + 1]] for i in range(len(names))}
 
 
 def take_rows(table: pa.Table, indices: np.ndarray, columns: list[str]) -> dict[str, list]:
@@ -162,6 +176,7 @@ class F2LLMDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_negatives: int = 7,
         alpha: float = 1.0,
+        group_by: list[str] | None = None,
         max_length: int | None = None,
         max_tokens_per_chunk: int = 4096,
         instruction: str | None = None,
@@ -174,6 +189,8 @@ class F2LLMDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.alpha = alpha
+        # Every batch comes from one group; its in-batch negatives are the group's texts.
+        self.group_by = list(group_by or ["language"])
         self.max_length = max_length
         self.max_tokens_per_chunk = max_tokens_per_chunk
         self.instruction = instruction
@@ -199,12 +216,7 @@ class F2LLMDataModule(L.LightningDataModule):
             raise RuntimeError("call attach_encoder(encoder) before setup: batches are tokenized")
         self.train_table = memory_mapped_table(self.paths["train"])
         self.val_bitext = pq.read_table(self.paths["val_bitext"]).to_pydict()
-        languages = self.train_table["language"].combine_chunks().dictionary_encode()
-        codes = languages.indices.to_numpy(zero_copy_only=False)
-        names = languages.dictionary.to_pylist()
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-        groups = {names[i]: order[bounds[i] : bounds[i + 1]] for i in range(len(names))}
+        groups = group_rows(self.train_table, self.group_by)
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
         self.sampler = LanguageTemperatureSampler(

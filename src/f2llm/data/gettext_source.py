@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 DATASET_NAME = "gettext_bitext"
 RETRIEVAL_INSTRUCTION = "Retrieve the sentence that is a translation of the given sentence"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 # Catalogs built from the same sources under two names (iso_639-3 / iso_639_3) or versions
 # (postgres-15) collapse to one family, so a held-out family is never seen under another name.
 _FAMILY_SUFFIX = re.compile(r"(?P<sep>[-_])\d+(\.\d+)?$")
