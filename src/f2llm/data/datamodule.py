@@ -156,7 +156,9 @@ class _Positioned:
         self.sampler = sampler
 
     def __len__(self) -> int:
-        return len(self.sampler) - self.sampler.position
+        # The whole epoch: after a resume, Lightning's restored batch counter covers the part
+        # already trained on, and the sampler continues from its saved position.
+        return len(self.sampler)
 
     def __iter__(self):
         for item in self.sampler:
