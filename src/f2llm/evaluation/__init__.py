@@ -3,8 +3,7 @@
 from f2llm.evaluation.bitext import (
     bitext_accuracy,
     bitext_accuracy_by_dim,
-    evaluate_bitext,
     mean_over_languages,
 )
 
-__all__ = ["bitext_accuracy", "bitext_accuracy_by_dim", "evaluate_bitext", "mean_over_languages"]
+__all__ = ["bitext_accuracy", "bitext_accuracy_by_dim", "mean_over_languages"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -34,17 +34,6 @@ def bitext_accuracy_by_dim(
             for lang, idx in sorted(groups.items())
         }
     return result
-
-
-def evaluate_bitext(
-    encode: Callable[[Sequence[str]], Tensor],
-    sources: Sequence[str],
-    targets: Sequence[str],
-    languages: Sequence[str],
-    dims: Sequence[int],
-) -> dict[int, dict[str, float]]:
-    """Encode both sides with `encode` (texts -> raw embeddings) and score every dim."""
-    return bitext_accuracy_by_dim(encode(sources), encode(targets), languages, dims)
 
 
 def mean_over_languages(per_language: dict[str, float]) -> float:
