@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 LOCALES = Path("/usr/share/locale")
 TEST_LANGUAGES = ["fr", "de", "ru", "es", "ja", "uk"]
-TEST_TRAIN_CATALOGS = ["coreutils", "tar", "sed", "grep", "wget", "gzip", "diffutils"]
-TEST_VAL_CATALOGS = ["gdk-pixbuf", "xdg-user-dirs"]
+TEST_TRAIN_CATALOGS = ["coreutils", "tar", "sed", "grep", "wget", "gzip", "diffutils", "bash",
+                       "apt", "iso_3166-1", "iso_639-2"]
+TEST_VAL_CATALOGS = ["gdk-pixbuf", "xdg-user-dirs", "at-spi2-core"]
 
 TINY_SHAPE = {
     "model.shape.hidden_size": 32,

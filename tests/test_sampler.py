@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from f2llm.data import LanguageTemperatureSampler, pack_by_length, temperature_probs
+from f2llm.data import (
+    LanguageTemperatureSampler,
+    StagedSampler,
+    pack_by_length,
+    temperature_probs,
+)
 
 
 def groups() -> dict[str, np.ndarray]:
@@ -78,3 +83,33 @@ def test_pack_by_length_restores_order_and_bounds_tokens() -> None:
     assert lengths.tolist() == [5, 1, 9, 3, 3, 7, 2]
     total = sum(c["input_ids"].numel() for c in chunks)
     assert padding == total - sum(map(len, seqs))
+
+
+def test_drawn_records_follow_n_to_the_alpha_even_for_groups_smaller_than_a_batch() -> None:
+    g = groups()  # "xx" (5 records) is smaller than the batch of 16
+    sizes = np.array([len(g[k]) for k in sorted(g)], dtype=float)
+    for alpha in (0.0, 0.5, 1.0):
+        sampler = LanguageTemperatureSampler(g, 16, alpha=alpha, seed=0,
+                                             batches_per_epoch=40_000)
+        drawn = dict.fromkeys(sampler.keys, 0)
+        for item in sampler:
+            drawn[item["group"]] += len(item["indices"])
+        realised = np.array([drawn[k] for k in sorted(g)], dtype=float)
+        realised /= realised.sum()
+        expected = sizes**alpha / (sizes**alpha).sum()
+        np.testing.assert_allclose(realised, expected, rtol=0.05, atol=0.002)
+
+
+def test_staged_sampler_switches_on_the_step_and_resumes() -> None:
+    g = groups()
+    first = LanguageTemperatureSampler({"fr": g["fr"]}, 8, seed=2, batches_per_epoch=5)
+    second = LanguageTemperatureSampler(g, 8, seed=2, batches_per_epoch=7, stream=1)
+    staged = StagedSampler([first, second], ["one", "two"])
+    items = list(staged)
+    assert [i["stage"] for i in items] == ["one"] * 5 + ["two"] * 7
+    assert {i["group"] for i in items[:5]} == {"fr"}
+    again = StagedSampler([first, second], ["one", "two"])
+    again.load_state_dict({"epoch": 0, "position": 3, "seed": 2})
+    rest = list(again)
+    assert [(i["stage"], i["group"], i["indices"].tolist()) for i in rest] == [
+        (i["stage"], i["group"], i["indices"].tolist()) for i in items[3:]]

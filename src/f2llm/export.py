@@ -26,8 +26,12 @@ def export_sentence_transformers(
     path: str | Path,
     query_instruction: str | None = None,
     model_card: str | None = None,
+    task_instructions: dict[str, str] | None = None,
 ) -> Path:
     """Write weights, tokenizer (EOS-appending), last-token pooling, Normalize and prompts.
+
+    `query_instruction` becomes the "query" prompt; `task_instructions` add named prompts
+    (e.g. `encode(texts, prompt_name="gettext_domains")`).
 
     The tokenizer's post-processor appends EOS, so `SentenceTransformer(path)` and
     `AutoTokenizer` + `AutoModel` both see exactly the token sequences used in training.
@@ -54,6 +58,8 @@ def export_sentence_transformers(
     (out / "2_Normalize").mkdir(exist_ok=True)
     prompts = {"query": encoder.query_prompt(query_instruction) if query_instruction else "",
                "document": ""}
+    for name, instruction in (task_instructions or {}).items():
+        prompts[name] = encoder.query_prompt(instruction)
     _write_json(out / "config_sentence_transformers.json", {
         "prompts": prompts,
         "default_prompt_name": None,

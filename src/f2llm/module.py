@@ -59,9 +59,12 @@ class F2LLMModule(L.LightningModule):
         # Negatives were laid out column by column: negative_1 of every query, then negative_2...
         negatives = emb[2 * b :].view(k, b, -1).transpose(0, 1) if k else None
         loss, logs = self.objective(query, positive, negatives, use_inbatch=batch["use_inbatch"])
-        logs = {f"train/{name}": value for name, value in logs.items()}
-        self.log("train/loss", logs.pop("train/loss"), batch_size=b, prog_bar=True)
-        self.log_dict(logs, batch_size=b)
+        self.log("train/loss", logs.pop("loss"), batch_size=b, prog_bar=True)
+        self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=b)
+        # Per format too: a clustering batch's loss is not comparable to a retrieval batch's.
+        fmt = batch.get("format")
+        if fmt is not None:
+            self.log(f"train/{fmt}/loss", loss.detach(), batch_size=b)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

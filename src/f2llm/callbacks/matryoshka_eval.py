@@ -29,7 +29,10 @@ class MatryoshkaEval(L.Callback):
         self.last_step: int | None = None  # global step of the latest evaluation
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._parts = {"source": [], "target": []}
+        self._parts = {}
+        update = getattr(trainer.datamodule, "update_eval_instructions", None)
+        if update is not None:
+            update()
 
     def on_validation_batch_end(
         self,
@@ -40,7 +43,8 @@ class MatryoshkaEval(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._parts[outputs["side"]].append((outputs["rows"], outputs["embeddings"].cpu()))
+        self._parts.setdefault(outputs["side"], []).append(
+            (outputs["rows"], outputs["embeddings"].cpu()))
 
     def _side(self, side: str, n: int) -> torch.Tensor:
         parts = self._parts[side]
@@ -50,12 +54,12 @@ class MatryoshkaEval(L.Callback):
         return out
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._parts.get("source"):
+        if trainer.sanity_checking or not self._parts.get("bitext/source"):
             return
-        bitext = trainer.datamodule.val_bitext
+        bitext = trainer.datamodule.val_sets["bitext"]
         n = len(bitext["source"])
         result = bitext_accuracy_by_dim(
-            self._side("source", n), self._side("target", n), bitext["language"],
+            self._side("bitext/source", n), self._side("bitext/target", n), bitext["language"],
             pl_module.mrl_dims,
         )
         self.last, self.last_step = result, trainer.global_step

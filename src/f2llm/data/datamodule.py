@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
 from f2llm.data.collate import pack_by_length
-from f2llm.data.sampler import LanguageTemperatureSampler
+from f2llm.data.gettext_source import TrainingDataset
+from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler
 
 log = logging.getLogger(__name__)
 
@@ -67,52 +69,71 @@ def take_rows(table: pa.Table, indices: np.ndarray, columns: list[str]) -> dict[
     return out
 
 
-class RetrievalBatches(Dataset):
-    """Item = one batch (a dict of record indices from the sampler) -> tokenized texts."""
+# Hard negatives per format (SPEC); a config may use fewer, e.g. to save compute on a CPU.
+DEFAULT_NEGATIVES = {"retrieval": 7, "clustering": 9, "classification": 1}
+# In-batch negatives only make sense for retrieval: in a clustering or classification batch,
+# other records' positives are often the same cluster or label text.
+USES_INBATCH = {"retrieval": True, "clustering": False, "classification": False}
+
+
+@dataclass
+class Stage:
+    """A training stage: which datasets, whether queries carry instructions, how many steps."""
+
+    name: str
+    datasets: list[str]
+    instructions: bool = False
+    steps: int | None = None  # None: one pass over the stage's records
+
+
+class TrainBatches(Dataset):
+    """Item = one sampler batch (a group and record indices) -> tokenized, packed texts."""
 
     def __init__(
         self,
-        table: pa.Table,
+        tables: Mapping[str, pa.Table],
+        datasets: Mapping[str, TrainingDataset],
+        group_dataset: Mapping[str, str],
+        group_language: Mapping[str, str],
+        stages: Mapping[str, Stage],
+        num_negatives: Mapping[str, int],
         tokenize: Callable[[list[str]], list[list[int]]],
         pad_id: int,
-        num_negatives: int,
         max_tokens_per_chunk: int,
-        instruction: str | None,
         format_query: Callable[[str, str | None], str],
-        dataset_name: str,
     ) -> None:
-        self.table = table
-        self.tokenize = tokenize
-        self.pad_id = pad_id
-        self.negative_columns = [f"negative_{j + 1}" for j in range(num_negatives)]
-        needed = ["query", "passage", *self.negative_columns]
-        missing = [c for c in needed if c not in table.schema.names]
-        if missing:
-            raise ValueError(f"records lack columns {missing} (have {table.schema.names})")
-        self.max_tokens = max_tokens_per_chunk
-        self.instruction = instruction
+        self.tables, self.datasets = tables, datasets
+        self.group_dataset, self.group_language = group_dataset, group_language
+        self.stages, self.num_negatives = stages, num_negatives
+        self.tokenize, self.pad_id, self.max_tokens = tokenize, pad_id, max_tokens_per_chunk
         self.format_query = format_query
-        self.dataset_name = dataset_name
 
     def __len__(self) -> int:  # the sampler decides the length
-        raise TypeError("RetrievalBatches is indexed by sampler batches")
+        raise TypeError("TrainBatches is indexed by sampler batches")
 
     def __getitem__(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        rows = take_rows(self.table, np.asarray(item["indices"]),
-                         ["query", "passage", *self.negative_columns])
-        queries = [self.format_query(q, self.instruction) for q in rows["query"]]
-        passages = rows["passage"]
-        negatives = [t for c in self.negative_columns for t in rows[c]]
-        token_ids = self.tokenize(queries + passages + negatives)
+        name = self.group_dataset[item["group"]]
+        spec, stage = self.datasets[name], self.stages[item["stage"]]
+        k = self.num_negatives[spec.format]
+        negative_columns = [f"negative_{j + 1}" for j in range(k)]
+        rows = take_rows(self.tables[name], np.asarray(item["indices"]),
+                         ["query", "passage", *negative_columns])
+        instruction = spec.instruction if stage.instructions else None
+        queries = [self.format_query(q, instruction) for q in rows["query"]]
+        negatives = [t for c in negative_columns for t in rows[c]]
+        token_ids = self.tokenize(queries + rows["passage"] + negatives)
         chunks, restore, padding = pack_by_length(token_ids, self.pad_id, self.max_tokens)
         return {
             "chunks": chunks,
             "restore": restore,
             "batch_size": len(queries),
-            "num_negatives": len(self.negative_columns),
-            "use_inbatch": True,  # retrieval: in-batch negatives apply
-            "dataset": self.dataset_name,
+            "num_negatives": k,
+            "use_inbatch": USES_INBATCH[spec.format],
+            "format": spec.format,
+            "dataset": name,
+            "language": self.group_language[item["group"]],
             "group": item["group"],
+            "stage": item["stage"],
             "epoch": item["epoch"],
             "position": item["position"],
             "num_tokens": sum(len(t) for t in token_ids),
@@ -120,39 +141,49 @@ class RetrievalBatches(Dataset):
         }
 
 
-class BitextTexts(Dataset):
-    """Validation bitext, both sides, as length-sorted groups of texts (one forward each)."""
+class EvalTexts(Dataset):
+    """Held-out texts to embed, as length-sorted items of one set each (one forward per item).
+
+    `sets` maps a name such as "bitext/source" to its texts; `instructions` maps some of those
+    names to the instruction their texts get as queries when `instructed` is on.
+    """
 
     def __init__(
         self,
-        bitext: Mapping[str, list[str]],
+        sets: Mapping[str, list[str]],
         tokenize: Callable[[list[str]], list[list[int]]],
         pad_id: int,
+        format_query: Callable[[str, str | None], str],
+        instructions: Mapping[str, str] | None = None,
         texts_per_item: int = 256,
         max_tokens_per_chunk: int = 8192,
     ) -> None:
         self.tokenize, self.pad_id, self.max_tokens = tokenize, pad_id, max_tokens_per_chunk
+        self.format_query = format_query
+        self.instructions = dict(instructions or {})
+        self.instructed = False  # set by the datamodule from the current stage
+        self.sets = {name: list(texts) for name, texts in sets.items()}
         self.items: list[tuple[str, list[int]]] = []
-        self.texts = {"source": bitext["source"], "target": bitext["target"]}
-        for side, texts in self.texts.items():
+        for name, texts in self.sets.items():
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-            self.items += [(side, order[i : i + texts_per_item])
+            self.items += [(name, order[i : i + texts_per_item])
                            for i in range(0, len(order), texts_per_item)]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        side, rows = self.items[i]
-        token_ids = self.tokenize([self.texts[side][r] for r in rows])
-        chunks, restore, _ = pack_by_length(token_ids, self.pad_id, self.max_tokens)
-        return {"chunks": chunks, "restore": restore, "rows": rows, "side": side}
+        name, rows = self.items[i]
+        instruction = self.instructions.get(name) if self.instructed else None
+        texts = [self.format_query(self.sets[name][r], instruction) for r in rows]
+        chunks, restore, _ = pack_by_length(self.tokenize(texts), self.pad_id, self.max_tokens)
+        return {"chunks": chunks, "restore": restore, "rows": rows, "side": name}
 
 
 class _Positioned:
     """Tags each sampler batch with where it sits in the schedule (for exact resume)."""
 
-    def __init__(self, sampler: LanguageTemperatureSampler) -> None:
+    def __init__(self, sampler: StagedSampler) -> None:
         self.sampler = sampler
 
     def __len__(self) -> int:
@@ -163,109 +194,175 @@ class _Positioned:
     def __iter__(self):
         for item in self.sampler:
             # The sampler has already advanced past this batch.
-            epoch, position = self.sampler.epoch, self.sampler.position
-            if position == 0:  # it just rolled over to the next epoch
-                epoch, position = epoch - 1, self.sampler.batches_per_epoch
-            yield {**item, "epoch": epoch, "position": position - 1}
+            yield {**item, "epoch": self.sampler.epoch, "position": self.sampler.position - 1}
 
 
 class F2LLMDataModule(L.LightningDataModule):
-    """Builds or finds the corpus, groups records by language, serves one-group batches."""
+    """Finds or builds the datasets, groups records by (dataset, language, ...), and serves
+    one-group batches through the stages; also the held-out evaluation texts."""
 
     def __init__(
         self,
-        corpus: Callable[[], Mapping[str, str | Path]],
+        corpus: Callable[[], Mapping[str, Any]],
         batch_size: int = 64,
-        num_negatives: int = 7,
+        num_negatives: Mapping[str, int] | None = None,
         alpha: float = 1.0,
         group_by: list[str] | None = None,
+        stages: list[Mapping[str, Any]] | None = None,
         max_length: int | None = None,
         max_tokens_per_chunk: int = 4096,
-        instruction: str | None = None,
-        dataset_name: str = "gettext_bitext",
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.corpus = corpus
         self.batch_size = batch_size
-        self.num_negatives = num_negatives
+        self.num_negatives = {**DEFAULT_NEGATIVES, **(num_negatives or {})}
         self.alpha = alpha
         # Every batch comes from one group; its in-batch negatives are the group's texts.
         self.group_by = list(group_by or ["language"])
+        self.stage_specs = [dict(s) for s in stages] if stages else None
         self.max_length = max_length
         self.max_tokens_per_chunk = max_tokens_per_chunk
-        self.instruction = instruction
-        self.dataset_name = dataset_name
         self.seed = seed
         self.num_workers = num_workers
         self.encoder = None  # set by the entry point: tokenization follows the model
-        self.paths: dict[str, Path] = {}
-        self.sampler: LanguageTemperatureSampler | None = None
+        self.found: Mapping[str, Any] | None = None
+        self.sampler: StagedSampler | None = None
+        self.realised: dict[tuple[str, str, str, str], int] = {}
         self._consumed: dict[str, int] | None = None
-        self._pending_state: dict[str, int] | None = None
+        self._pending_state: dict[str, Any] | None = None
 
     def attach_encoder(self, encoder: Any) -> None:
         self.encoder = encoder
 
     def prepare_data(self) -> None:
-        self.paths = {k: Path(v) for k, v in self.corpus().items()}
+        self.found = self.corpus()
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.paths:
-            self.paths = {k: Path(v) for k, v in self.corpus().items()}
-        if self.encoder is None:
-            raise RuntimeError("call attach_encoder(encoder) before setup: batches are tokenized")
-        self.train_table = memory_mapped_table(self.paths["train"])
-        self.val_bitext = pq.read_table(self.paths["val_bitext"]).to_pydict()
-        groups = group_rows(self.train_table, self.group_by)
+        if self.found is None:
+            self.found = self.corpus()
+        self.datasets = {d.name: d for d in self.found["train"]}
+        self.stages = self._stages()
+        self.tables = {name: memory_mapped_table(d.path) for name, d in self.datasets.items()
+                       if any(name in s.datasets for s in self.stages.values())}
+        for name, table in self.tables.items():
+            k = self.num_negatives[self.datasets[name].format]
+            have = sum(c.startswith("negative_") for c in table.schema.names)
+            if k > have:
+                raise ValueError(f"dataset {name!r} ({self.datasets[name].path}) stores {have} "
+                                 f"negatives per record; num_negatives asks for {k}")
+        self.group_dataset, self.group_language, groups = {}, {}, {}
+        for name, table in self.tables.items():
+            columns = [c for c in self.group_by if c in table.schema.names]
+            for key, rows in group_rows(table, columns).items():
+                group = f"{name}/{key}"
+                groups[group] = rows
+                self.group_dataset[group] = name
+                self.group_language[group] = key.split("/")[0]
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
-        self.sampler = LanguageTemperatureSampler(
-            groups, self.batch_size, self.alpha, self.seed, rank, world
-        )
+        samplers = []
+        for i, st in enumerate(self.stages.values()):
+            stage_groups = {g: r for g, r in groups.items() if self.group_dataset[g] in st.datasets}
+            samplers.append(LanguageTemperatureSampler(
+                stage_groups, self.batch_size, self.alpha, self.seed, rank, world,
+                batches_per_epoch=st.steps, stream=i))
+        self.sampler = StagedSampler(samplers, list(self.stages))
         if self._pending_state is not None:
             self.sampler.load_state_dict(self._pending_state)
+            self.realised = _realised_from_state(self._pending_state)
         self.group_sizes = {k: len(v) for k, v in groups.items()}
-        log.info("train records: %d in %d languages; %d batches per epoch",
-                 self.train_table.num_rows, len(groups), len(self.sampler))
+        self.val_sets = self._val_sets(self.found.get("val", {}))
+        log.info("train records: %d in %d groups; stages %s",
+                 sum(t.num_rows for t in self.tables.values()), len(groups),
+                 {name: len(s) for name, s in zip(self.stages, samplers, strict=True)})
+
+    def _stages(self) -> dict[str, Stage]:
+        if not self.stage_specs:  # one stage over every dataset, no instructions
+            return {"train": Stage("train", list(self.datasets))}
+        stages = {}
+        for spec in self.stage_specs:
+            st = Stage(**spec)
+            unknown = [d for d in st.datasets if d not in self.datasets]
+            if unknown:
+                raise ValueError(f"stage {st.name!r} names unknown datasets {unknown}; "
+                                 f"known: {sorted(self.datasets)}")
+            stages[st.name] = st
+        return stages
+
+    def _val_sets(self, paths: Mapping[str, Any]) -> dict[str, dict[str, list]]:
+        return {task: pq.read_table(path).to_pydict() for task, path in paths.items()}
+
+    def stage_at(self, position: int) -> Stage:
+        return self.stages[self.sampler.names[self.sampler.stage_at(position)]]
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if self.encoder is None:
+            raise RuntimeError("call attach_encoder(encoder) first: batches are tokenized")
         max_length = self.max_length or self.encoder.max_length
         return self.encoder.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
 
     def train_dataloader(self) -> DataLoader:
-        dataset = RetrievalBatches(
-            self.train_table,
-            self._tokenize,
-            self.encoder.tokenizer.pad_token_id,
-            self.num_negatives,
-            self.max_tokens_per_chunk,
-            self.instruction,
-            self.encoder.format_query,
-            self.dataset_name,
+        if self.encoder is None:
+            raise RuntimeError("call attach_encoder(encoder) first: batches are tokenized")
+        dataset = TrainBatches(
+            self.tables, self.datasets, self.group_dataset, self.group_language, self.stages,
+            self.num_negatives, self._tokenize, self.encoder.tokenizer.pad_token_id,
+            self.max_tokens_per_chunk, self.encoder.format_query,
         )
         # batch_size=None: the sampler already yields whole batches.
         return DataLoader(dataset, sampler=_Positioned(self.sampler), batch_size=None,
                           num_workers=self.num_workers, collate_fn=_identity)
 
+    def eval_texts(self) -> EvalTexts:
+        """The held-out sets as named text lists (see `callbacks.MatryoshkaEval`)."""
+        if self.encoder is None:
+            raise RuntimeError("call attach_encoder(encoder) first: texts are tokenized")
+        sets: dict[str, list[str]] = {}
+        instructions: dict[str, str] = {}
+        by_format = {d.format: d for d in self.datasets.values()}
+        if "bitext" in self.val_sets:
+            sets["bitext/source"] = self.val_sets["bitext"]["source"]
+            sets["bitext/target"] = self.val_sets["bitext"]["target"]
+        if "clustering" in self.val_sets:
+            sets["clustering/text"] = self.val_sets["clustering"]["text"]
+            if "clustering" in by_format:
+                instructions["clustering/text"] = by_format["clustering"].instruction
+        if "classification" in self.val_sets:
+            sets["classification/text"] = self.val_sets["classification"]["text"]
+            sets["classification/labels"] = list(self.found.get("class_labels", ()))
+            if "classification" in by_format:
+                instructions["classification/text"] = by_format["classification"].instruction
+        return EvalTexts(sets, self._tokenize, self.encoder.tokenizer.pad_token_id,
+                         self.encoder.format_query, instructions)
+
     def val_dataloader(self) -> DataLoader:
-        dataset = BitextTexts(self.val_bitext, self._tokenize, self.encoder.tokenizer.pad_token_id)
-        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0,
+        self._eval = self.eval_texts()
+        return DataLoader(self._eval, batch_size=None, shuffle=False, num_workers=0,
                           collate_fn=_identity)
+
+    def update_eval_instructions(self) -> None:
+        """Queries carry instructions in evaluation when the current stage trains with them."""
+        if getattr(self, "_eval", None) is not None and self.sampler is not None:
+            position = min(self.sampler.position, len(self.sampler) - 1)
+            self._eval.instructed = self.stage_at(max(position - 1, 0)).instructions
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called in consumption order (prefetching runs ahead of it): the resume point.
-        if isinstance(batch, dict) and "position" in batch:
+        if isinstance(batch, dict) and "position" in batch and "stage" in batch:
             self._consumed = {"epoch": batch["epoch"], "position": batch["position"] + 1}
+            key = (batch["stage"], batch["dataset"], batch["format"], batch["language"])
+            self.realised[key] = self.realised.get(key, 0) + 1
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         if self.sampler is None:
             return {}
-        state = self.sampler.state_dict()
+        state: dict[str, Any] = self.sampler.state_dict()
         if self._consumed is not None:
             state.update(self._consumed)
+        state["realised"] = [[*k, v] for k, v in sorted(self.realised.items())]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -274,6 +371,11 @@ class F2LLMDataModule(L.LightningDataModule):
         self._pending_state = dict(state)
         if self.sampler is not None:
             self.sampler.load_state_dict(state)
+            self.realised = _realised_from_state(state)
+
+
+def _realised_from_state(state: Mapping[str, Any]) -> dict[tuple[str, str, str, str], int]:
+    return {tuple(row[:4]): int(row[4]) for row in state.get("realised", [])}
 
 
 def _identity(batch: Any) -> Any:

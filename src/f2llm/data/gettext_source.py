@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +25,20 @@ log = logging.getLogger(__name__)
 
 DATASET_NAME = "gettext_bitext"
 RETRIEVAL_INSTRUCTION = "Retrieve the sentence that is a translation of the given sentence"
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 # Catalogs built from the same sources under two names (iso_639-3 / iso_639_3) or versions
 # (postgres-15) collapse to one family, so a held-out family is never seen under another name.
 _FAMILY_SUFFIX = re.compile(r"(?P<sep>[-_])\d+(\.\d+)?$")
+
+
+@dataclass(frozen=True)
+class TrainingDataset:
+    """One training dataset on disk: a parquet of records in one of the canonical formats."""
+
+    name: str
+    path: Path
+    format: str
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,8 +227,15 @@ def build_gettext_corpus(
     val_min_pairs: int = 64,
     val_max_pairs: int = 256,
     seed: int = 0,
-) -> dict[str, Path]:
-    """Build (or reuse) `train.parquet` and `val_bitext.parquet` under `out_dir`."""
+) -> dict[str, Any]:
+    """Build (or reuse) the embedded corpus under `out_dir`.
+
+    Returns `{"train": [TrainingDataset, ...], "val": {task: parquet}}`: bitext retrieval,
+    component clustering and country/language classification for training, and held-out
+    bitext, clustering and classification sets.
+    """
+    from f2llm.data import gettext_tasks as tasks
+
     out = Path(out_dir)
     manifest = {
         "version": _CACHE_VERSION,
@@ -228,13 +246,23 @@ def build_gettext_corpus(
         "val_max_pairs": val_max_pairs,
         "seed": seed,
     }
-    paths = {"train": out / "train.parquet", "val_bitext": out / "val_bitext.parquet"}
+    train_sets = [
+        TrainingDataset(DATASET_NAME, out / "train.parquet", "retrieval", RETRIEVAL_INSTRUCTION),
+        TrainingDataset(tasks.CLUSTERING_DATASET, out / "clustering.parquet", "clustering",
+                        tasks.CLUSTERING_INSTRUCTION),
+        TrainingDataset(tasks.CLASSIFICATION_DATASET, out / "classification.parquet",
+                        "classification", tasks.CLASSIFICATION_INSTRUCTION),
+    ]
+    val_paths = {task: out / f"val_{task}.parquet"
+                 for task in ("bitext", "clustering", "classification")}
+    result = {"train": train_sets, "val": val_paths, "class_labels": list(tasks.CLASS_LABELS)}
+    files = [d.path for d in train_sets] + list(val_paths.values())
     manifest_path = out / "manifest.json"
-    if manifest_path.exists() and all(p.exists() for p in paths.values()):
+    if manifest_path.exists() and all(p.exists() for p in files):
         cached = json.loads(manifest_path.read_text())
         if {k: cached.get(k) for k in manifest} == manifest:
             log.info("using cached gettext corpus in %s", out)
-            return paths
+            return result
     log.info("building gettext corpus from %s into %s", locale_dir, out)
     pairs = read_catalogs(locale_dir)
     if not pairs:
@@ -244,19 +272,24 @@ def build_gettext_corpus(
         raise ValueError(f"none of the validation catalogs {list(val_catalogs)} exist under "
                          f"{locale_dir}")
     out.mkdir(parents=True, exist_ok=True)
-    records = retrieval_records(train, num_negatives, seed)
-    bitext = bitext_pairs(val, val_min_pairs, val_max_pairs, seed)
-    # Write to temporary names first so an interrupted build is never mistaken for a cache.
-    for name, cols in (("train", records), ("val_bitext", bitext)):
-        tmp = paths[name].with_suffix(".tmp")
-        pq.write_table(pa.table(cols), tmp)
-        tmp.replace(paths[name])
-    stats = {
-        "train_records": len(records["query"]),
-        "train_languages": len(set(records["language"])),
-        "val_pairs": len(bitext["source"]),
-        "val_languages": len(set(bitext["language"])),
+    names_train, names_val = tasks.classification_records(train, seed=seed)
+    tables = {
+        train_sets[0].path: retrieval_records(train, num_negatives, seed),
+        train_sets[1].path: tasks.clustering_records(train, seed=seed),
+        train_sets[2].path: names_train,
+        val_paths["bitext"]: bitext_pairs(val, val_min_pairs, val_max_pairs, seed),
+        val_paths["clustering"]: tasks.clustering_eval_set(val, seed=seed),
+        val_paths["classification"]: names_val,
     }
+    # Write to temporary names first so an interrupted build is never mistaken for a cache.
+    stats = {}
+    for path, cols in tables.items():
+        tmp = path.with_suffix(".tmp")
+        table = pa.table(cols)
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+        stats[path.stem] = {"rows": table.num_rows,
+                            "languages": len(set(table.column("language").to_pylist()))}
     manifest_path.write_text(json.dumps({**manifest, "stats": stats}, indent=2))
     log.info("gettext corpus: %s", stats)
-    return paths
+    return result
