@@ -15,6 +15,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
+import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
@@ -40,9 +41,21 @@ def build(cfg: DictConfig) -> tuple[F2LLMModule, L.LightningDataModule, L.Traine
     return module, datamodule, trainer
 
 
+def load_weights(module: F2LLMModule, path: str | Path) -> None:
+    """Model weights from a Lightning checkpoint (tensors only: `weights_only=True`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint file at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    log.info("initialised weights from %s", path)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule, trainer = build(cfg)
+    if cfg.get("init_from"):
+        load_weights(module, cfg.init_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
