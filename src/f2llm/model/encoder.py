@@ -16,6 +16,7 @@ from transformers import (
     Qwen3Model,
 )
 
+from f2llm.model.hub import resolve_pretrained
 from f2llm.model.tokenizer import DEFAULT_EOS, load_tokenizer
 
 QUERY_TEMPLATE = "Instruct: {task}\nQuery: {text}"
@@ -37,7 +38,7 @@ def build_backbone(
     if pretrained:
         # AutoModel strips a causal-LM checkpoint down to its decoder (Qwen3Model).
         return AutoModel.from_pretrained(
-            str(pretrained),
+            resolve_pretrained(pretrained),
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
             dtype=torch.float32,

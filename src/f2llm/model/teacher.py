@@ -1,0 +1,212 @@
+"""A frozen teacher for knowledge distillation, online or through an on-disk embedding cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from f2llm.data.collate import pack_by_length
+from f2llm.model.encoder import Encoder, build_encoder
+from f2llm.model.hub import resolve_pretrained
+
+log = logging.getLogger(__name__)
+
+
+def row_keys(chunks: Sequence[dict[str, Tensor]], restore: Tensor) -> list[bytes]:
+    """A 16-byte key per text (its token ids), in the batch's original order.
+
+    Keys are token ids, not strings: a changed tokenizer, prompt or max_length changes the ids
+    and so can never hit an entry made under the old tokenization.
+    """
+    keys: list[bytes] = []
+    for chunk in chunks:
+        ids = chunk["input_ids"].cpu().numpy().astype(np.int32)
+        lengths = chunk["attention_mask"].sum(1).tolist()
+        keys += [hashlib.blake2b(ids[r, :n].tobytes(), digest_size=16).digest()
+                 for r, n in enumerate(lengths)]
+    return [keys[i] for i in restore.tolist()]
+
+
+def teacher_fingerprint(encoder: Encoder) -> str:
+    """Hash of the teacher's weights, config, tokenizer and pooling: the cache's identity."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(encoder.backbone.config.to_json_string(use_diff=False).encode())
+    h.update(encoder.tokenizer.backend_tokenizer.to_str().encode())
+    h.update(str(encoder.max_length).encode())
+    for name, tensor in sorted(encoder.backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class TeacherCache:
+    """Teacher embeddings by token-id key, in shards under `<root>/<fingerprint>/`.
+
+    Each shard is a pair of .npy files (keys, embeddings) written atomically, so a crash loses
+    at most the entries not yet flushed; every shard in the folder is loaded at start, so the
+    cache serves later epochs, later runs and students of any width.
+    """
+
+    def __init__(self, root: str | Path, fingerprint: str, dim: int, rank: int = 0,
+                 flush_every: int = 200_000, dtype: str = "float32") -> None:
+        self.folder = Path(root) / fingerprint
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.dim, self.rank, self.flush_every = dim, rank, flush_every
+        self.dtype = np.dtype(dtype)
+        meta = self.folder / "teacher.json"
+        if not meta.exists():
+            meta.write_text(json.dumps({"fingerprint": fingerprint, "dim": dim,
+                                        "dtype": self.dtype.name}))
+        self.index: dict[bytes, tuple[int, int]] = {}
+        self.shards: list[np.ndarray] = []
+        for keys_file in sorted(self.folder.glob("keys-*.npy")):
+            emb_file = keys_file.with_name(keys_file.name.replace("keys-", "emb-"))
+            if not emb_file.exists():
+                continue  # a shard whose write did not finish
+            keys = np.load(keys_file)
+            shard = len(self.shards)
+            self.shards.append(np.load(emb_file, mmap_mode="r"))
+            for row, key in enumerate(keys):
+                self.index[key.tobytes()] = (shard, row)
+        self.pending_keys: list[bytes] = []
+        self.pending: list[np.ndarray] = []
+        self.pending_index: dict[bytes, int] = {}
+        self.hits = self.misses = 0
+        if self.index:
+            log.info("teacher cache %s: %d embeddings", self.folder, len(self.index))
+
+    def __len__(self) -> int:
+        return len(self.index) + len(self.pending_index)
+
+    def get(self, keys: Sequence[bytes]) -> tuple[np.ndarray, list[int]]:
+        """Embeddings for `keys` (rows of misses left at zero) and the positions of misses."""
+        out = np.zeros((len(keys), self.dim), dtype=np.float32)
+        missing = []
+        for i, key in enumerate(keys):
+            where = self.index.get(key)
+            if where is not None:
+                out[i] = self.shards[where[0]][where[1]]
+                continue
+            row = self.pending_index.get(key)
+            if row is not None:
+                out[i] = self.pending[row]
+            else:
+                missing.append(i)
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        return out, missing
+
+    def put(self, keys: Sequence[bytes], embeddings: np.ndarray) -> None:
+        for key, emb in zip(keys, embeddings, strict=True):
+            if key in self.index or key in self.pending_index:
+                continue
+            self.pending_index[key] = len(self.pending)
+            self.pending.append(np.asarray(emb, dtype=self.dtype))
+            self.pending_keys.append(key)
+        if len(self.pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        stem = f"r{self.rank}-{len(list(self.folder.glob('keys-*.npy'))):05d}"
+        keys = np.frombuffer(b"".join(self.pending_keys), dtype="V16")
+        emb = np.stack(self.pending)
+        # Embeddings first, keys last: a shard counts only once its keys file exists.
+        for name, array in ((f"emb-{stem}.npy", emb), (f"keys-{stem}.npy", keys)):
+            tmp = self.folder / (name + ".tmp")
+            with tmp.open("wb") as fh:
+                np.save(fh, array)
+            tmp.replace(self.folder / name)
+        shard = len(self.shards)
+        self.shards.append(np.load(self.folder / f"emb-{stem}.npy", mmap_mode="r"))
+        for row, key in enumerate(self.pending_keys):
+            self.index[key] = (shard, row)
+        self.pending, self.pending_keys, self.pending_index = [], [], {}
+
+
+class Teacher(nn.Module):
+    """A frozen encoder whose raw embeddings the student learns to copy.
+
+    `mode="online"` runs the teacher on every batch; `mode="cached"` looks each text up in a
+    `TeacherCache` first and runs the teacher only on texts it has never seen.
+    """
+
+    def __init__(self, encoder: Encoder, mode: str = "cached",
+                 cache_dir: str | Path | None = None, flush_every: int = 200_000) -> None:
+        super().__init__()
+        if mode not in {"online", "cached"}:
+            raise ValueError(f"teacher mode must be 'online' or 'cached', got {mode!r}")
+        if mode == "cached" and cache_dir is None:
+            raise ValueError("teacher mode 'cached' needs teacher.cache_dir")
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.mode = mode
+        self.cache_dir, self.flush_every = cache_dir, flush_every
+        self._cache: TeacherCache | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.hidden_size
+
+    def train(self, mode: bool = True) -> Teacher:
+        # Always in eval mode: Lightning switches the whole module tree to train().
+        return super().train(False)
+
+    def cache(self, rank: int = 0) -> TeacherCache:
+        if self._cache is None:
+            self._cache = TeacherCache(self.cache_dir, teacher_fingerprint(self.encoder),
+                                       self.hidden_size, rank, self.flush_every)
+        return self._cache
+
+    @torch.no_grad()
+    def embed(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor, rank: int = 0
+              ) -> Tensor:
+        """Raw teacher embeddings of the batch's texts, in the batch's original order."""
+        if self.mode == "online":
+            return self.encoder.forward_chunks(chunks, restore).float()
+        device = chunks[0]["input_ids"].device
+        cache = self.cache(rank)
+        keys = row_keys(chunks, restore)
+        out, missing = cache.get(keys)
+        if missing:
+            ids = _rows(chunks, restore, missing)
+            sub_chunks, sub_restore, _ = pack_by_length(
+                ids, self.encoder.tokenizer.pad_token_id, max_tokens=8192)
+            sub_chunks = [{k: v.to(device) for k, v in c.items()} for c in sub_chunks]
+            emb = self.encoder.forward_chunks(sub_chunks, sub_restore.to(device))
+            emb = emb.float().cpu().numpy()
+            out[missing] = emb
+            cache.put([keys[i] for i in missing], emb)
+        return torch.from_numpy(out).to(device)
+
+    def flush(self) -> None:
+        if self._cache is not None:
+            self._cache.flush()
+
+
+def _rows(chunks: Sequence[dict[str, Tensor]], restore: Tensor, wanted: list[int]
+          ) -> list[list[int]]:
+    """Token ids (unpadded) of the batch's texts at original positions `wanted`."""
+    flat: list[list[int]] = []
+    for chunk in chunks:
+        ids = chunk["input_ids"].cpu()
+        for r, n in enumerate(chunk["attention_mask"].sum(1).tolist()):
+            flat.append(ids[r, :n].tolist())
+    order = restore.tolist()
+    return [flat[order[i]] for i in wanted]
+
+
+def build_teacher(path: str | Path, mode: str = "cached", cache_dir: str | Path | None = None,
+                  max_length: int = 512, attn_implementation: str = "sdpa",
+                  flush_every: int = 200_000) -> Teacher:
+    """A teacher from a local folder or hub name (checked first: offline fails in seconds)."""
+    encoder = build_encoder("teacher", pretrained=resolve_pretrained(path, "teacher.path"), max_length=max_length,
+                            attn_implementation=attn_implementation)
+    return Teacher(encoder, mode, cache_dir, flush_every)

@@ -1,0 +1,94 @@
+"""Teacher for KD: the cache equals the online teacher, persists, and invalidates itself;
+unreachable hub names fail fast with a message that names the setting."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from f2llm.data.collate import pack_by_length
+from f2llm.model import build_encoder
+from f2llm.model.hub import PretrainedNotFound, resolve_pretrained
+from f2llm.model.teacher import Teacher, build_teacher
+from tests.test_model import tiny_encoder
+
+TEXTS = ["Open file", "Cannot open directory %s", "Guardar como", "Drucken", "ファイルを開く",
+         "Quit", "Open file"]  # a repeated text shares its cache entry
+
+
+def batch(encoder, texts=TEXTS):
+    ids = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"]
+    chunks, restore, _ = pack_by_length(ids, encoder.tokenizer.pad_token_id, max_tokens=16)
+    return chunks, restore
+
+
+def test_cached_teacher_equals_online_and_persists(tmp_path: Path) -> None:
+    online = Teacher(tiny_encoder(), mode="online")
+    chunks, restore = batch(online.encoder)
+    expected = online.embed(chunks, restore)
+    cached = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    first = cached.embed(chunks, restore)
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=0)
+    cache = cached.cache()
+    assert cache.misses == len(TEXTS) and len(cache) == len(set(TEXTS))
+    again = cached.embed(chunks, restore)
+    assert cache.hits == len(TEXTS)
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=0)
+    cached.flush()
+    # A new run (new process) finds the shards and computes nothing.
+    later = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    torch.testing.assert_close(later.embed(chunks, restore), expected, atol=1e-5, rtol=0)
+    assert later.cache().misses == 0 and later.cache().hits == len(TEXTS)
+
+
+def test_cache_is_invalidated_by_new_weights_or_tokenization(tmp_path: Path) -> None:
+    teacher = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    chunks, restore = batch(teacher.encoder)
+    teacher.embed(chunks, restore)
+    teacher.flush()
+    changed = tiny_encoder()
+    with torch.no_grad():
+        changed.backbone.norm.weight.mul_(2)
+    other = Teacher(changed, mode="cached", cache_dir=tmp_path)
+    other.embed(chunks, restore)
+    assert other.cache().misses == len(TEXTS)  # another fingerprint: another folder
+    assert other.cache().folder != teacher.cache().folder
+    # Tokenization: a shorter max_length truncates the long texts into other token ids.
+    short = tiny_encoder()
+    short.max_length = 4
+    same_weights = Teacher(short, mode="cached", cache_dir=tmp_path)
+    chunks, restore = batch(short)
+    same_weights.embed(chunks, restore)
+    assert same_weights.cache().misses > 0
+
+
+def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
+    teacher = Teacher(tiny_encoder(), mode="online")
+    teacher.train()
+    assert not teacher.encoder.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_local_teacher_folder_loads(tmp_path: Path) -> None:
+    enc = tiny_encoder()
+    enc.backbone.save_pretrained(tmp_path / "teacher")
+    enc.tokenizer.save_pretrained(tmp_path / "teacher")
+    teacher = build_teacher(tmp_path / "teacher", mode="online", max_length=32)
+    chunks, restore = batch(teacher.encoder)
+    torch.testing.assert_close(teacher.embed(chunks, restore),
+                               enc.forward_chunks(chunks, restore).detach(), atol=1e-5, rtol=0)
+
+
+def test_unreachable_hub_name_fails_fast_naming_the_setting(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(PretrainedNotFound, match=r"teacher\.path=codefuse-ai/F2LLM-v2-0\.6B"):
+        build_teacher("codefuse-ai/F2LLM-v2-0.6B")
+    with pytest.raises(PretrainedNotFound, match="model.pretrained=<folder>"):
+        build_encoder("x", pretrained="Qwen/Qwen3-0.6B")
+    assert time.monotonic() - start < 10
+    with pytest.raises(PretrainedNotFound, match="no such folder"):
+        resolve_pretrained("./no/such/folder")
