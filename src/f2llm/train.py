@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
 
 log = logging.getLogger("f2llm.train")
@@ -52,6 +53,7 @@ def load_weights(module: F2LLMModule, path: str | Path) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule, trainer = build(cfg)
     if cfg.get("init_from"):

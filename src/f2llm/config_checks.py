@@ -1,0 +1,91 @@
+"""Settings checked before any work: each problem stops the run with one clear message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from f2llm.data.datamodule import DEFAULT_NEGATIVES
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the setting and what to change."""
+
+
+def _hidden_size(model_cfg: Any) -> int | None:
+    """The model's width from its shape, or from a local pretrained folder's config.json."""
+    shape = model_cfg.get("shape")
+    if model_cfg.get("pretrained"):
+        config = Path(str(model_cfg.pretrained)) / "config.json"
+        if config.exists():
+            return int(json.loads(config.read_text())["hidden_size"])
+        return None  # a hub name: known once loaded
+    if shape is not None:
+        return int(shape.hidden_size)
+    return None
+
+
+def _teacher_width(teacher_cfg: Any) -> int | None:
+    if not teacher_cfg or not teacher_cfg.get("path"):
+        return None
+    config = Path(str(teacher_cfg.path)) / "config.json"
+    return int(json.loads(config.read_text())["hidden_size"]) if config.exists() else None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise `ConfigError` for settings that would fail later or silently do the wrong thing."""
+    hidden = _hidden_size(cfg.model)
+    dims = cfg.objective.get("mrl_dims")
+    if hidden is not None and dims:
+        too_wide = [int(d) for d in dims if int(d) > hidden]
+        if too_wide:
+            raise ConfigError(f"objective.mrl_dims {list(dims)}: {too_wide} exceed the model's "
+                              f"hidden size {hidden} (model={cfg.model.name})")
+    weights = cfg.objective.get("mrl_weights")
+    if dims and weights and len(weights) != len(dims):
+        raise ConfigError(f"objective.mrl_weights has {len(weights)} values for "
+                          f"{len(dims)} mrl_dims")
+
+    data = cfg.data
+    negatives = data.get("num_negatives") or {}
+    unknown = sorted(set(negatives) - set(DEFAULT_NEGATIVES))
+    if unknown:
+        raise ConfigError(f"data.num_negatives names unknown formats {unknown}; "
+                          f"formats: {sorted(DEFAULT_NEGATIVES)}")
+    if negatives.get("classification", 1) != 1:
+        raise ConfigError("data.num_negatives.classification must be 1: a two-way "
+                          "classification record has exactly one negative (the other label)")
+    corpus = data.get("corpus") or {}
+    stored = corpus.get("num_negatives")
+    if stored is not None and negatives.get("retrieval", 0) > stored:
+        raise ConfigError(f"data.num_negatives.retrieval={negatives['retrieval']} but the corpus "
+                          f"stores {stored} per record (data.corpus.num_negatives)")
+    for key in ("locale_dir", "manifest"):
+        path = corpus.get(key)
+        if path is not None and not Path(str(path)).exists():
+            raise ConfigError(f"data.corpus.{key}={path}: no such file or folder")
+    if data.get("batch_size", 1) < 2:
+        raise ConfigError("data.batch_size must be at least 2 (in-batch negatives)")
+
+    teacher = cfg.get("teacher")
+    if teacher:
+        if teacher.get("path") and not Path(str(teacher.path)).exists() and str(
+                teacher.path).startswith((".", "/", "~")):
+            raise ConfigError(f"teacher.path={teacher.path}: no such folder")
+        width = _teacher_width(teacher)
+        if width is not None and hidden is not None and width < hidden:
+            raise ConfigError(f"the teacher ({teacher.path}) is {width} wide, narrower than the "
+                              f"student's {hidden}: KD compares the student's embedding with the "
+                              "teacher's cut to the student's width")
+        if cfg.objective.get("kd_weight", 0) <= 0:
+            raise ConfigError("a teacher is set but objective.kd_weight <= 0")
+
+    steps = [s.get("steps") for s in (data.get("stages") or [])]
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if steps and all(s is not None for s in steps) and max_steps not in (None, -1) and (
+            max_steps > sum(steps)):
+        raise ConfigError(f"trainer.max_steps={max_steps} is more than the stages' steps "
+                          f"{steps} (sum {sum(steps)}): the run would start the stages over")
