@@ -2,16 +2,38 @@
 
 from f2llm.data.collate import pack_by_length
 from f2llm.data.datamodule import F2LLMDataModule, memory_mapped_table
+from f2llm.data.formats import FORMATS, Format, get_format
 from f2llm.data.gettext_source import TrainingDataset, build_gettext_corpus
+from f2llm.data.readers import (
+    Corpus,
+    DatasetSpec,
+    read_corpus,
+    read_dataset,
+    read_manifest,
+    write_corpus,
+)
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler, temperature_probs
+from f2llm.data.validation import DataValidationError, SkipReport, check_language_code
 
 __all__ = [
+    "FORMATS",
+    "Corpus",
+    "DataValidationError",
+    "DatasetSpec",
     "F2LLMDataModule",
+    "Format",
     "LanguageTemperatureSampler",
+    "SkipReport",
     "StagedSampler",
     "TrainingDataset",
     "build_gettext_corpus",
+    "check_language_code",
+    "get_format",
     "memory_mapped_table",
     "pack_by_length",
+    "read_corpus",
+    "read_dataset",
+    "read_manifest",
     "temperature_probs",
+    "write_corpus",
 ]

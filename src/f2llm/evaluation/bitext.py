@@ -9,14 +9,32 @@ from torch import Tensor
 from torch.nn import functional as F
 
 
-def bitext_accuracy(source: Tensor, target: Tensor) -> float:
-    """Mean of source->target and target->source top-1 accuracy; row i of each is a pair."""
+def bitext_accuracy_directions(source: Tensor, target: Tensor) -> tuple[float, float]:
+    """(source->target, target->source) top-1 accuracy by cosine; row i of each is a pair."""
     s, t = F.normalize(source.float(), dim=-1), F.normalize(target.float(), dim=-1)
     scores = s @ t.T
     gold = torch.arange(len(s))
     forward = (scores.argmax(1) == gold).float().mean()
     backward = (scores.argmax(0) == gold).float().mean()
-    return float((forward + backward) / 2)
+    return float(forward), float(backward)
+
+
+def bitext_accuracy(source: Tensor, target: Tensor) -> float:
+    """Mean of source->target and target->source top-1 accuracy; row i of each is a pair."""
+    forward, backward = bitext_accuracy_directions(source, target)
+    return (forward + backward) / 2
+
+
+def bitext_scores(source: Tensor, target: Tensor, dims: Sequence[int]) -> dict[str, float]:
+    """Accuracy both ways and their mean per dim, one pool, keyed `accuracy_s2t@<dim>`,
+    `accuracy_t2s@<dim>`, `accuracy@<dim>`; raw embeddings are truncated, then normalised."""
+    out: dict[str, float] = {}
+    for dim in dims:
+        forward, backward = bitext_accuracy_directions(source[:, :dim], target[:, :dim])
+        out[f"accuracy_s2t@{dim}"] = forward
+        out[f"accuracy_t2s@{dim}"] = backward
+        out[f"accuracy@{dim}"] = (forward + backward) / 2
+    return out
 
 
 def bitext_accuracy_by_dim(
