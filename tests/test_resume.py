@@ -44,7 +44,7 @@ def run(tmp: Path, locale: Path, name: str, ckpt: str | None = None) -> list:
     module, datamodule, trainer = build(cfg)
     recorder = LossRecorder()
     trainer.callbacks.append(recorder)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     return recorder.steps
 
 

@@ -87,7 +87,7 @@ def test_unreachable_hub_name_fails_fast_naming_the_setting(monkeypatch) -> None
     start = time.monotonic()
     with pytest.raises(PretrainedNotFound, match=r"teacher\.path=codefuse-ai/F2LLM-v2-0\.6B"):
         build_teacher("codefuse-ai/F2LLM-v2-0.6B")
-    with pytest.raises(PretrainedNotFound, match="model.pretrained=<folder>"):
+    with pytest.raises(PretrainedNotFound, match=r"model\.pretrained=<folder>"):
         build_encoder("x", pretrained="Qwen/Qwen3-0.6B")
     assert time.monotonic() - start < 10
     with pytest.raises(PretrainedNotFound, match="no such folder"):

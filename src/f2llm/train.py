@@ -42,6 +42,23 @@ def build(cfg: DictConfig) -> tuple[F2LLMModule, L.LightningDataModule, L.Traine
     return module, datamodule, trainer
 
 
+def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
+    """A checkpoint file, or a run folder (resume from its newest checkpoint), or "last"."""
+    if not ckpt_path or ckpt_path in {"last", "hpc", "best", "registry"}:
+        return ckpt_path  # Lightning's own keywords
+    path = Path(ckpt_path)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no .ckpt files in {folder}")
+        log.info("resuming from %s", found[-1])
+        return str(found[-1])
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file or run folder")
+    return str(path)
+
+
 def load_weights(module: F2LLMModule, path: str | Path) -> None:
     """Model weights from a Lightning checkpoint (tensors only: `weights_only=True`)."""
     path = Path(path)
@@ -58,7 +75,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module, datamodule, trainer = build(cfg)
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: a checkpoint is data, never code to run (tensors and plain containers only).
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")),
+                weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
                         for cb in trainer.callbacks)

@@ -207,6 +207,6 @@ def build_teacher(path: str | Path, mode: str = "cached", cache_dir: str | Path 
                   max_length: int = 512, attn_implementation: str = "sdpa",
                   flush_every: int = 200_000) -> Teacher:
     """A teacher from a local folder or hub name (checked first: offline fails in seconds)."""
-    encoder = build_encoder("teacher", pretrained=resolve_pretrained(path, "teacher.path"), max_length=max_length,
-                            attn_implementation=attn_implementation)
+    encoder = build_encoder("teacher", pretrained=resolve_pretrained(path, "teacher.path"),
+                            max_length=max_length, attn_implementation=attn_implementation)
     return Teacher(encoder, mode, cache_dir, flush_every)
