@@ -34,12 +34,21 @@ def test_default_config_trains_evaluates_and_exports(cfg_tiny: DictConfig) -> No
     assert (run / "export" / "model.safetensors").exists()
     assert (run / "checkpoints" / "last.ckpt").exists()
     lines = (run / "matryoshka_eval.jsonl").read_text().splitlines()
-    assert len(lines) >= 2 and "per_language" in json.loads(lines[-1])
+    assert len(lines) >= 2 and "bitext_per_language" in json.loads(lines[-1])
     tags = scalar_tags(run)
-    expected = {"train/loss", "train/loss_inbatch", "train/loss_hard", "perf/samples_per_s",
-                "perf/tokens_per_s", "perf/padding_fraction", "lr-AdamW"}
-    expected |= {f"train/loss@{d}" for d in dims} | {f"val/bitext/accuracy@{d}" for d in dims}
+    expected = {"train/loss", "train/loss_inbatch", "train/retrieval/loss", "perf/samples_per_s",
+                "perf/tokens_per_s", "perf/padding_fraction", "lr-AdamW", "train/stage"}
+    expected |= {f"train/loss@{d}" for d in dims}
+    for task_metric in ("bitext/accuracy", "retrieval/ndcg_at_10", "retrieval/mrr_at_10",
+                        "retrieval/recall_at_5", "clustering/v_measure",
+                        "classification/accuracy"):
+        expected |= {f"val/{task_metric}@{d}" for d in dims}
     assert expected <= tags, expected - tags
+    # The Matryoshka figure: an image in TensorBoard and a PNG in the run folder.
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert "val/matryoshka" in events.Tags()["images"]
+    assert (run / "matryoshka.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

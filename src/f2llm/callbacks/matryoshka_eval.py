@@ -1,4 +1,4 @@
-"""Bitext retrieval accuracy at every Matryoshka dim on the held-out catalogs."""
+"""Held-out tasks at every Matryoshka dim: metrics, a per-language table and a figure."""
 
 from __future__ import annotations
 
@@ -10,22 +10,26 @@ from typing import Any
 import lightning as L
 import torch
 
-from f2llm.evaluation import bitext_accuracy_by_dim, mean_over_languages
+from f2llm.evaluation.figure import figure_to_array, matryoshka_figure, save_figure
+from f2llm.evaluation.heldout import curves, score_heldout
 
 log = logging.getLogger(__name__)
 
 
 class MatryoshkaEval(L.Callback):
-    """Collects the validation embeddings of both bitext sides and scores every dim.
+    """Collects the validation embeddings of every held-out set and scores every dim.
 
-    Logs `val/bitext/accuracy@{dim}` (mean over languages, both directions) and writes the
-    per-language table of each validation to `<output_dir>/matryoshka_eval.jsonl`.
+    Logs `val/<task>/<metric>@<dim>` (bitext, retrieval, clustering, classification) and each
+    task's main metric at full width as `val/<task>/<metric>`; draws the score-vs-dim figure
+    into TensorBoard (`val/matryoshka`) and `<output_dir>/matryoshka.png`; appends every
+    metric and the per-language bitext table to `<output_dir>/matryoshka_eval.jsonl`.
     """
 
-    def __init__(self, output_dir: str | Path | None = None) -> None:
+    def __init__(self, output_dir: str | Path | None = None, figure: bool = True) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
+        self.figure = figure
         self._parts: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
-        self.last: dict[int, dict[str, float]] = {}
+        self.last: dict[str, float] = {}
         self.last_step: int | None = None  # global step of the latest evaluation
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -46,32 +50,41 @@ class MatryoshkaEval(L.Callback):
         self._parts.setdefault(outputs["side"], []).append(
             (outputs["rows"], outputs["embeddings"].cpu()))
 
-    def _side(self, side: str, n: int) -> torch.Tensor:
-        parts = self._parts[side]
+    def _assemble(self, name: str) -> torch.Tensor:
+        parts = self._parts[name]
+        n = sum(len(rows) for rows, _ in parts)
         out = torch.empty(n, parts[0][1].shape[1])
         for rows, emb in parts:
             out[torch.as_tensor(rows)] = emb
         return out
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._parts.get("bitext/source"):
+        if trainer.sanity_checking or not self._parts:
             return
-        bitext = trainer.datamodule.val_sets["bitext"]
-        n = len(bitext["source"])
-        result = bitext_accuracy_by_dim(
-            self._side("bitext/source", n), self._side("bitext/target", n), bitext["language"],
-            pl_module.mrl_dims,
-        )
-        self.last, self.last_step = result, trainer.global_step
-        means = {dim: mean_over_languages(per_lang) for dim, per_lang in result.items()}
-        for dim, value in means.items():
-            pl_module.log(f"val/bitext/accuracy@{dim}", value, sync_dist=False)
-        full = max(means)
-        pl_module.log("val/bitext/accuracy", means[full], prog_bar=True)
-        log.info("step %d bitext accuracy by dim: %s", trainer.global_step,
-                 {d: round(v, 4) for d, v in sorted(means.items())})
-        if self.output_dir is not None and trainer.is_global_zero:
+        embeddings = {name: self._assemble(name) for name in self._parts}
+        metrics, details = score_heldout(embeddings, trainer.datamodule.val_sets,
+                                         pl_module.mrl_dims)
+        self.last, self.last_step = metrics, trainer.global_step
+        for name, value in metrics.items():
+            pl_module.log(f"val/{name}", value, prog_bar=name == "bitext/accuracy")
+        lines = curves(metrics)
+        log.info("step %d held-out scores by dim: %s", trainer.global_step,
+                 {task: {d: round(v, 4) for d, v in c.items()} for task, c in lines.items()})
+        if not trainer.is_global_zero:
+            return
+        if self.figure and lines:
+            fig = matryoshka_figure(lines, title=f"held-out scores by dim, step "
+                                                 f"{trainer.global_step}")
+            for logger in trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_image"):
+                    experiment.add_image("val/matryoshka", figure_to_array(fig),
+                                         trainer.global_step, dataformats="HWC")
+            if self.output_dir is not None:
+                save_figure(fig, self.output_dir / "matryoshka.png")
+        if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            record = {"step": trainer.global_step, "mean": means, "per_language": result}
+            record = {"step": trainer.global_step, "metrics": metrics,
+                      "bitext_per_language": details.get("bitext", {})}
             with (self.output_dir / "matryoshka_eval.jsonl").open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
