@@ -1,0 +1,46 @@
+"""eval.py scores an export and a checkpoint of the same run identically, on all four tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from f2llm.eval import evaluate, format_table
+from f2llm.train import train
+from tests.conftest import CONFIGS, ROOT, TEST_VAL_CATALOGS
+
+
+def eval_cfg(model_path: Path, out: Path, train_cfg: DictConfig) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"model_path={model_path}", f"paths.root_dir={ROOT}",
+                                         f"paths.output_dir={out}"])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+        cfg.data.corpus = train_cfg.data.corpus  # the test's small locale slice
+    assert list(cfg.data.corpus.val_catalogs) == TEST_VAL_CATALOGS
+    return cfg
+
+
+def test_eval_export_and_checkpoint_agree(cfg_tiny: DictConfig, tmp_path: Path) -> None:
+    train(cfg_tiny)
+    run = Path(cfg_tiny.paths.output_dir)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg_tiny, run / ".hydra" / "config.yaml")  # as Hydra writes it
+    by_export = evaluate(eval_cfg(run / "export", tmp_path / "a", cfg_tiny))
+    by_ckpt = evaluate(eval_cfg(run / "checkpoints" / "last.ckpt", tmp_path / "b", cfg_tiny))
+    for task_metric in ("bitext/accuracy", "retrieval/ndcg_at_10", "retrieval/recall_at_10",
+                        "clustering/v_measure", "classification/accuracy"):
+        for dim in (8, 16, 32):
+            key = f"{task_metric}@{dim}"
+            assert 0.0 <= by_export[key] <= 1.0
+            assert by_export[key] == pytest.approx(by_ckpt[key], abs=2e-3), key
+    saved = json.loads((tmp_path / "a" / "eval_metrics.json").read_text())
+    assert saved["metrics"] == pytest.approx(by_export)
+    assert (tmp_path / "a" / "matryoshka.png").exists()
+    table = format_table(by_export).splitlines()
+    assert table[0].split()[1:] == ["8", "16", "32"]
+    assert any(line.startswith("classification/accuracy") for line in table)
