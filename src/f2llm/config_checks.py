@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from f2llm.data.datamodule import DEFAULT_NEGATIVES
+from f2llm.model.hub import resolve_pretrained
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("data.batch_size must be at least 2 (in-batch negatives)")
 
     teacher = cfg.get("teacher")
+    if teacher and teacher.get("path"):
+        # Before anything is built or downloaded: a teacher that cannot load fails now.
+        resolve_pretrained(teacher.path, "teacher.path")
+    if cfg.model.get("pretrained"):
+        resolve_pretrained(cfg.model.pretrained, "model.pretrained")
     if teacher:
         if teacher.get("path") and not Path(str(teacher.path)).exists() and str(
                 teacher.path).startswith((".", "/", "~")):

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from f2llm.model import Encoder
-from f2llm.objective import F2LLMObjective
+from f2llm.model.teacher import Teacher
+from f2llm.objective import F2LLMObjective, gradcache_step
+from f2llm.objective.gradcache import split_embeddings
+
+log = logging.getLogger(__name__)
 
 
 def cosine_with_warmup(
@@ -34,45 +41,175 @@ def cosine_with_warmup(
     return LambdaLR(optimizer, factor)
 
 
+class NonFiniteLoss(RuntimeError):
+    """Too many non-finite losses in a row: the run stops instead of training on garbage."""
+
+
 class F2LLMModule(L.LightningModule):
+    """Encoder + objective + optimiser (+ an optional frozen teacher for KD).
+
+    `gradcache=True` trains each batch with `gradcache_step` under manual optimisation, so the
+    batch size is not bound by activation memory. Lightning then refuses
+    `Trainer(gradient_clip_val=...)` and `accumulate_grad_batches`, so the clipping norm comes
+    from `gradient_clip_val` here (None: no clipping); a larger batch replaces accumulation.
+
+    A NaN or Inf loss skips the step (on every rank together) and is logged with the batch's
+    dataset, language and position; `max_nonfinite_in_a_row` of them stop the run.
+    """
+
     def __init__(
         self,
         encoder: Encoder,
         objective: F2LLMObjective,
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., LRScheduler] | None = None,
+        gradcache: bool = False,
+        gradient_clip_val: float | None = None,
+        teacher: Teacher | None = None,
+        max_nonfinite_in_a_row: int = 5,
     ) -> None:
         super().__init__()
+        if gradient_clip_val is not None and not gradcache:
+            raise ValueError("gradient_clip_val is for gradcache=True; otherwise set "
+                             "Trainer(gradient_clip_val=...)")
         self.encoder = encoder
         self.objective = objective
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.gradcache = gradcache
+        self.gradient_clip_val = gradient_clip_val
+        # GradCache runs one backward per chunk, which automatic optimisation cannot express.
+        self.automatic_optimization = not gradcache
+        # Not a submodule: the teacher is neither trained nor saved in checkpoints.
+        object.__setattr__(self, "teacher", teacher)
+        if teacher is not None and teacher.hidden_size < encoder.hidden_size:
+            raise ValueError(f"teacher width {teacher.hidden_size} < student width "
+                             f"{encoder.hidden_size}: KD cuts the teacher to the student's width")
+        self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
 
     @property
     def mrl_dims(self) -> list[int]:
         return self.objective.dims_and_weights(self.encoder.hidden_size)[0]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        emb = self.encoder.forward_chunks(batch["chunks"], batch["restore"])
-        b, k = batch["batch_size"], batch["num_negatives"]
-        query, positive = emb[:b], emb[b : 2 * b]
-        # Negatives were laid out column by column: negative_1 of every query, then negative_2...
-        negatives = emb[2 * b :].view(k, b, -1).transpose(0, 1) if k else None
-        loss, logs = self.objective(query, positive, negatives, use_inbatch=batch["use_inbatch"])
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def _teacher_embeddings(self, batch: dict[str, Any]) -> Tensor | None:
+        if self.teacher is None:
+            return None
+        return self.teacher.embed(batch["chunks"], batch["restore"], rank=self.global_rank)
+
+    def _finite(self, loss: Tensor, batch: dict[str, Any]) -> bool:
+        """Whether to take the step; every rank decides the same (a skipped step on one rank
+        only would leave the others waiting in the gradient all-reduce)."""
+        finite = torch.isfinite(loss.detach()).float()
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if bool(finite > 0):
+            self.nonfinite_in_a_row = 0
+            return True
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        where = (f"step {self.global_step}, dataset {batch.get('dataset')}, language "
+                 f"{batch.get('language')}, group {batch.get('group')}, epoch "
+                 f"{batch.get('epoch')}, position {batch.get('position')}")
+        log.warning("non-finite loss (%s) at %s: step skipped (%d in a row)",
+                    float(loss.detach()), where, self.nonfinite_in_a_row)
+        self.log("train/nonfinite_steps", float(self.nonfinite_total), batch_size=1)
+        if self.nonfinite_in_a_row >= self.max_nonfinite_in_a_row:
+            raise NonFiniteLoss(
+                f"{self.nonfinite_in_a_row} non-finite losses in a row, the last at {where}. "
+                "Lower optimizer.lr, check this batch's records, or use bf16/32-bit precision; "
+                "resume from the last checkpoint (ckpt_path=<run folder>) once fixed.")
+        return False
+
+    def _log_step(self, loss: Tensor, logs: dict[str, Tensor], batch: dict[str, Any]) -> None:
+        b = batch["batch_size"]
+        logs = dict(logs)
         self.log("train/loss", logs.pop("loss"), batch_size=b, prog_bar=True)
         self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=b)
         # Per format too: a clustering batch's loss is not comparable to a retrieval batch's.
         fmt = batch.get("format")
         if fmt is not None:
             self.log(f"train/{fmt}/loss", loss.detach(), batch_size=b)
+        if self.teacher is not None and self.teacher.mode == "cached":
+            cache = self.teacher.cache(self.global_rank)
+            seen = cache.hits + cache.misses
+            self.log("teacher/cache_hit_rate", cache.hits / seen if seen else 0.0, batch_size=1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        teacher = self._teacher_embeddings(batch)
+        if self.gradcache:
+            return self._gradcache_training_step(batch, teacher)
+        emb = self.encoder.forward_chunks(batch["chunks"], batch["restore"])
+        query, positive, negatives = split_embeddings(emb, batch["batch_size"],
+                                                      batch["num_negatives"])
+        targets = None
+        if teacher is not None:
+            t_query, t_positive, t_negatives = split_embeddings(
+                teacher, batch["batch_size"], batch["num_negatives"])
+            targets = {"query": t_query, "positive": t_positive}
+            if t_negatives is not None:
+                targets["negatives"] = t_negatives
+        loss, logs = self.objective(query, positive, negatives, use_inbatch=batch["use_inbatch"],
+                                    teacher=targets)
+        if not self._finite(loss, batch):
+            return None  # Lightning skips backward and the optimiser step
+        self._log_step(loss, logs, batch)
         return loss
+
+    def _gradcache_training_step(self, batch: dict[str, Any], teacher: Tensor | None
+                                 ) -> Tensor | None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        strategy = self.trainer.strategy
+        block_sync = getattr(strategy, "block_backward_sync", nullcontext)
+
+        def backward(emb: Tensor, grad: Tensor, last: bool) -> None:
+            # manual_backward applies the precision plugin; under DDP the gradients are
+            # all-reduced once, in the last chunk's backward, over the sum of all chunks.
+            with nullcontext() if last else block_sync():
+                self.manual_backward(emb, grad)
+
+        verdict: list[bool] = []
+
+        def proceed(loss: Tensor) -> bool:
+            verdict.append(self._finite(loss, batch))
+            return verdict[-1]
+
+        loss, logs = gradcache_step(self.encoder, self.objective, batch, backward, teacher,
+                                    proceed)
+        if not verdict[-1]:
+            return None
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self._log_step(loss, logs, batch)
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Teacher embeddings computed so far survive a crash after this checkpoint.
+        if self.teacher is not None:
+            self.teacher.flush()
+
+    def on_fit_end(self) -> None:
+        if self.teacher is not None:
+            self.teacher.flush()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         emb = self.encoder.forward_chunks(batch["chunks"], batch["restore"])
         return {"embeddings": emb.float(), "rows": batch["rows"], "side": batch["side"]}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(

@@ -30,15 +30,22 @@ def build(cfg: DictConfig) -> tuple[F2LLMModule, L.LightningDataModule, L.Traine
     encoder = instantiate(cfg.model)
     datamodule = instantiate(cfg.data)
     datamodule.attach_encoder(encoder)
+    gradcache = bool(cfg.get("gradcache", False))
     module = F2LLMModule(
         encoder=encoder,
         objective=instantiate(cfg.objective),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        gradcache=gradcache,
+        # Under GradCache (manual optimisation) the module clips; Lightning refuses to.
+        gradient_clip_val=cfg.trainer.get("gradient_clip_val") if gradcache else None,
+        teacher=instantiate(cfg.teacher) if cfg.get("teacher") else None,
+        max_nonfinite_in_a_row=cfg.get("max_nonfinite_in_a_row", 5),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    extra = {"gradient_clip_val": None} if gradcache else {}
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     return module, datamodule, trainer
 
 

@@ -3,8 +3,9 @@
 from f2llm.callbacks.data_mix import DataMixLogger
 from f2llm.callbacks.export import ExportOnFitEnd
 from f2llm.callbacks.matryoshka_eval import MatryoshkaEval
+from f2llm.callbacks.pruning import StructuredPruning
 from f2llm.callbacks.stages import StageTransition
 from f2llm.callbacks.throughput import ThroughputMonitor
 
 __all__ = ["DataMixLogger", "ExportOnFitEnd", "MatryoshkaEval", "StageTransition",
-           "ThroughputMonitor"]
+           "StructuredPruning", "ThroughputMonitor"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ def memory_mapped_table(parquet_path: str | Path, cache_dir: str | Path | None =
     arrow = Path(cache_dir or src.parent) / (src.stem + ".arrow")
     if not arrow.exists() or arrow.stat().st_mtime < src.stat().st_mtime:
         table = pq.read_table(src)
-        tmp = arrow.with_suffix(".arrow.tmp")
+        # A per-process name: several ranks may build the copy at once; the rename is atomic.
+        tmp = arrow.with_suffix(f".arrow.{os.getpid()}.tmp")
         arrow.parent.mkdir(parents=True, exist_ok=True)
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=64_000)
@@ -296,6 +298,24 @@ class F2LLMDataModule(L.LightningDataModule):
 
     def stage_at(self, position: int) -> Stage:
         return self.stages[self.sampler.names[self.sampler.stage_at(position)]]
+
+    def calibration_texts(self, n: int, seed: int = 0) -> list[str]:
+        """`n` texts of the first stage's datasets (queries as the stage formats them, and
+        passages), for pruning calibration."""
+        stage = next(iter(self.stages.values()))
+        rng = np.random.default_rng(seed)
+        per_dataset = max(1, n // (2 * len(stage.datasets)))
+        texts: list[str] = []
+        for name in stage.datasets:
+            table, spec = self.tables[name], self.datasets[name]
+            rows = np.sort(rng.choice(table.num_rows, min(per_dataset, table.num_rows),
+                                      replace=False))
+            picked = take_rows(table, rows, ["query", "passage"])
+            instruction = spec.instruction if stage.instructions else None
+            fmt = self.encoder.format_query if self.encoder is not None else None
+            texts += [fmt(q, instruction) if fmt else q for q in picked["query"]]
+            texts += picked["passage"]
+        return texts
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if self.encoder is None:

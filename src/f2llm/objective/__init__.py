@@ -1,7 +1,8 @@
-"""F2LLM-v2 training objective as pure functions on embeddings."""
+"""F2LLM-v2 training objective as pure functions on embeddings, and GradCache over them."""
 
 from f2llm.objective.contrastive import cosine_logits, hard_negative_loss, inbatch_loss
 from f2llm.objective.distillation import distillation_loss
+from f2llm.objective.gradcache import gradcache_step, split_embeddings
 from f2llm.objective.matryoshka import (
     matryoshka_dims,
     matryoshka_loss,
@@ -13,9 +14,11 @@ __all__ = [
     "F2LLMObjective",
     "cosine_logits",
     "distillation_loss",
+    "gradcache_step",
     "hard_negative_loss",
     "inbatch_loss",
     "matryoshka_dims",
     "matryoshka_loss",
     "matryoshka_weights",
+    "split_embeddings",
 ]

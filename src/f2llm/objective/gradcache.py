@@ -1,0 +1,104 @@
+"""GradCache: the full-batch contrastive loss with the activation memory of one chunk.
+
+The loss couples every text of the batch (in-batch negatives), so a plain step keeps the
+activations of all of them until the backward. GradCache (Gao et al., 2021) splits the step:
+embed every chunk without a graph, take the loss and its gradient with respect to the detached
+embeddings, then re-encode one chunk at a time with a graph and push the cached gradient
+through it. Loss and parameter gradients equal the plain step's; each text is encoded twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from f2llm.objective.objective import F2LLMObjective
+
+
+class ChunkEncoder(Protocol):
+    """What GradCache needs of the encoder (`f2llm.model.Encoder` has both)."""
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+    def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor) -> Tensor: ...
+
+
+# (embeddings of one chunk, d loss / d those embeddings, whether it is the step's last chunk)
+ChunkBackward = Callable[[Tensor, Tensor, bool], None]
+
+
+def split_embeddings(
+    emb: Tensor, batch_size: int, num_negatives: int
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Queries [B, D], positives [B, D] and negatives [B, K, D] (or None) of a batch's texts.
+
+    The datamodule lays the texts out as queries, positives, then the negatives column by
+    column: negative_1 of every query, then negative_2, and so on.
+    """
+    b, k = batch_size, num_negatives
+    negatives = emb[2 * b :].view(k, b, -1).transpose(0, 1) if k else None
+    return emb[:b], emb[b : 2 * b], negatives
+
+
+def _autograd_backward(emb: Tensor, grad: Tensor, last: bool) -> None:
+    torch.autograd.backward(emb, grad)
+
+
+def gradcache_step(
+    encoder: ChunkEncoder,
+    objective: F2LLMObjective,
+    batch: Mapping[str, Any],
+    backward: ChunkBackward = _autograd_backward,
+    teacher: Tensor | None = None,
+    proceed: Callable[[Tensor], bool] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Accumulate the batch loss's parameter gradients chunk by chunk; return (loss, logs).
+
+    `batch` is the datamodule's dict (chunks, restore, batch_size, num_negatives, use_inbatch);
+    its token-bounded chunks (`data.max_tokens_per_chunk`) are the GradCache mini-batches.
+    `teacher` holds the teacher's embeddings of the batch's texts (same order) for KD.
+    `proceed(loss)` may veto the backward passes (e.g. a non-finite loss). The loss comes back
+    detached. `backward` runs each chunk's backward; a trainer passes one
+    that goes through its precision plugin and skips the gradient all-reduce until the last
+    chunk. The two encodings of a chunk must agree, so the encoder must be deterministic:
+    Qwen3 has no dropout (attention_dropout is 0), otherwise each chunk's RNG state would have
+    to be saved in the first pass and restored for the second.
+    """
+    chunks, restore = batch["chunks"], batch["restore"]
+    with torch.no_grad():
+        emb = encoder.forward_chunks(chunks, restore)
+    emb = emb.detach().requires_grad_()
+    query, positive, negatives = split_embeddings(emb, batch["batch_size"],
+                                                  batch["num_negatives"])
+    targets = None
+    if teacher is not None:
+        t_query, t_positive, t_negatives = split_embeddings(teacher, batch["batch_size"],
+                                                            batch["num_negatives"])
+        targets = {"query": t_query, "positive": t_positive}
+        if t_negatives is not None:
+            targets["negatives"] = t_negatives
+    loss, logs = objective(query, positive, negatives, use_inbatch=batch["use_inbatch"],
+                           teacher=targets)
+    if proceed is not None and not proceed(loss):
+        return loss.detach(), logs
+    # Under torch.distributed the in-batch term's all_gather sends the other ranks' share of
+    # the positives' gradient back here in this call.
+    (grad,) = torch.autograd.grad(loss, emb)
+
+    # forward_chunks returns cat(chunk outputs)[restore]; put the gradient in chunk order.
+    chunk_grad = torch.empty_like(grad)
+    chunk_grad[restore] = grad
+    offset = 0
+    for i, chunk in enumerate(chunks):
+        # Each chunk looks its tokens up itself, so each backward builds a dense
+        # vocabulary-sized gradient for the embedding table (forward_chunks shares one lookup).
+        # One shared lookup with a final backward would break DDP: the synced backward (the
+        # last) must reach every parameter.
+        rows = chunk["input_ids"].shape[0]
+        chunk_emb = encoder(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"])
+        backward(chunk_emb, chunk_grad[offset : offset + rows], i == len(chunks) - 1)
+        offset += rows
+    return loss.detach(), logs

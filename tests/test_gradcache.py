@@ -1,0 +1,160 @@
+"""GradCache equals the plain step in loss and gradients; the module trains with either path."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from f2llm.data.datamodule import Stage, TrainBatches
+from f2llm.data.gettext_source import TrainingDataset
+from f2llm.model import Encoder
+from f2llm.module import F2LLMModule, cosine_with_warmup
+from f2llm.objective import F2LLMObjective, gradcache_step, split_embeddings
+from tests.conftest import CONFIGS, TINY_SHAPE
+
+WORDS = ["open", "file", "directory", "cannot", "read", "write", "permission", "denied",
+         "archive", "compress", "invalid", "option", "missing", "operand", "pattern", "match",
+         "line", "output", "input", "error", "warning"]
+NEGATIVES = 3
+RECORDS = 24
+
+
+def tiny_encoder() -> Encoder:
+    """The tiny model config with the tests' TINY_SHAPE, random init, fixed seed."""
+    cfg = OmegaConf.load(CONFIGS / "model" / "tiny.yaml")
+    for key, value in TINY_SHAPE.items():
+        OmegaConf.update(cfg, key.removeprefix("model."), value)
+    torch.manual_seed(0)
+    return instantiate(cfg)
+
+
+def _text(rng: np.random.Generator) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(1, 12))))
+
+
+def collated_batches(encoder: Encoder, fmt: str, count: int, batch_size: int = 8,
+                     max_tokens: int = 48) -> list[dict[str, Any]]:
+    """Batches from the datamodule's collate path (TrainBatches) over an in-memory table.
+
+    `max_tokens` is small so that every batch is packed into several chunks.
+    """
+    rng = np.random.default_rng(0)
+    columns = ["query", "passage", *(f"negative_{j + 1}" for j in range(NEGATIVES))]
+    table = pa.table({c: [_text(rng) for _ in range(RECORDS)] for c in columns})
+    dataset = TrainingDataset("toy", None, fmt, instruction="Find the matching text")
+    items = TrainBatches(
+        {"toy": table}, {"toy": dataset}, {"toy/xx": "toy"}, {"toy/xx": "xx"},
+        {"s": Stage("s", ["toy"], instructions=True)},
+        {"retrieval": NEGATIVES, "clustering": NEGATIVES, "classification": 1},
+        lambda texts: encoder.tokenizer(texts)["input_ids"], encoder.tokenizer.pad_token_id,
+        max_tokens, encoder.format_query,
+    )
+    starts = [(i * batch_size) % (RECORDS - batch_size) for i in range(count)]
+    return [items[{"group": "toy/xx", "indices": list(range(s, s + batch_size)), "stage": "s",
+                   "epoch": 0, "position": i}] for i, s in enumerate(starts)]
+
+
+def plain_step(encoder: Encoder, objective: F2LLMObjective,
+               batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    emb = encoder.forward_chunks(batch["chunks"], batch["restore"])
+    query, positive, negatives = split_embeddings(emb, batch["batch_size"],
+                                                  batch["num_negatives"])
+    loss, logs = objective(query, positive, negatives, use_inbatch=batch["use_inbatch"])
+    loss.backward()
+    return loss.detach(), logs
+
+
+def grads(encoder: Encoder) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in encoder.named_parameters()}
+
+
+@pytest.mark.parametrize("fmt", ["retrieval", "classification"])
+def test_gradcache_equals_plain_step(fmt: str) -> None:
+    encoder = tiny_encoder()
+    batch = collated_batches(encoder, fmt, count=1)[0]
+    assert len(batch["chunks"]) >= 3  # several mini-batches, or the test proves nothing
+    objective = F2LLMObjective()
+
+    plain_loss, plain_logs = plain_step(encoder, objective, batch)
+    plain_grads = grads(encoder)
+    encoder.zero_grad(set_to_none=True)
+    cached_loss, cached_logs = gradcache_step(encoder, objective, batch)
+
+    assert not cached_loss.requires_grad
+    torch.testing.assert_close(cached_loss, plain_loss, rtol=0, atol=1e-6)
+    assert cached_logs.keys() == plain_logs.keys()
+    for name, value in plain_grads.items():
+        torch.testing.assert_close(encoder.get_parameter(name).grad, value, rtol=1e-5,
+                                   atol=1e-5, msg=name)
+    assert any(v.abs().max() > 1e-3 for v in plain_grads.values())
+
+
+def _loader(batches: list[dict[str, Any]]) -> DataLoader:
+    return DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
+
+
+def _trainer(**kwargs: Any) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def _module(encoder: Encoder, **kwargs: Any) -> F2LLMModule:
+    return F2LLMModule(encoder, F2LLMObjective(), optimizer=partial(torch.optim.SGD, lr=0.5),
+                       scheduler=partial(cosine_with_warmup, warmup_steps=1), **kwargs)
+
+
+def test_gradcache_module_trains_like_the_plain_module() -> None:
+    encoder = tiny_encoder()
+    batches = collated_batches(encoder, "retrieval", count=2)
+    clip = 1e-3
+    probe = copy.deepcopy(encoder)
+    plain_step(probe, F2LLMObjective(), batches[0])
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in probe.parameters()]))
+    assert norm > 10 * clip  # clipping must change the update for the comparison to test it
+
+    plain = _module(copy.deepcopy(encoder))
+    plain_trainer = _trainer(max_steps=2, gradient_clip_val=clip)
+    plain_trainer.fit(plain, train_dataloaders=_loader(batches))
+    cached = _module(copy.deepcopy(encoder), gradcache=True, gradient_clip_val=clip)
+    cached_trainer = _trainer(max_steps=2)
+    cached_trainer.fit(cached, train_dataloaders=_loader(batches))
+
+    assert not cached.automatic_optimization
+    assert plain_trainer.global_step == cached_trainer.global_step == 2
+    # The scheduler stepped after each optimizer step on both paths.
+    assert cached_trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+    torch.testing.assert_close(cached_trainer.optimizers[0].param_groups[0]["lr"],
+                               plain_trainer.optimizers[0].param_groups[0]["lr"])
+    for (name, p), q in zip(plain.named_parameters(), cached.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    moved = max((p - q).abs().max() for p, q in zip(encoder.parameters(), cached.parameters(),
+                                                     strict=True))
+    assert moved > 0
+    metrics = cached_trainer.callback_metrics
+    assert {"train/loss", "train/loss_inbatch", "train/loss_hard", "train/retrieval/loss"} <= set(
+        metrics)
+
+
+def test_gradient_clip_val_only_with_gradcache() -> None:
+    with pytest.raises(ValueError, match="gradient_clip_val"):
+        _module(tiny_encoder(), gradient_clip_val=1.0)
+
+
+def test_plain_path_accumulates_gradients() -> None:
+    encoder = tiny_encoder()
+    module = _module(encoder)
+    trainer = _trainer(max_steps=2, accumulate_grad_batches=2, gradient_clip_val=1.0)
+    trainer.fit(module, train_dataloaders=_loader(collated_batches(encoder, "retrieval", 4)))
+    assert trainer.global_step == 2
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 4

@@ -1,0 +1,80 @@
+"""The multi-process trainer configs and the SLURM launcher compose and build their objects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from omegaconf import DictConfig, OmegaConf
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+
+from f2llm.train import train
+from tests.conftest import CONFIGS, ROOT, compose_train, tiny_overrides
+
+EXPERIMENT = "gettext_tiny"
+
+
+def _compose(trainer: str, tmp_path: Path) -> DictConfig:
+    cfg = compose_train([f"trainer={trainer}", f"paths.output_dir={tmp_path}"],
+                        experiment=EXPERIMENT)
+    OmegaConf.resolve(cfg.trainer)  # every interpolation in the trainer config resolves
+    return cfg
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_gpu_trainer_configs_build_their_strategy(name: str, tmp_path: Path) -> None:
+    cfg = _compose(name, tmp_path)
+    assert cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.use_distributed_sampler is False  # the sampler shards the batches
+    strategy = instantiate(cfg.trainer.strategy)  # a Trainer would need the GPUs
+    assert isinstance(strategy, FSDPStrategy if name == "fsdp" else DDPStrategy)
+
+
+def test_fsdp_wraps_and_checkpoints_qwen3_decoder_layers(tmp_path: Path) -> None:
+    cfg = _compose("fsdp", tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed"
+    strategy = instantiate(cfg.trainer.strategy)
+    assert strategy._state_dict_type == "sharded"
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Qwen3DecoderLayer}
+    checkpointing = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
+    assert checkpointing._module_classes == {Qwen3DecoderLayer}
+
+
+def test_ddp_sim_builds_a_two_process_cpu_trainer(tmp_path: Path) -> None:
+    cfg = _compose("ddp_sim", tmp_path)
+    trainer = instantiate(cfg.trainer, logger=False)  # builds; processes start only in fit
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.num_devices == 2 and trainer.world_size == 2
+    assert trainer.strategy.process_group_backend == "gloo"
+    assert trainer.strategy._start_method == "spawn"
+
+
+def test_slurm_launcher_composes() -> None:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True,
+                      overrides=[f"experiment={EXPERIMENT}", "hydra/launcher=slurm",
+                                 f"paths.root_dir={ROOT}", "trainer=ddp",
+                                 "trainer.devices=8", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == cfg.trainer.devices
+    assert launcher.nodes == cfg.trainer.num_nodes
+    assert launcher.partition == "gpu"
+    # The plugin takes every key: building the launcher checks the names, not the cluster.
+    instantiate(launcher)
+
+
+@pytest.mark.slow
+def test_ddp_sim_trains_two_processes_end_to_end(tmp_path: Path, locale_dir: Path) -> None:
+    cfg = compose_train(tiny_overrides(tmp_path, locale_dir, **{
+        "trainer": "ddp_sim", "trainer.max_steps": 2, "final_validate": False}))
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert {"train/loss", "val/bitext/accuracy@32"} <= set(metrics)
+    assert json.loads((run / "final_metrics.json").read_text())["train/loss"] > 0
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "export" / "modules.json").exists()
