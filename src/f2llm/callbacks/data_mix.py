@@ -42,6 +42,16 @@ class DataMixLogger(L.Callback):
         pl_module.log_dict(shares, batch_size=1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        found = getattr(trainer.datamodule, "found", None) or {}
+        report = found.get("skip_report")
+        if report is not None and trainer.is_global_zero:
+            if report.skipped:
+                log.warning("skipped %d bad records while reading the data:\n%s",
+                            report.skipped, report.summary())
+            if self.output_dir is not None:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                (self.output_dir / "skip_report.json").write_text(
+                    json.dumps(report.to_dict(), indent=2))
         realised = getattr(trainer.datamodule, "realised", None)
         if not realised or not trainer.is_global_zero:
             return

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from f2llm.data.collate import pack_by_length
 from f2llm.data.gettext_source import TrainingDataset
+from f2llm.data.readers import read_corpus
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,11 @@ def memory_mapped_table(parquet_path: str | Path, cache_dir: str | Path | None =
 
 def group_rows(table: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
     """Row indices per distinct value of `columns` (joined with "/"), e.g. "fr/en->xx"."""
-    key = table.column(columns[0]).combine_chunks()
-    for c in columns[1:]:
-        key = pc.binary_join_element_wise(key, table.column(c).combine_chunks(), "/")
+    # A column some datasets lack (e.g. `direction`) is null there: group those rows under "".
+    parts = [pc.fill_null(table.column(c).combine_chunks(), "") for c in columns]
+    key = parts[0]
+    for part in parts[1:]:
+        key = pc.binary_join_element_wise(key, part, "/")
     encoded = key.dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False)
     names = encoded.dictionary.to_pylist()
@@ -246,8 +249,12 @@ class F2LLMDataModule(L.LightningDataModule):
             self.found = self.corpus()
         self.datasets = {d.name: d for d in self.found["train"]}
         self.stages = self._stages()
-        self.tables = {name: memory_mapped_table(d.path) for name, d in self.datasets.items()
+        self.tables = {name: _training_table(d) for name, d in self.datasets.items()
                        if any(name in s.datasets for s in self.stages.values())}
+        report = self.found.get("skip_report")
+        if report is not None and report.skipped:
+            log.warning("training without %d bad records; per file and reason:\n%s",
+                        report.skipped, report.summary())
         for name, table in self.tables.items():
             k = self.num_negatives[self.datasets[name].format]
             have = sum(c.startswith("negative_") for c in table.schema.names)
@@ -392,6 +399,14 @@ class F2LLMDataModule(L.LightningDataModule):
         if self.sampler is not None:
             self.sampler.load_state_dict(state)
             self.realised = _realised_from_state(state)
+
+
+def _training_table(spec: TrainingDataset) -> pa.Table:
+    """A dataset's records, memory-mapped: a parquet file (via its Arrow copy) or one dataset
+    of a combined corpus file written by `readers.write_corpus`."""
+    if Path(spec.path).suffix == ".arrow":
+        return read_corpus(spec.path).dataset(spec.name)
+    return memory_mapped_table(spec.path)
 
 
 def _realised_from_state(state: Mapping[str, Any]) -> dict[tuple[str, str, str, str], int]:

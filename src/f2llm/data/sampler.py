@@ -17,7 +17,7 @@ def temperature_probs(sizes: Sequence[int], alpha: float) -> np.ndarray:
 class LanguageTemperatureSampler:
     """Yields one rank's share of each global batch; every batch comes from one group.
 
-    Group g gets a share of the drawn records proportional to n_g ** alpha. Within a group the
+    Group g is drawn with probability proportional to n_g ** alpha. Within a group the
     records are visited in a fresh permutation per cycle, so a batch never holds a record twice
     (which would be a false in-batch negative). The whole schedule is a pure function of
     (seed, epoch, position): all ranks draw the same group at a step without talking to each
@@ -46,11 +46,11 @@ class LanguageTemperatureSampler:
             raise ValueError("no group has enough records for one batch per rank")
         self.sizes = np.array([len(g) if ok else 0 for g, ok in zip(self.groups, usable,
                                                                      strict=True)])
-        # Records drawn from g should be proportional to n_g ** alpha. A group smaller than the
-        # batch gives fewer records per draw, so it is drawn more often to make up for it.
-        per_draw = np.maximum(np.asarray(self.group_batch, dtype=np.float64), 1.0)
-        record_share = temperature_probs(self.sizes, alpha)
-        self.probs = record_share / per_draw / (record_share / per_draw).sum()
+        # Batches are drawn per group with p proportional to n_g ** alpha (alpha = 1: the public
+        # code's size-proportional choice). A group smaller than the batch gives a smaller
+        # batch; drawing it more often to make up the records measurably hurt (tiny groups
+        # repeated, with weak in-batch negatives).
+        self.probs = temperature_probs(self.sizes, alpha)
         self.batch_size = batch_size
         self.alpha = alpha
         self.seed = seed

@@ -1,0 +1,157 @@
+"""Prune -> distill on the embedded default, measured (issue 4's three questions).
+
+    python scripts/bench_prune_distill.py logs/train/runs/<default run>/export [--steps 200]
+
+(a) Right after pruning the export to `model=tiny_half` (no training): held-out scores of
+    activation importance vs. first-k.
+(b) After `--steps` stage-2 steps from the activation-pruned model: with KD (teacher = the
+    unpruned export) vs. without, same seed, same batches.
+(c) Time per training step (steps 20..N, no validation): no KD, KD through a cold teacher cache
+    (first sight of every text), KD through a warm cache (a second run over the same batches),
+    and KD with the online teacher.
+Prints a markdown table; `--json` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from f2llm.eval import encoder_embedder, heldout_metrics
+from f2llm.pruning import encoder_importance, prune_backbone
+from f2llm.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class StepTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        self.times.append(time.perf_counter())
+
+    def ms_per_step(self, skip: int = 20) -> float:
+        t = self.times[skip:]
+        return 1000 * (t[-1] - t[0]) / (len(t) - 1)
+
+
+def compose_cfg(export: Path, out: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=prune_distill_tiny", f"model.pretrained={export}",
+            f"paths.root_dir={ROOT}", f"paths.output_dir={out}", "callbacks.progress=null",
+            "trainer.enable_progress_bar=false", *overrides])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("export", type=Path)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=ROOT / "logs" / "bench_prune_distill")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    export = args.export.resolve()
+    rows: dict[str, dict] = {}
+
+    # (a) pruning alone.
+    cfg = compose_cfg(export, args.out / "a", [])
+    found = instantiate(cfg.data.corpus)()
+    datamodule = instantiate(cfg.data)
+    teacher_encoder = instantiate(cfg.model)
+    datamodule.attach_encoder(teacher_encoder)
+    datamodule.setup("fit")
+    texts = datamodule.calibration_texts(cfg.callbacks.pruning.calibration_texts, cfg.seed)
+    target = dict(cfg.callbacks.pruning.target.shape)
+    instructions = {d.name: d.instruction for d in found["train"] if d.instruction}
+    rows["unpruned (teacher)"] = heldout_metrics(encoder_embedder(teacher_encoder),
+                                                 teacher_encoder.hidden_size, instructions, found)
+    for method in ("activation", "first_k"):
+        student = copy.deepcopy(teacher_encoder)
+        importance = encoder_importance(student, texts) if method == "activation" else None
+        prune_backbone(student.backbone, target, importance, method)
+        rows[f"pruned, {method}, no training"] = heldout_metrics(
+            encoder_embedder(student), student.hidden_size, instructions, found)
+
+    # (b) + (c): stage 2 from the pruned model, with and without KD; step times.
+    base = [f"trainer.max_steps={args.steps}", f"data.stages.0.steps={args.steps}",
+            f"trainer.val_check_interval={args.steps}", "callbacks.export=null",
+            "callbacks.checkpoint=null"]
+    cache = args.out / "teacher_cache"
+    runs = {
+        "stage 2, no KD": ["teacher=null"],
+        "stage 2, KD, cold cache": [f"teacher.cache_dir={cache}"],
+        "stage 2, KD, warm cache": [f"teacher.cache_dir={cache}"],
+        "stage 2, KD, online teacher": ["teacher.mode=online"],
+    }
+    if cache.exists():
+        shutil.rmtree(cache)
+    times = {}
+    for name, extra in runs.items():
+        cfg = compose_cfg(export, args.out / name.replace(" ", "_").replace(",", ""),
+                          base + extra)
+        timer = StepTimer()
+        metrics = _train_with(cfg, timer)
+        times[name] = timer.ms_per_step()
+        rows[name] = metrics
+    result = {"date": str(date.today()), "machine": f"{platform.processor() or platform.machine()}"
+              f", {os.cpu_count()} CPUs, torch {torch.__version__}",
+              "steps": args.steps, "scores": rows, "ms_per_step": times}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print_table(result)
+
+
+def _train_with(cfg, timer: StepTimer) -> dict[str, float]:
+    import f2llm.train as entry
+
+    original = entry.build
+
+    def build_with_timer(c):
+        module, datamodule, trainer = original(c)
+        trainer.callbacks.append(timer)
+        return module, datamodule, trainer
+
+    entry.build = build_with_timer
+    try:
+        metrics = train(cfg)
+    finally:
+        entry.build = original
+    return {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}
+
+
+def print_table(result: dict) -> None:
+    keys = ["bitext/accuracy", "retrieval/ndcg_at_10", "clustering/v_measure",
+            "classification/accuracy"]
+    print(f"| model | {' | '.join(keys)} |")
+    print("|---|" + "---|" * len(keys))
+    for name, m in result["scores"].items():
+        print(f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in keys) + " |")
+    print()
+    base = result["ms_per_step"]["stage 2, no KD"]
+    print("| run | ms/step | vs. no KD |")
+    print("|---|---|---|")
+    for name, ms in result["ms_per_step"].items():
+        print(f"| {name} | {ms:.0f} | {ms / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
