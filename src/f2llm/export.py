@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -39,6 +40,10 @@ def export_sentence_transformers(
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     backbone = encoder.backbone
+    if hasattr(backbone, "merge_and_unload"):
+        # LoRA: export plain weights with the adapters merged in (on a copy: training's
+        # adapters stay as they are).
+        backbone = copy.deepcopy(backbone).merge_and_unload()
     backbone.config.architectures = [type(backbone).__name__]
     backbone.save_pretrained(out, safe_serialization=True)
     encoder.tokenizer.save_pretrained(out)

@@ -50,6 +50,15 @@ def build_backbone(
     return Qwen3Model(config)
 
 
+def default_attention() -> str:
+    """flash_attention_2 where it can run (the package and a CUDA device), else sdpa."""
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def last_token_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     """Hidden state of the last real token, whatever side the padding is on."""
     seq_len = attention_mask.shape[1]
@@ -167,14 +176,26 @@ def build_encoder(
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
+    lora: Mapping[str, Any] | None = None,
 ) -> Encoder:
-    """Build the encoder a `configs/model/*.yaml` describes."""
+    """Build the encoder a `configs/model/*.yaml` describes.
+
+    `attn_implementation: auto` picks flash-attention 2 when the `flash_attn` package and a
+    GPU are there, else sdpa. `lora` (peft `LoraConfig` arguments, e.g. `{r: 16, lora_alpha:
+    32, target_modules: [q_proj, k_proj, v_proj, o_proj]}`) trains low-rank adapters only.
+    """
+    if attn_implementation == "auto":
+        attn_implementation = default_attention()
     del name  # the config's label, used in logs and run names
     backbone = build_backbone(shape, pretrained, attn_implementation, trust_remote_code)
     if gradient_checkpointing:
         backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        backbone = get_peft_model(backbone, LoraConfig(**dict(lora)))
     # A pretrained folder carries its own tokenizer unless one is named.
     tok = load_tokenizer(tokenizer or pretrained, eos_token, trust_remote_code)
     return Encoder(backbone, tok, max_length)
