@@ -24,7 +24,7 @@ from tests.test_model import tiny_encoder
 
 def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None:
     teacher = export_sentence_transformers(tiny_encoder(), tmp_path / "teacher")  # 32 wide
-    overrides = tiny_overrides(tmp_path, locale_dir, **{
+    extra = {
         "model.pretrained": str(teacher), "model.max_length": 32,
         "callbacks.pruning.target.shape.hidden_size": 16,
         "callbacks.pruning.target.shape.intermediate_size": 32,
@@ -32,8 +32,9 @@ def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None
         "callbacks.pruning.target.shape.num_hidden_layers": 2,
         "callbacks.pruning.calibration_texts": 64,
         "data.stages.0.steps": 4, "trainer.val_check_interval": 2,
-    })
-    cfg = compose_train(overrides, experiment="prune_distill_tiny")
+    }
+    cfg = compose_train(tiny_overrides(tmp_path, locale_dir, **extra),
+                        experiment="prune_distill_tiny")
     with open_dict(cfg):
         cfg.final_validate = False
     metrics = train(cfg)
@@ -53,6 +54,16 @@ def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None
     pooling = json.loads((run / "export" / "1_Pooling" / "config.json").read_text())
     assert pooling["word_embedding_dimension"] == 16
     assert 0.0 <= metrics["val/bitext/accuracy@16"] <= 1.0
+
+    # Resuming the pruned run: pruned again at setup, then the checkpoint's weights load.
+    resumed = compose_train(tiny_overrides(tmp_path / "again", locale_dir, **{
+        **extra, "ckpt_path": str(run), "trainer.max_steps": 6, "data.stages.0.steps": 6}),
+        experiment="prune_distill_tiny")
+    with open_dict(resumed):
+        resumed.final_validate = False
+        resumed.paths.data_dir = cfg.paths.data_dir
+    train(resumed)
+    assert json.loads((tmp_path / "again" / "run" / "data_mix.json").read_text())["batches"] == 6
 
 
 @pytest.mark.parametrize("size", ["80m", "160m", "330m"])

@@ -28,9 +28,9 @@ class StructuredPruning(L.Callback):
     Importance is activation-based, from `calibration_texts` records of the first stage run
     through the embedding prompts; `method: first_k` keeps the first k of everything (the naive
     baseline). `steps > 1` prunes iteratively (0.6B -> ... -> target), re-measuring importance
-    before each step. When resuming from a checkpoint, the weights come from the checkpoint, so
-    only the shape is cut (no calibration). Logs and saves the kept shape and parameter count;
-    the pruned backbone is saved under `save_dir` (loads with plain `transformers`).
+    before each step. A resumed run prunes again (deterministically: same texts, same seed), and
+    the checkpoint's weights then replace the pruned ones. Logs the kept shape and parameter
+    count; the pruned backbone is saved under `save_dir` (loads with plain `transformers`).
     """
 
     def __init__(self, target: Mapping[str, Any], method: str = "activation",
@@ -55,8 +55,7 @@ class StructuredPruning(L.Callback):
             return
         params_before = sum(p.numel() for p in backbone.parameters())
         targets = step_targets(backbone.config, self.target, self.steps)
-        resuming = trainer.ckpt_path is not None
-        method = "first_k" if resuming else self.method
+        method = self.method
         batches = None
         if method == "activation":
             texts = trainer.datamodule.calibration_texts(self.calibration_texts, self.seed)
@@ -73,7 +72,7 @@ class StructuredPruning(L.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams({"pruning/parameters": params, "pruning/method": method,
                                     **{f"pruning/{k}": v for k, v in after.items()}})
-        if self.save_dir is not None and trainer.is_global_zero and not resuming:
+        if self.save_dir is not None and trainer.is_global_zero:
             backbone.save_pretrained(self.save_dir, safe_serialization=True)
             encoder.tokenizer.save_pretrained(self.save_dir)
             (self.save_dir / "pruning.json").write_text(json.dumps(self.summary, indent=2))
