@@ -17,7 +17,8 @@ from tests.conftest import CONFIGS, ROOT, TEST_VAL_CATALOGS
 def eval_cfg(model_path: Path, out: Path, train_cfg: DictConfig) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("eval", overrides=[f"model_path={model_path}", f"paths.root_dir={ROOT}",
-                                         f"paths.output_dir={out}"])
+                                         f"paths.output_dir={out}",
+                                         f"paths.data_dir={train_cfg.paths.data_dir}"])
     with open_dict(cfg):
         cfg.pop("hydra", None)
         cfg.data.corpus = train_cfg.data.corpus  # the test's small locale slice
