@@ -138,6 +138,7 @@ class TrainBatches(Dataset):
             "dataset": name,
             "language": self.group_language[item["group"]],
             "group": item["group"],
+            "indices": np.asarray(item["indices"]),  # this rank's rows of the dataset's table
             "stage": item["stage"],
             "epoch": item["epoch"],
             "position": item["position"],
@@ -218,6 +219,7 @@ class F2LLMDataModule(L.LightningDataModule):
         max_tokens_per_chunk: int = 4096,
         seed: int = 0,
         num_workers: int = 0,
+        exhaustive: bool = False,
     ) -> None:
         super().__init__()
         self.corpus = corpus
@@ -231,6 +233,8 @@ class F2LLMDataModule(L.LightningDataModule):
         self.max_tokens_per_chunk = max_tokens_per_chunk
         self.seed = seed
         self.num_workers = num_workers
+        # True: every record exactly once per epoch (alpha unused); see LanguageTemperatureSampler.
+        self.exhaustive = exhaustive
         self.encoder = None  # set by the entry point: tokenization follows the model
         self.found: Mapping[str, Any] | None = None
         self.sampler: StagedSampler | None = None
@@ -276,7 +280,7 @@ class F2LLMDataModule(L.LightningDataModule):
             stage_groups = {g: r for g, r in groups.items() if self.group_dataset[g] in st.datasets}
             samplers.append(LanguageTemperatureSampler(
                 stage_groups, self.batch_size, self.alpha, self.seed, rank, world,
-                batches_per_epoch=st.steps, stream=i))
+                batches_per_epoch=st.steps, stream=i, exhaustive=self.exhaustive))
         self.sampler = StagedSampler(samplers, list(self.stages))
         if self._pending_state is not None:
             self.sampler.load_state_dict(self._pending_state)

@@ -41,23 +41,49 @@ def _world_size(gather: bool) -> int:
     return dist.get_world_size()
 
 
+def _gather_positives(positive: Tensor) -> tuple[Tensor, int]:
+    """Every rank's positives, in rank order, and where this rank's rows start.
+
+    Ranks may hold different numbers of rows (an exhaustive epoch splits a batch into shares
+    that differ by one): the sizes are gathered first, every share is padded to the largest,
+    and the padding is cut off again after the gather.
+    """
+    # The autograd all_gather returns each rank's gradient for the other ranks' positives to
+    # their owners; the plain collective would cut those terms off.
+    from torch.distributed.nn.functional import all_gather
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    # The sizes cost a small collective and, on a GPU, a host sync per call: shapes cannot
+    # stay on the device.
+    size = torch.tensor([positive.shape[0]], device=positive.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(n) for n in torch.cat(sizes).tolist()]
+    offset = sum(counts[:rank])
+    largest = max(counts)
+    if all(n == largest for n in counts):
+        return torch.cat(all_gather(positive), dim=0), offset
+    # Zero rows pad the tensor only for the collective; slicing them off below keeps them out
+    # of the logits, and the pad's backward passes only the real rows' gradient.
+    padded = F.pad(positive, (0, 0, 0, largest - positive.shape[0]))
+    shares = all_gather(padded)
+    return torch.cat([p[:n] for p, n in zip(shares, counts, strict=True)], dim=0), offset
+
+
 def inbatch_loss(
     query: Tensor, positive: Tensor, tau: float = 0.05, gather: bool = True
 ) -> Tensor:
     """Cross-entropy of each local query over all positives of the global batch; mean.
 
     Shapes: query [B, D], positive [B, D]. Raw embeddings, normalised here. With
-    `gather` under torch.distributed, every rank must pass the same B.
+    `gather` under torch.distributed, B may differ between ranks; each rank's loss is the
+    mean over its own B queries, so under DDP's gradient average the queries of a rank with
+    fewer of them weigh a little more than in one process on the whole batch.
     """
     batch = query.shape[0]
     offset = 0
     if _world_size(gather) > 1:
-        # The autograd all_gather returns each rank's gradient for the other ranks'
-        # positives to their owners; the plain collective would cut those terms off.
-        from torch.distributed.nn.functional import all_gather
-
-        positive = torch.cat(all_gather(positive), dim=0)
-        offset = dist.get_rank() * batch
+        positive, offset = _gather_positives(positive)
     logits = cosine_logits(query, positive, tau)
     labels = torch.arange(offset, offset + batch, device=query.device)
     return F.cross_entropy(logits, labels)
