@@ -80,7 +80,7 @@ def test_soak_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
          "0.4", "--window-minutes", "0.25", "--interval", "1", "--grace", "30", "--out", str(out),
          "--",
          *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
     )
     # No verdict asserted: a minute of a toy run says nothing about leaks.
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
