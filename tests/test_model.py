@@ -89,6 +89,8 @@ def test_from_pretrained_local_folder(tmp_path: Path) -> None:
     lm.save_pretrained(tmp_path / "ckpt")
     enc.tokenizer.save_pretrained(tmp_path / "ckpt")
     loaded = build_encoder("local", pretrained=str(tmp_path / "ckpt"), max_length=32)
+    # Built for training: HF hands it over in eval mode, where gradient checkpointing is off.
+    assert all(m.training for m in loaded.backbone.modules())
     texts = ["Datei nicht gefunden", "file not found"]
     torch.testing.assert_close(loaded.encode(texts), enc.encode(texts))
 
@@ -96,3 +98,16 @@ def test_from_pretrained_local_folder(tmp_path: Path) -> None:
 def test_missing_model_source_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="pretrained"):
         build_encoder("nothing")
+
+
+def test_loader_tokenization_equals_the_tokenizer_call() -> None:
+    """The datamodule's Rust fast path gives the ids of `tokenizer(truncation=True)`."""
+    from f2llm.data.datamodule import encode_ids, truncating_backend
+
+    enc = tiny_encoder()
+    texts = ["", "file not found", "Datei nicht gefunden " * 40, "日本語のテキスト " * 30,
+             "Instruct: Retrieve\nQuery: ünïcödé"]
+    fast = [e.ids for e in encode_ids(truncating_backend(enc.tokenizer, 32), texts)]
+    assert fast == enc.tokenizer(texts, truncation=True, max_length=32)["input_ids"]
+    eos = enc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert max(map(len, fast)) == 32 and all(ids[-1] == eos for ids in fast)

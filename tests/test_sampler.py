@@ -112,3 +112,23 @@ def test_staged_sampler_switches_on_the_step_and_resumes() -> None:
     rest = list(again)
     assert [(i["stage"], i["group"], i["indices"].tolist()) for i in rest] == [
         (i["stage"], i["group"], i["indices"].tolist()) for i in items[3:]]
+
+
+def test_pack_by_length_keeps_every_id_and_cuts_greedily() -> None:
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 1000, size=int(n)).tolist() for n in rng.integers(1, 40, size=300)]
+    chunks, restore, padding = pack_by_length(seqs, pad_id=0, max_tokens=256)
+    rows = [(c["input_ids"][r], c["attention_mask"][r]) for c in chunks
+            for r in range(c["input_ids"].shape[0])]
+    for seq, (ids, mask) in zip(seqs, [rows[i] for i in restore.tolist()], strict=True):
+        assert ids[mask.bool()].tolist() == seq and int(mask.sum()) == len(seq)
+        assert (ids[~mask.bool()] == 0).all() and mask[: len(seq)].all()  # left-aligned
+    widths = sorted(len(s) for s in seqs)
+    at = 0
+    for c in chunks:  # each chunk as large as the token bound allows, and no larger
+        n, width = c["input_ids"].shape
+        at += n
+        assert width == widths[at - 1] and (n == 1 or n * width <= 256)
+        assert at == len(seqs) or (n + 1) * widths[at] > 256
+    assert padding == sum(c["input_ids"].numel() for c in chunks) - sum(widths)
+    assert pack_by_length([], pad_id=0, max_tokens=8)[0] == []

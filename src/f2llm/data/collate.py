@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,26 +19,32 @@ def pack_by_length(
     and the number of pad tokens. Padding a mixed batch to its longest text wastes most of the
     compute when lengths vary; sorted chunks waste almost none and give the same embeddings.
     """
-    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    # All ids in sorted order, one flat array: each chunk is filled with one scatter.
+    flat = np.fromiter(itertools.chain.from_iterable(token_ids[i] for i in order),
+                       dtype=np.int64, count=int(lengths.sum()))
+    offsets = np.concatenate([[0], np.cumsum(sorted_lengths)])
     chunks: list[dict[str, Tensor]] = []
     padding = 0
     start = 0
     while start < len(order):
-        # Sorted ascending, so the chunk's last sequence sets its padded width.
-        end = start + 1
-        while end < len(order) and (end - start + 1) * len(token_ids[order[end]]) <= max_tokens:
-            end += 1
-        idx = order[start:end]
-        width = len(token_ids[idx[-1]])
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = token_ids[i]
-            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        padding += int((mask == 0).sum())
-        chunks.append({"input_ids": ids, "attention_mask": mask})
+        # Sorted ascending, so a chunk's last sequence sets its padded width: the chunk ends
+        # before the first sequence whose width times the chunk's count would pass max_tokens.
+        rest = sorted_lengths[start:] * np.arange(1, len(order) - start + 1)
+        over = np.flatnonzero(rest[1:] > max_tokens)
+        end = start + 1 + (int(over[0]) if len(over) else len(order) - start - 1)
+        widths = sorted_lengths[start:end]
+        width = int(widths[-1])
+        mask = np.arange(width) < widths[:, None]
+        ids = np.full((end - start, width), pad_id, dtype=np.int64)
+        ids[mask] = flat[offsets[start]:offsets[end]]
+        padding += mask.size - int(widths.sum())
+        chunks.append({"input_ids": torch.from_numpy(ids),
+                       "attention_mask": torch.from_numpy(mask.astype(np.int64))})
         start = end
+    order = torch.from_numpy(order)
     restore = torch.empty(len(order), dtype=torch.long)
-    restore[torch.as_tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    restore[order] = torch.arange(len(order))
     return chunks, restore, padding

@@ -236,6 +236,7 @@ class F2LLMDataModule(L.LightningDataModule):
         # True: every record exactly once per epoch (alpha unused); see LanguageTemperatureSampler.
         self.exhaustive = exhaustive
         self.encoder = None  # set by the entry point: tokenization follows the model
+        self._backend: Any = None  # the encoder's Rust tokenizer, truncating (see _tokenize)
         self.found: Mapping[str, Any] | None = None
         self.sampler: StagedSampler | None = None
         self.realised: dict[tuple[str, str, str, str], int] = {}
@@ -244,6 +245,7 @@ class F2LLMDataModule(L.LightningDataModule):
 
     def attach_encoder(self, encoder: Any) -> None:
         self.encoder = encoder
+        self._backend = None
 
     def prepare_data(self) -> None:
         self.found = self.corpus()
@@ -331,8 +333,14 @@ class F2LLMDataModule(L.LightningDataModule):
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if self.encoder is None:
             raise RuntimeError("call attach_encoder(encoder) first: batches are tokenized")
-        max_length = self.max_length or self.encoder.max_length
-        return self.encoder.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        if self._backend is None:
+            self._backend = truncating_backend(self.encoder.tokenizer,
+                                               self.max_length or self.encoder.max_length)
+        if self._backend is False:  # a slow (Python) tokenizer
+            max_length = self.max_length or self.encoder.max_length
+            return self.encoder.tokenizer(texts, truncation=True,
+                                          max_length=max_length)["input_ids"]
+        return [e.ids for e in encode_ids(self._backend, texts)]
 
     def train_dataloader(self) -> DataLoader:
         if self.encoder is None:
@@ -403,6 +411,32 @@ class F2LLMDataModule(L.LightningDataModule):
         if self.sampler is not None:
             self.sampler.load_state_dict(state)
             self.realised = _realised_from_state(state)
+
+
+def truncating_backend(tokenizer: Any, max_length: int) -> Any:
+    """A copy of `tokenizer`'s Rust backend that truncates to `max_length` and never pads.
+
+    Called directly it gives the ids of `tokenizer(texts, truncation=True, max_length=...)`
+    (post-processor included, so EOS stays last) without building a Python dict per text,
+    which took a third of a batch's loading time. False for a slow tokenizer (no backend).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_length, strategy="longest_first",
+                           direction=getattr(tokenizer, "truncation_side", "right"))
+    return copy
+
+
+def encode_ids(backend: Any, texts: list[str]) -> list[Any]:
+    """`backend.encode_batch_fast` where the tokenizers version has it (no character offsets,
+    which we never use: a quarter less time), else `encode_batch`."""
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return encode(texts)
 
 
 def _training_table(spec: TrainingDataset) -> pa.Table:

@@ -37,12 +37,16 @@ def build_backbone(
     """Random init from `shape`, or `from_pretrained` of a hub name or local folder."""
     if pretrained:
         # AutoModel strips a causal-LM checkpoint down to its decoder (Qwen3Model).
-        return AutoModel.from_pretrained(
+        model = AutoModel.from_pretrained(
             resolve_pretrained(pretrained),
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
             dtype=torch.float32,
         )
+        # `from_pretrained` returns the model in eval mode, and Lightning keeps the modes it
+        # finds: trained so, gradient checkpointing (active only in train mode) and any dropout
+        # would be silently off. A built backbone is for training, as a random init is.
+        return model.train()
     if shape is None:
         raise ValueError("model needs either `pretrained` (hub name or folder) or `shape`")
     config = qwen3_config(**dict(shape))
