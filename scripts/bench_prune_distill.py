@@ -3,9 +3,10 @@
     python scripts/bench_prune_distill.py logs/train/runs/<default run>/export [--steps 200]
 
 (a) Right after pruning the export to `model=tiny_half` (no training): held-out scores of
-    activation importance vs. first-k.
+    activation importance vs. first-k, and of activation importance with the hidden channels
+    kept as the first ones (`callbacks.pruning.hidden=prefix`, the teacher's MRL prefix).
 (b) After `--steps` stage-2 steps from the activation-pruned model: with KD (teacher = the
-    unpruned export) vs. without, same seed, same batches.
+    unpruned export) vs. without, same seed, same batches; for both hidden channel choices.
 (c) Time per training step (steps 20..N, no validation): no KD, KD through a cold teacher cache
     (first sight of every text), KD through a warm cache (a second run over the same batches),
     and KD with the online teacher.
@@ -84,11 +85,13 @@ def main() -> None:
     instructions = {d.name: d.instruction for d in found["train"] if d.instruction}
     rows["unpruned (teacher)"] = heldout_metrics(encoder_embedder(teacher_encoder),
                                                  teacher_encoder.hidden_size, instructions, found)
-    for method in ("activation", "first_k"):
+    for method, hidden in (("activation", "method"), ("first_k", "method"),
+                           ("activation", "prefix")):
         student = copy.deepcopy(teacher_encoder)
         importance = encoder_importance(student, texts) if method == "activation" else None
-        prune_backbone(student.backbone, target, importance, method)
-        rows[f"pruned, {method}, no training"] = heldout_metrics(
+        prune_backbone(student.backbone, target, importance, method, hidden)
+        name = f"{method}{', prefix hidden' if hidden == 'prefix' else ''}"
+        rows[f"pruned, {name}, no training"] = heldout_metrics(
             encoder_embedder(student), student.hidden_size, instructions, found)
 
     # (b) + (c): stage 2 from the pruned model, with and without KD; step times.
@@ -101,6 +104,9 @@ def main() -> None:
         "stage 2, KD, cold cache": [f"teacher.cache_dir={cache}"],
         "stage 2, KD, warm cache": [f"teacher.cache_dir={cache}"],
         "stage 2, KD, online teacher": ["teacher.mode=online"],
+        "stage 2, prefix hidden, no KD": ["teacher=null", "callbacks.pruning.hidden=prefix"],
+        "stage 2, prefix hidden, KD (warm cache)": [f"teacher.cache_dir={cache}",
+                                                    "callbacks.pruning.hidden=prefix"],
     }
     if cache.exists():
         shutil.rmtree(cache)

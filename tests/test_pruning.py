@@ -209,6 +209,25 @@ def test_activation_keeps_strong_hidden_channels() -> None:
     torch.testing.assert_close(layer.self_attn.q_norm.weight, old.self_attn.q_norm.weight)
 
 
+def test_prefix_hidden_keeps_the_first_channels_and_ranks_the_rest() -> None:
+    """hidden="prefix": the residual stream keeps channels 0..d-1 (an MRL teacher's embedding
+    prefix), while neurons are still chosen by activation."""
+    model = small_backbone()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                param[[20, 30]] *= 10  # activation would keep these
+    importance = collect_importance(model, random_batches(SMALL["vocab_size"]), progress=False)
+    target = {"hidden_size": 8, "intermediate_size": 6}
+    plan = plan_pruning(model.config, target, importance, hidden="prefix")
+    assert plan.hidden.tolist() == list(range(8))
+    by_activation = plan_pruning(model.config, target, importance)
+    assert by_activation.hidden.tolist() != plan.hidden.tolist()
+    assert plan.neurons[0].tolist() == by_activation.neurons[0].tolist()
+    with pytest.raises(ValueError, match="hidden channel choice"):
+        plan_pruning(model.config, target, importance, hidden="first")
+
+
 def test_identity_layer_and_dead_neurons_are_pruned_exactly() -> None:
     model = small_backbone()
     dead = list(range(0, SMALL["intermediate_size"], 2))

@@ -27,7 +27,9 @@ class StructuredPruning(L.Callback):
 
     Importance is activation-based, from `calibration_texts` records of the first stage run
     through the embedding prompts; `method: first_k` keeps the first k of everything (the naive
-    baseline). `steps > 1` prunes iteratively (0.6B -> ... -> target), re-measuring importance
+    baseline). `hidden: prefix` keeps the first hidden channels (an MRL-trained model's
+    embedding prefix, which KD compares with) instead of choosing them by the method.
+    `steps > 1` prunes iteratively (0.6B -> ... -> target), re-measuring importance
     before each step. A resumed run prunes again (deterministically: same texts, same seed), and
     the checkpoint's weights then replace the pruned ones. Logs the kept shape and parameter
     count; the pruned backbone is saved under `save_dir` (loads with plain `transformers`).
@@ -35,9 +37,10 @@ class StructuredPruning(L.Callback):
 
     def __init__(self, target: Mapping[str, Any], method: str = "activation",
                  calibration_texts: int = 1024, steps: int = 1, batch_size: int = 32,
-                 save_dir: str | Path | None = None, seed: int = 0) -> None:
+                 save_dir: str | Path | None = None, seed: int = 0,
+                 hidden: str = "method") -> None:
         self.target = dict(target.get("shape", target))
-        self.method, self.steps = method, steps
+        self.method, self.steps, self.hidden = method, steps, hidden
         self.calibration_texts, self.batch_size = calibration_texts, batch_size
         self.save_dir = Path(save_dir) if save_dir else None
         self.seed = seed
@@ -62,13 +65,13 @@ class StructuredPruning(L.Callback):
             texts = sorted(texts, key=len)  # less padding; importance does not depend on order
             batches = [encoder.tokenize(texts[i : i + self.batch_size])
                        for i in range(0, len(texts), self.batch_size)]
-        prune_in_steps(backbone, targets, batches, method=method)
+        prune_in_steps(backbone, targets, batches, method=method, hidden=self.hidden)
         after = _shape(backbone.config)
         params = sum(p.numel() for p in backbone.parameters())
-        self.summary = {"method": method, "before": before, "after": after,
-                        "parameters_before": params_before, "parameters": params}
-        log.info("pruned %s -> %s (%s): %s -> %s parameters", before, after, method,
-                 f"{params_before:,}", f"{params:,}")
+        self.summary = {"method": method, "hidden": self.hidden, "before": before,
+                        "after": after, "parameters_before": params_before, "parameters": params}
+        log.info("pruned %s -> %s (%s, hidden channels: %s): %s -> %s parameters", before,
+                 after, method, self.hidden, f"{params_before:,}", f"{params:,}")
         for logger in trainer.loggers:
             logger.log_hyperparams({"pruning/parameters": params, "pruning/method": method,
                                     **{f"pruning/{k}": v for k, v in after.items()}})

@@ -21,6 +21,8 @@ PRUNABLE = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attent
 KEPT = ("head_dim", "num_key_value_heads", "vocab_size")
 
 Method = Literal["activation", "first_k"]
+# How hidden channels are chosen: by the method, or the first ones (see plan_pruning).
+Hidden = Literal["method", "prefix"]
 
 
 @dataclass
@@ -104,12 +106,18 @@ def plan_pruning(
     target: Mapping[str, Any],
     importance: Importance | None = None,
     method: Method = "activation",
+    hidden: Hidden = "method",
 ) -> PruningPlan:
     """Choose what to keep to reach `target` (missing keys: unchanged).
 
     `target` may be a whole model `shape`: entries other than the pruned and kept dimensions
-    (rope, eps, positions) are not shape and are ignored.
+    (rope, eps, positions) are not shape and are ignored. `hidden="prefix"` keeps the first
+    hidden channels whatever the method: the embedding is the residual stream's last state,
+    and an MRL-trained model's first d channels are its d-dim embedding, which is what KD
+    compares the student with (the teacher cut to the student's width).
     """
+    if hidden not in ("method", "prefix"):
+        raise ValueError(f"unknown hidden channel choice {hidden!r}: 'method' or 'prefix'")
     shape = _target_shape(config, target)
     if method == "first_k":
         importance = _first_k_scores(config)
@@ -123,7 +131,8 @@ def plan_pruning(
     layers = top_k(importance.layers, shape["num_hidden_layers"])
     return PruningPlan(
         layers=layers,
-        hidden=top_k(importance.hidden, shape["hidden_size"]),
+        hidden=(torch.arange(shape["hidden_size"]) if hidden == "prefix"
+                else top_k(importance.hidden, shape["hidden_size"])),
         neurons=[top_k(importance.neurons[i], shape["intermediate_size"]) for i in layers],
         heads=[
             heads_to_keep(
@@ -241,15 +250,16 @@ def prune_backbone(
     target: Mapping[str, Any],
     importance: Importance | None = None,
     method: Method = "activation",
+    hidden: Hidden = "method",
 ) -> PreTrainedModel:
     """Prune `backbone` in place to `target`; 'first_k' keeps the first k of everything.
 
     `importance` (from `collect_importance` on this backbone) is needed for 'activation' and
-    unused by 'first_k'.
+    unused by 'first_k'. `hidden`: see `plan_pruning`.
     """
     if not hasattr(backbone, "layers"):
         raise TypeError(f"expected a Qwen3Model-like backbone, got {type(backbone).__name__}")
-    plan = plan_pruning(backbone.config, target, importance, method)
+    plan = plan_pruning(backbone.config, target, importance, method, hidden)
     return apply_plan(backbone, plan)
 
 
@@ -281,6 +291,7 @@ def prune_in_steps(
     batches: Sequence[Mapping[str, Tensor]] | None = None,
     method: Method = "activation",
     progress: bool = True,
+    hidden: Hidden = "method",
 ) -> PreTrainedModel:
     """Prune through `targets` in order, re-measuring importance on `batches` before each step."""
     if method == "activation" and batches is None:
@@ -289,5 +300,5 @@ def prune_in_steps(
         importance = None
         if method == "activation":
             importance = collect_importance(backbone, batches, progress=progress)
-        prune_backbone(backbone, target, importance, method)
+        prune_backbone(backbone, target, importance, method, hidden)
     return backbone
