@@ -118,6 +118,8 @@ def main() -> None:
         metrics = _train_with(cfg, timer)
         times[name] = timer.ms_per_step()
         rows[name] = metrics
+        if args.json:  # so far, in case a later run fails
+            args.json.write_text(json.dumps({"scores": rows, "ms_per_step": times}, indent=2))
     result = {"date": str(date.today()), "machine": f"{platform.processor() or platform.machine()}"
               f", {os.cpu_count()} CPUs, torch {torch.__version__}",
               "steps": args.steps, "scores": rows, "ms_per_step": times}
