@@ -105,7 +105,7 @@ def main() -> None:
         "stage 2, KD, warm cache": [f"teacher.cache_dir={cache}"],
         "stage 2, KD, online teacher": ["teacher.mode=online"],
         "stage 2, prefix hidden, no KD": ["teacher=null", "callbacks.pruning.hidden=prefix"],
-        "stage 2, prefix hidden, KD (warm cache)": [f"teacher.cache_dir={cache}",
+        "stage 2, prefix hidden, KD, warm cache": [f"teacher.cache_dir={cache}",
                                                     "callbacks.pruning.hidden=prefix"],
     }
     if cache.exists():
