@@ -333,11 +333,10 @@ class F2LLMDataModule(L.LightningDataModule):
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if self.encoder is None:
             raise RuntimeError("call attach_encoder(encoder) first: batches are tokenized")
+        max_length = self.max_length or self.encoder.max_length
         if self._backend is None:
-            self._backend = truncating_backend(self.encoder.tokenizer,
-                                               self.max_length or self.encoder.max_length)
+            self._backend = truncating_backend(self.encoder.tokenizer, max_length)
         if self._backend is False:  # a slow (Python) tokenizer
-            max_length = self.max_length or self.encoder.max_length
             return self.encoder.tokenizer(texts, truncation=True,
                                           max_length=max_length)["input_ids"]
         return [e.ids for e in encode_ids(self._backend, texts)]
