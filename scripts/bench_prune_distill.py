@@ -10,7 +10,9 @@
 (c) Time per training step (steps 20..N, no validation): no KD, KD through a cold teacher cache
     (first sight of every text), KD through a warm cache (a second run over the same batches),
     and KD with the online teacher.
-Prints a markdown table; `--json` writes the numbers.
+(b) again with `--seeds A B ...`: the four (b) runs once per training seed (batch order; the
+    pruned model is the same), so KD - no KD is a paired difference with a spread.
+Prints markdown tables; `--json` writes the numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import time
 from datetime import date
 from pathlib import Path
@@ -69,12 +72,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", type=Path, default=ROOT / "logs" / "bench_prune_distill")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="training seeds for the (b) runs (default: the config's seed only)")
     args = ap.parse_args()
     export = args.export.resolve()
     rows: dict[str, dict] = {}
 
     # (a) pruning alone.
     cfg = compose_cfg(export, args.out / "a", [])
+    config_seed = cfg.seed
     found = instantiate(cfg.data.corpus)()
     datamodule = instantiate(cfg.data)
     teacher_encoder = instantiate(cfg.model)
@@ -123,9 +129,49 @@ def main() -> None:
     result = {"date": str(date.today()), "machine": f"{platform.processor() or platform.machine()}"
               f", {os.cpu_count()} CPUs, torch {torch.__version__}",
               "steps": args.steps, "scores": rows, "ms_per_step": times}
+    if args.seeds:
+        by_seed: dict[str, dict[int, dict]] = {name: {} for name in QUALITY_RUNS}
+        for seed in args.seeds:
+            for name in QUALITY_RUNS:
+                if seed == config_seed:  # measured above
+                    by_seed[name][seed] = rows[name]
+                    continue
+                out = args.out / f"seed{seed}" / name.replace(" ", "_").replace(",", "")
+                cfg = compose_cfg(export, out, [*base, *runs[name], f"seed={seed}"])
+                by_seed[name][seed] = _train_with(cfg, StepTimer())
+                result["seeds"] = by_seed
+                if args.json:
+                    args.json.write_text(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print_table(result)
+
+
+# The (b) runs: KD vs. no KD for each hidden channel choice.
+QUALITY_RUNS = ["stage 2, no KD", "stage 2, KD, warm cache", "stage 2, prefix hidden, no KD",
+                "stage 2, prefix hidden, KD, warm cache"]
+KD_PAIRS = {"activation hidden": ("stage 2, no KD", "stage 2, KD, warm cache"),
+            "prefix hidden": ("stage 2, prefix hidden, no KD",
+                              "stage 2, prefix hidden, KD, warm cache")}
+METRICS = ["bitext/accuracy", "retrieval/ndcg_at_10", "clustering/v_measure",
+           "classification/accuracy"]
+
+
+def seed_summary(by_seed: dict[str, dict[int, dict]]) -> dict[str, dict[str, tuple]]:
+    """Mean and sample std over seeds of every (b) run, and of the paired KD - no KD
+    difference per hidden channel choice: {row: {metric: (mean, std, n)}}."""
+
+    def stats(values: list[float]) -> tuple[float, float, int]:
+        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+        return statistics.fmean(values), spread, len(values)
+
+    summary = {name: {k: stats([m[k] for m in runs.values()]) for k in METRICS}
+               for name, runs in by_seed.items()}
+    for label, (plain, kd) in KD_PAIRS.items():
+        seeds = sorted(set(by_seed[plain]) & set(by_seed[kd]))
+        summary[f"KD - no KD, {label}"] = {
+            k: stats([by_seed[kd][s][k] - by_seed[plain][s][k] for s in seeds]) for k in METRICS}
+    return summary
 
 
 def _train_with(cfg, timer: StepTimer) -> dict[str, float]:
@@ -147,8 +193,7 @@ def _train_with(cfg, timer: StepTimer) -> dict[str, float]:
 
 
 def print_table(result: dict) -> None:
-    keys = ["bitext/accuracy", "retrieval/ndcg_at_10", "clustering/v_measure",
-            "classification/accuracy"]
+    keys = METRICS
     print(f"| model | {' | '.join(keys)} |")
     print("|---|" + "---|" * len(keys))
     for name, m in result["scores"].items():
@@ -159,6 +204,16 @@ def print_table(result: dict) -> None:
     print("|---|---|---|")
     for name, ms in result["ms_per_step"].items():
         print(f"| {name} | {ms:.0f} | {ms / base:.2f}x |")
+    if result.get("seeds"):
+        seeds = sorted({s for runs in result["seeds"].values() for s in runs})
+        print(f"\nOver training seeds {seeds} (mean +- sample std):\n")
+        print(f"| run | {' | '.join(keys)} |")
+        print("|---|" + "---|" * len(keys))
+        for name, m in seed_summary(result["seeds"]).items():
+            print(f"| {name} | " + " | ".join(f"{m[k][0]:+.4f} +- {m[k][1]:.4f}"
+                                                if name.startswith("KD -") else
+                                                f"{m[k][0]:.4f} +- {m[k][1]:.4f}"
+                                                for k in keys) + " |")
 
 
 if __name__ == "__main__":

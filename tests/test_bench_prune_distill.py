@@ -1,0 +1,41 @@
+"""scripts/bench_prune_distill.py: the over-seeds summary (its runs are the prune->distill
+training, covered by test_prune_distill; its numbers belong in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+from tests.conftest import ROOT
+
+
+def load_script():
+    path = ROOT / "scripts/bench_prune_distill.py"
+    spec = importlib.util.spec_from_file_location("bench_prune_distill", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_summary_pairs_kd_with_no_kd_seed_by_seed() -> None:
+    bench = load_script()
+
+    def scores(bitext: float) -> dict[str, float]:
+        return {k: bitext if k == "bitext/accuracy" else 0.5 for k in bench.METRICS}
+
+    # Seed 1 is a harder batch order for both runs: the paired difference is +0.02 both times,
+    # although the KD runs' spread overlaps the no-KD runs'.
+    by_seed = {
+        "stage 2, no KD": {0: scores(0.40), 1: scores(0.30)},
+        "stage 2, KD, warm cache": {0: scores(0.42), 1: scores(0.32)},
+        "stage 2, prefix hidden, no KD": {0: scores(0.50)},
+        "stage 2, prefix hidden, KD, warm cache": {0: scores(0.47)},
+    }
+    summary = bench.seed_summary(by_seed)
+    mean, std, n = summary["stage 2, no KD"]["bitext/accuracy"]
+    assert math.isclose(mean, 0.35) and math.isclose(std, math.sqrt(0.005)) and n == 2
+    mean, std, n = summary["KD - no KD, activation hidden"]["bitext/accuracy"]
+    assert math.isclose(mean, 0.02) and std < 1e-12 and n == 2
+    mean, std, n = summary["KD - no KD, prefix hidden"]["bitext/accuracy"]
+    assert math.isclose(mean, -0.03) and math.isnan(std) and n == 1
+    assert summary["KD - no KD, prefix hidden"]["clustering/v_measure"][0] == 0.0
