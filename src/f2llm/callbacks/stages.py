@@ -70,7 +70,8 @@ class StageTransition(L.Callback):
         if next_position in starts[1:]:
             name = names[starts.index(next_position) - 1]
             path = self.checkpoint_dir / f"stage-{name}-end.ckpt"
-            trainer.save_checkpoint(path)
+            # Full state (optimizer, scheduler, loops, callbacks): a stage end is a resume point.
+            trainer.save_checkpoint(path, weights_only=False)
             log.info("stage %s finished at step %d: %s", name, trainer.global_step, path)
 
 
