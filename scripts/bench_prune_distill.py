@@ -12,6 +12,9 @@
     and KD with the online teacher.
 (b) again with `--seeds A B ...`: the four (b) runs once per training seed (batch order; the
     pruned model is the same), so KD - no KD is a paired difference with a spread.
+(c) alone with `--timing-rounds N`: no KD and KD through the warm cache, in the experiment's own
+    settings, N times each, alternating which goes first (AB, BA, ...) so that the machine's
+    drift cancels; the median of the per-round ratios. Nothing else runs.
 Prints markdown tables; `--json` writes the numbers.
 """
 
@@ -74,8 +77,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="training seeds for the (b) runs (default: the config's seed only)")
+    ap.add_argument("--timing-rounds", type=int, default=0,
+                    help="only (c): this many alternating rounds of no KD / KD, warm cache")
     args = ap.parse_args()
     export = args.export.resolve()
+    if args.timing_rounds:
+        timing_rounds(export, args)
+        return
     rows: dict[str, dict] = {}
 
     # (a) pruning alone.
@@ -105,11 +113,12 @@ def main() -> None:
             f"trainer.val_check_interval={args.steps}", "callbacks.export=null",
             "callbacks.checkpoint=null"]
     cache = args.out / "teacher_cache"
+    by_activation = "callbacks.pruning.hidden=method"  # the experiments' default is prefix
     runs = {
-        "stage 2, no KD": ["teacher=null"],
-        "stage 2, KD, cold cache": [f"teacher.cache_dir={cache}"],
-        "stage 2, KD, warm cache": [f"teacher.cache_dir={cache}"],
-        "stage 2, KD, online teacher": ["teacher.mode=online"],
+        "stage 2, no KD": ["teacher=null", by_activation],
+        "stage 2, KD, cold cache": [f"teacher.cache_dir={cache}", by_activation],
+        "stage 2, KD, warm cache": [f"teacher.cache_dir={cache}", by_activation],
+        "stage 2, KD, online teacher": ["teacher.mode=online", by_activation],
         "stage 2, prefix hidden, no KD": ["teacher=null", "callbacks.pruning.hidden=prefix"],
         "stage 2, prefix hidden, KD, warm cache": [f"teacher.cache_dir={cache}",
                                                     "callbacks.pruning.hidden=prefix"],
@@ -145,6 +154,39 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print_table(result)
+
+
+def timing_rounds(export: Path, args: argparse.Namespace) -> None:
+    base = [f"trainer.max_steps={args.steps}", f"data.stages.0.steps={args.steps}",
+            f"trainer.val_check_interval={args.steps}", "callbacks.export=null",
+            "callbacks.checkpoint=null"]
+    cache = args.out / "teacher_cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+    runs = {"no KD": ["teacher=null"], "KD, warm cache": [f"teacher.cache_dir={cache}"]}
+    # Fill the cache: every text of these batches seen once.
+    _train_with(compose_cfg(export, args.out / "fill", base + runs["KD, warm cache"]), StepTimer())
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(args.timing_rounds):
+        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+        for name in order:
+            timer = StepTimer()
+            out = args.out / f"round{r}" / name.replace(" ", "_").replace(",", "")
+            _train_with(compose_cfg(export, out, base + runs[name]), timer)
+            times[name].append(timer.ms_per_step())
+        print(f"round {r}: " + ", ".join(f"{n} {t[-1]:.1f} ms/step" for n, t in times.items()),
+              flush=True)
+    ratios = [kd / plain for kd, plain in zip(times["KD, warm cache"], times["no KD"], strict=True)]
+    result = {"date": str(date.today()), "steps": args.steps, "ms_per_step": times,
+              "ratios": ratios, "median_ratio": statistics.median(ratios)}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print("| round | no KD ms/step | KD, warm cache ms/step | ratio |")
+    print("|---|---|---|---|")
+    for r, ratio in enumerate(ratios):
+        print(f"| {r} | {times['no KD'][r]:.1f} | {times['KD, warm cache'][r]:.1f} "
+              f"| {ratio:.3f}x |")
+    print(f"\nmedian ratio {result['median_ratio']:.3f}x")
 
 
 # The (b) runs: KD vs. no KD for each hidden channel choice.
