@@ -15,6 +15,8 @@
 (c) alone with `--timing-rounds N`: no KD and KD through the warm cache, in the experiment's own
     settings, N times each, alternating which goes first (AB, BA, ...) so that the machine's
     drift cancels; the median of the per-round ratios. Nothing else runs.
+`--lookup N ...`: only the warm cache's own per-step work (`row_keys` + `TeacherCache.get`) for
+    N random 24-token texts of 128 dims, ms per step; no model, no export needed (pass any path).
 Prints markdown tables; `--json` writes the numbers.
 """
 
@@ -79,8 +81,14 @@ def main() -> None:
                     help="training seeds for the (b) runs (default: the config's seed only)")
     ap.add_argument("--timing-rounds", type=int, default=0,
                     help="only (c): this many alternating rounds of no KD / KD, warm cache")
+    ap.add_argument("--lookup", type=int, nargs="+", default=None,
+                    help="only time the warm cache lookup for this many texts per step")
     args = ap.parse_args()
     export = args.export.resolve()
+    if args.lookup:
+        for n in args.lookup:
+            print(f"{n} texts: {lookup_ms(n):.1f} ms per step (row_keys + TeacherCache.get)")
+        return
     if args.timing_rounds:
         timing_rounds(export, args)
         return
@@ -154,6 +162,31 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print_table(result)
+
+
+def lookup_ms(n: int, length: int = 24, dim: int = 128, repeats: int = 10) -> float:
+    """ms for one warm-cache step's lookup of `n` texts (all hits), in 8 chunks."""
+    import tempfile
+
+    import numpy as np
+
+    from f2llm.model.teacher import TeacherCache, row_keys
+
+    g = torch.Generator().manual_seed(0)
+    chunks = [{"input_ids": torch.randint(0, 150_000, (n // 8, length), generator=g),
+               "attention_mask": torch.ones(n // 8, length, dtype=torch.long)} for _ in range(8)]
+    restore = torch.randperm(n // 8 * 8, generator=g)
+    with tempfile.TemporaryDirectory() as folder:
+        cache = TeacherCache(folder, "bench", dim)
+        cache.put(row_keys(chunks, restore), np.random.default_rng(0).normal(
+            size=(len(restore), dim)).astype(np.float32))
+        cache.flush()
+        cache = TeacherCache(folder, "bench", dim)  # as a later run: every shard memory-mapped
+        start = time.perf_counter()
+        for _ in range(repeats):
+            _, missing = cache.get(row_keys(chunks, restore))
+        assert not missing
+        return 1000 * (time.perf_counter() - start) / repeats
 
 
 def timing_rounds(export: Path, args: argparse.Namespace) -> None:

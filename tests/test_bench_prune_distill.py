@@ -39,3 +39,9 @@ def test_seed_summary_pairs_kd_with_no_kd_seed_by_seed() -> None:
     mean, std, n = summary["KD - no KD, prefix hidden"]["bitext/accuracy"]
     assert math.isclose(mean, -0.03) and math.isnan(std) and n == 1
     assert summary["KD - no KD, prefix hidden"]["clustering/v_measure"][0] == 0.0
+
+
+def test_lookup_timing_reads_back_every_text_it_stored() -> None:
+    # lookup_ms itself asserts that every key hits the cache a later run would open.
+    ms = load_script().lookup_ms(64, repeats=1)
+    assert ms > 0 and math.isfinite(ms)
