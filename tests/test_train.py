@@ -64,3 +64,18 @@ def test_multirun_sweep_runs_two_jobs(tmp_path: Path, locale_dir: Path) -> None:
         job_dir = tmp_path / "sweep" / job
         assert (job_dir / "final_metrics.json").exists(), sorted(p.name for p in job_dir.iterdir())
         assert (job_dir / "export" / "modules.json").exists()
+
+
+def test_turning_the_progress_bar_off_needs_one_override(tmp_path: Path, locale_dir: Path) -> None:
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from f2llm.train import build
+    from tests.conftest import compose_train
+
+    overrides = [o for o in tiny_overrides(tmp_path, locale_dir)
+                 if not o.startswith(("callbacks.progress=", "trainer.enable_progress_bar="))]
+    cfg = compose_train([*overrides, "trainer.enable_progress_bar=false"])
+    assert cfg.callbacks.progress  # the configured bar is still there ...
+    _, _, trainer = build(cfg)  # ... and Lightning does not refuse it
+    assert trainer.progress_bar_callback is None
+    assert not any(isinstance(c, ProgressBar) for c in trainer.callbacks)

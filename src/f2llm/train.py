@@ -17,6 +17,7 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from f2llm.config_checks import check_config  # noqa: E402
@@ -43,6 +44,10 @@ def build(cfg: DictConfig) -> tuple[F2LLMModule, L.LightningDataModule, L.Traine
         max_nonfinite_in_a_row=cfg.get("max_nonfinite_in_a_row", 5),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        # `trainer.enable_progress_bar=false` alone turns the bar off (Lightning would refuse
+        # the configured bar callback).
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     extra = {"gradient_clip_val": None} if gradcache else {}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
