@@ -60,6 +60,17 @@ class StepTimer(L.Callback):
         return 1000 * (t[-1] - t[0]) / (len(t) - 1)
 
 
+def stage2_overrides(steps: int) -> list[str]:
+    """`steps` stage-2 steps, validated once at the end; no export, no periodic checkpoints."""
+    return [f"trainer.max_steps={steps}", f"data.stages.0.steps={steps}",
+            f"trainer.val_check_interval={steps}", "callbacks.export=null",
+            "callbacks.checkpoint=null"]
+
+
+def folder(run_name: str) -> str:
+    return run_name.replace(" ", "_").replace(",", "")
+
+
 def compose_cfg(export: Path, out: Path, overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[
@@ -117,9 +128,7 @@ def main() -> None:
             encoder_embedder(student), student.hidden_size, instructions, found)
 
     # (b) + (c): stage 2 from the pruned model, with and without KD; step times.
-    base = [f"trainer.max_steps={args.steps}", f"data.stages.0.steps={args.steps}",
-            f"trainer.val_check_interval={args.steps}", "callbacks.export=null",
-            "callbacks.checkpoint=null"]
+    base = stage2_overrides(args.steps)
     cache = args.out / "teacher_cache"
     by_activation = "callbacks.pruning.hidden=method"  # the experiments' default is prefix
     runs = {
@@ -135,7 +144,7 @@ def main() -> None:
         shutil.rmtree(cache)
     times = {}
     for name, extra in runs.items():
-        cfg = compose_cfg(export, args.out / name.replace(" ", "_").replace(",", ""),
+        cfg = compose_cfg(export, args.out / folder(name),
                           base + extra)
         timer = StepTimer()
         metrics = _train_with(cfg, timer)
@@ -148,16 +157,17 @@ def main() -> None:
               "steps": args.steps, "scores": rows, "ms_per_step": times}
     if args.seeds:
         by_seed: dict[str, dict[int, dict]] = {name: {} for name in QUALITY_RUNS}
+        result["seeds"] = by_seed
         for seed in args.seeds:
             for name in QUALITY_RUNS:
                 if seed == config_seed:  # measured above
                     by_seed[name][seed] = rows[name]
                     continue
-                out = args.out / f"seed{seed}" / name.replace(" ", "_").replace(",", "")
+                out = args.out / f"seed{seed}" / folder(name)
                 cfg = compose_cfg(export, out, [*base, *runs[name], f"seed={seed}"])
                 by_seed[name][seed] = _train_with(cfg, StepTimer())
-                result["seeds"] = by_seed
-                if args.json:
+                if args.json:  # so far
+
                     args.json.write_text(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
@@ -190,9 +200,7 @@ def lookup_ms(n: int, length: int = 24, dim: int = 128, repeats: int = 10) -> fl
 
 
 def timing_rounds(export: Path, args: argparse.Namespace) -> None:
-    base = [f"trainer.max_steps={args.steps}", f"data.stages.0.steps={args.steps}",
-            f"trainer.val_check_interval={args.steps}", "callbacks.export=null",
-            "callbacks.checkpoint=null"]
+    base = stage2_overrides(args.steps)
     cache = args.out / "teacher_cache"
     if cache.exists():
         shutil.rmtree(cache)
@@ -204,7 +212,7 @@ def timing_rounds(export: Path, args: argparse.Namespace) -> None:
         order = list(runs) if r % 2 == 0 else list(runs)[::-1]
         for name in order:
             timer = StepTimer()
-            out = args.out / f"round{r}" / name.replace(" ", "_").replace(",", "")
+            out = args.out / f"round{r}" / folder(name)
             _train_with(compose_cfg(export, out, base + runs[name]), timer)
             times[name].append(timer.ms_per_step())
         print(f"round {r}: " + ", ".join(f"{n} {t[-1]:.1f} ms/step" for n, t in times.items()),
