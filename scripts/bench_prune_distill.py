@@ -15,6 +15,11 @@
 (c) alone with `--timing-rounds N`: no KD and KD through the warm cache, in the experiment's own
     settings, N times each, alternating which goes first (AB, BA, ...) so that the machine's
     drift cancels; the median of the per-round ratios. Nothing else runs.
+(c) alone with `--interleaved N`: one run, one model, N batches each trained twice in a row,
+    once with KD through the warm cache and once without (which goes first alternates by
+    pair), so both sides of each ratio see the same batch, the same weights' shapes and the
+    same machine moment; the time of each step from batch start to batch end (forward,
+    backward, optimiser step); the median of the per-pair ratios and the ratio of the sums.
 `--lookup N ...`: only the warm cache's own per-step work (`row_keys` + `TeacherCache.get`) for
     N random 24-token texts of 128 dims, ms per step; no model, no export needed (pass any path).
 Prints markdown tables; `--json` writes the numbers.
@@ -92,6 +97,8 @@ def main() -> None:
                     help="training seeds for the (b) runs (default: the config's seed only)")
     ap.add_argument("--timing-rounds", type=int, default=0,
                     help="only (c): this many alternating rounds of no KD / KD, warm cache")
+    ap.add_argument("--interleaved", type=int, default=0,
+                    help="only (c): this many batches, each trained with and without KD")
     ap.add_argument("--lookup", type=int, nargs="+", default=None,
                     help="only time the warm cache lookup for this many texts per step")
     args = ap.parse_args()
@@ -102,6 +109,9 @@ def main() -> None:
         return
     if args.timing_rounds:
         timing_rounds(export, args)
+        return
+    if args.interleaved:
+        interleaved(export, args)
         return
     rows: dict[str, dict] = {}
 
@@ -228,6 +238,104 @@ def timing_rounds(export: Path, args: argparse.Namespace) -> None:
         print(f"| {r} | {times['no KD'][r]:.1f} | {times['KD, warm cache'][r]:.1f} "
               f"| {ratio:.3f}x |")
     print(f"\nmedian ratio {result['median_ratio']:.3f}x")
+
+
+def kd_first(pair: int) -> bool:
+    """Whether pair `pair`'s KD step goes first: AB, BA, AB, ... cancels any cost of going
+    second (a warm batch) or first."""
+    return pair % 2 == 0
+
+
+class Twice:
+    """Every batch of `loader`, twice in a row (Lightning takes any sized iterable)."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return 2 * len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch
+            yield batch
+
+
+class KDToggle(L.Callback):
+    """Turns the module's teacher on for one step of each pair and off for the other, and
+    times each step from batch start to batch end."""
+
+    def __init__(self) -> None:
+        self.teacher = None
+        self.ms: dict[str, dict[int, float]] = {"KD, warm cache": {}, "no KD": {}}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.teacher is None:
+            self.teacher = pl_module.teacher
+        pair, second = divmod(batch_idx, 2)
+        self.kd = kd_first(pair) != bool(second)
+        object.__setattr__(pl_module, "teacher", self.teacher if self.kd else None)
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        ms = 1000 * (time.perf_counter() - self.start)
+        self.ms["KD, warm cache" if self.kd else "no KD"][batch_idx // 2] = ms
+        object.__setattr__(pl_module, "teacher", self.teacher)
+
+
+def pair_ratios(ms: dict[str, dict[int, float]], skip: int) -> list[float]:
+    """KD / no KD per pair, for pairs from `skip` on that have both steps."""
+    kd, plain = ms["KD, warm cache"], ms["no KD"]
+    return [kd[p] / plain[p] for p in sorted(set(kd) & set(plain)) if p >= skip]
+
+
+def interleaved(export: Path, args: argparse.Namespace, skip: int = 10) -> None:
+    import f2llm.train as entry
+
+    n = args.interleaved
+    cache = args.out / "teacher_cache"
+    if cache.exists():
+        shutil.rmtree(cache)
+    kd = [f"teacher.cache_dir={cache}"]
+    # Fill the cache with every text of the first n batches (the same sampler, same seed).
+    _train_with(compose_cfg(export, args.out / "fill", stage2_overrides(n) + kd), StepTimer())
+    cfg = compose_cfg(export, args.out / "interleaved", stage2_overrides(2 * n) + kd + [
+        "callbacks.matryoshka_eval=null"])
+    toggle = KDToggle()
+    original = entry.build
+
+    def build_twice(c):
+        module, datamodule, trainer = original(c)
+        loader = datamodule.train_dataloader
+        datamodule.train_dataloader = lambda: Twice(loader())
+        trainer.callbacks.append(toggle)
+        return module, datamodule, trainer
+
+    entry.build = build_twice
+    try:
+        train(cfg)
+    finally:
+        entry.build = original
+    cached = toggle.teacher.cache(0)
+    ratios = pair_ratios(toggle.ms, skip)
+    kd_ms = [toggle.ms["KD, warm cache"][p] for p in range(skip, n)]
+    plain_ms = [toggle.ms["no KD"][p] for p in range(skip, n)]
+    result = {"date": str(date.today()), "pairs": len(ratios), "skipped_pairs": skip,
+              "cache_hits": cached.hits, "cache_misses": cached.misses,
+              "median_ms": {"KD, warm cache": statistics.median(kd_ms),
+                            "no KD": statistics.median(plain_ms)},
+              "median_ratio": statistics.median(ratios),
+              "ratio_of_sums": sum(kd_ms) / sum(plain_ms),
+              "ratio_quartiles": statistics.quantiles(ratios, n=4), "ms": toggle.ms}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(f"pairs {skip}..{n - 1} ({len(ratios)}), cache hits {cached.hits:,}, "
+          f"misses {cached.misses:,}")
+    print(f"median ms/step: no KD {result['median_ms']['no KD']:.1f}, KD warm cache "
+          f"{result['median_ms']['KD, warm cache']:.1f}")
+    q1, _, q3 = result["ratio_quartiles"]
+    print(f"KD / no KD per pair: median {result['median_ratio']:.3f}x (quartiles {q1:.3f}, "
+          f"{q3:.3f}); sum over pairs {result['ratio_of_sums']:.3f}x")
 
 
 # The (b) runs: KD vs. no KD for each hidden channel choice.

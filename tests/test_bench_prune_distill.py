@@ -45,3 +45,25 @@ def test_lookup_timing_reads_back_every_text_it_stored() -> None:
     # lookup_ms itself asserts that every key hits the cache a later run would open.
     ms = load_script().lookup_ms(64, repeats=1)
     assert ms > 0 and math.isfinite(ms)
+
+
+def test_interleaved_timing_trains_each_batch_with_and_without_kd_in_alternating_order() -> None:
+    bench = load_script()
+    twice = bench.Twice(["a", "b"])
+    assert list(twice) == ["a", "a", "b", "b"] and len(twice) == 4
+
+    class Module:
+        teacher = "the teacher"
+
+    module, toggle, seen = Module(), bench.KDToggle(), []
+    for batch_idx in range(6):
+        toggle.on_train_batch_start(None, module, None, batch_idx)
+        seen.append(module.teacher)
+        toggle.on_train_batch_end(None, module, None, None, batch_idx)
+        assert module.teacher == "the teacher"  # restored between steps
+    # Pairs 0 and 2: KD first; pair 1: KD second.
+    assert seen == ["the teacher", None, None, "the teacher", "the teacher", None]
+    assert sorted(toggle.ms["KD, warm cache"]) == sorted(toggle.ms["no KD"]) == [0, 1, 2]
+
+    ms = {"KD, warm cache": {0: 9.0, 1: 3.0, 2: 6.0}, "no KD": {0: 1.0, 1: 2.0, 2: 4.0}}
+    assert bench.pair_ratios(ms, skip=1) == [1.5, 1.5]
