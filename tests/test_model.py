@@ -111,3 +111,28 @@ def test_loader_tokenization_equals_the_tokenizer_call() -> None:
     assert fast == enc.tokenizer(texts, truncation=True, max_length=32)["input_ids"]
     eos = enc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert max(map(len, fast)) == 32 and all(ids[-1] == eos for ids in fast)
+
+
+def test_forward_chunks_equals_each_chunk_alone_in_value_and_gradient() -> None:
+    # One shared token-embedding lookup for all chunks, split per chunk: the embeddings and
+    # every parameter's gradient equal those of running each chunk through the model alone.
+    enc = tiny_encoder().double()
+    chunks = [enc.tokenize(["a short one", "and another text here"]),
+              enc.tokenize(["the longest text of the three chunks, by far"]),
+              enc.tokenize(["x", "y z", "w"])]
+    restore = torch.tensor([3, 0, 5, 2, 1, 4])
+    weights = torch.randn(6, enc.hidden_size, dtype=torch.float64)
+
+    def grads(emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        enc.zero_grad(set_to_none=True)
+        (emb * weights).sum().backward()
+        return {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    shared = enc.forward_chunks(chunks, restore)
+    shared_grads = grads(shared)
+    alone = torch.cat([enc(**chunk) for chunk in chunks])[restore]
+    alone_grads = grads(alone)
+    torch.testing.assert_close(shared, alone, rtol=0, atol=1e-12)
+    assert shared_grads.keys() == alone_grads.keys()
+    for name, grad in shared_grads.items():
+        torch.testing.assert_close(grad, alone_grads[name], rtol=0, atol=1e-12, msg=name)

@@ -137,12 +137,12 @@ class Encoder(nn.Module):
         ids = [chunk["input_ids"] for chunk in chunks]
         table = self.backbone.get_input_embeddings()
         flat = table(torch.cat([i.reshape(-1) for i in ids]))
-        out, offset = [], 0
-        for chunk, chunk_ids in zip(chunks, ids, strict=True):
-            n = chunk_ids.numel()
-            embeds = flat[offset : offset + n].view(*chunk_ids.shape, -1)
-            out.append(self(inputs_embeds=embeds, attention_mask=chunk["attention_mask"]))
-            offset += n
+        # `split`, not slicing: a slice's backward fills a zero tensor the size of `flat` per
+        # chunk; split's backward is one concatenation.
+        pieces = flat.split([i.numel() for i in ids])
+        out = [self(inputs_embeds=piece.view(*chunk_ids.shape, -1),
+                    attention_mask=chunk["attention_mask"])
+               for chunk, chunk_ids, piece in zip(chunks, ids, pieces, strict=True)]
         return torch.cat(out)[restore]
 
     @torch.no_grad()
