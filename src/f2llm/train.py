@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -81,8 +82,26 @@ def load_weights(module: F2LLMModule, path: str | Path) -> None:
     log.info("initialised weights from %s", path)
 
 
+def keep_freed_host_memory() -> bool:
+    """Have glibc keep freed host memory for reuse instead of unmapping it.
+
+    glibc serves blocks over 32 MiB by mmap and unmaps them on free, so a tensor that size
+    made every step (the token-embedding gradient: vocabulary x hidden) page-faults all its
+    memory in again each time. Kept, the CPU default's steps take 0.95x as long
+    (`scripts/bench_ab.py`, BENCHMARKS.md); the process's RSS stays at its high-water mark.
+    False where the C library is not glibc (nothing changes)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 1 << 31))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
+    if cfg.get("keep_freed_host_memory") and keep_freed_host_memory():
+        log.debug("glibc keeps freed host memory for reuse (keep_freed_host_memory)")
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule, trainer = build(cfg)
     if cfg.get("init_from"):
