@@ -136,10 +136,10 @@ def checkpoint_mtimes(folder: Path) -> dict[str, float]:
 def stop(proc: subprocess.Popen, grace_s: float) -> str:
     """Stops the run's process group: SIGINT, then SIGTERM, then SIGKILL; says which worked.
 
-    SIGINT goes twice, as a user presses Ctrl+C twice: once in three clean-clone CI runs the first
-    one did not reach Lightning's graceful shutdown within 30 s (no "Detected KeyboardInterrupt"
-    in the log; the cause was not found). Lightning ignores SIGINT once its shutdown has begun, so
-    the second one cannot cut a shutdown short.
+    SIGINT goes twice, as a user presses Ctrl+C twice; Lightning ignores SIGINT once its
+    shutdown has begun, so the second one cannot cut a shutdown short. (The run gets SIGINT's
+    default disposition back in `soak`: started from a background job, it would inherit
+    SIGINT ignored and only SIGTERM would stop it.)
     """
     steps = ((signal.SIGINT, grace_s), (signal.SIGINT, grace_s), (signal.SIGTERM, 30.0),
              (signal.SIGKILL, 30.0))
@@ -170,8 +170,11 @@ def soak(command: list[str], out: Path, duration_s: float, interval_s: float,
         rows.writerow(["elapsed_s", "rss_mib", "main_rss_mib", "processes", "checkpoint_writes"])
         # A session of its own: the stop signal reaches every process of the run, and a Ctrl+C
         # on this script does not.
+        # A shell starts background jobs with SIGINT ignored, and the run would inherit that
+        # (Python then installs no KeyboardInterrupt handler): give it the default back.
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         start = time.monotonic()
         try:
             while True:

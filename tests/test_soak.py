@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,12 +76,15 @@ def test_soak_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
     out = tmp_path / "soak"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
+    # Started with SIGINT ignored, as a shell starts a background job (`soak.py ... &`): the
+    # soak must still stop its run with SIGINT.
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts/soak.py"), "--minutes", "1", "--warmup-minutes",
          "0.4", "--window-minutes", "0.25", "--interval", "1", "--grace", "30", "--out", str(out),
          "--",
          *overrides],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     # No verdict asserted: a minute of a toy run says nothing about leaks.
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
