@@ -164,6 +164,10 @@ def _worker(rank: int, out: str) -> None:
     result["ddp/gradcache"] = params(fit(module(tiny_encoder(), True), rank, strategy, WORLD))
 
     torch.save(result, Path(out) / f"rank{rank}.pt")
+    # Both ranks past their last collective before either tears gloo down (a
+    # rank leaving early once aborted its peer: 'terminate called without an
+    # active exception').
+    dist.barrier()
     dist.destroy_process_group()
 
 

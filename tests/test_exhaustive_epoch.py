@@ -178,6 +178,10 @@ def _epoch_worker(rank: int, out: str, data_cfg: dict, model_cfg: dict) -> None:
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(recorder, datamodule=datamodule)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(recorder.seen))
+    # Both ranks past their last collective before either tears gloo down (a
+    # rank leaving early once aborted its peer: 'terminate called without an
+    # active exception').
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -76,6 +76,10 @@ def _worker(rank: int, out: str) -> None:
                 "loss": loss.detach(), "x_grad": x.grad, "weight_grad": linear.weight.grad,
                 "bias_grad": linear.bias.grad}
     torch.save(result, Path(out) / f"rank{rank}.pt")
+    # Both ranks past their last collective before either tears gloo down (a
+    # rank leaving early once aborted its peer: 'terminate called without an
+    # active exception').
+    dist.barrier()
     dist.destroy_process_group()
 
 
