@@ -177,7 +177,6 @@ def main() -> None:
                 cfg = compose_cfg(export, out, [*base, *runs[name], f"seed={seed}"])
                 by_seed[name][seed] = _train_with(cfg, StepTimer())
                 if args.json:  # so far
-
                     args.json.write_text(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
@@ -262,12 +261,17 @@ class Twice:
 
 
 class KDToggle(L.Callback):
-    """Turns the module's teacher on for one step of each pair and off for the other, and
-    times each step from batch start to batch end."""
+    """Has the trainer see every batch twice (`Twice`), turns the module's teacher on for one
+    step of each pair and off for the other, and times each step from batch start to end."""
 
     def __init__(self) -> None:
         self.teacher = None
         self.ms: dict[str, dict[int, float]] = {"KD, warm cache": {}, "no KD": {}}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Before the fit loop asks the datamodule for its loader.
+        loader = trainer.datamodule.train_dataloader
+        trainer.datamodule.train_dataloader = lambda: Twice(loader())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.teacher is None:
@@ -290,8 +294,6 @@ def pair_ratios(ms: dict[str, dict[int, float]], skip: int) -> list[float]:
 
 
 def interleaved(export: Path, args: argparse.Namespace, skip: int = 10) -> None:
-    import f2llm.train as entry
-
     n = args.interleaved
     cache = args.out / "teacher_cache"
     if cache.exists():
@@ -302,20 +304,7 @@ def interleaved(export: Path, args: argparse.Namespace, skip: int = 10) -> None:
     cfg = compose_cfg(export, args.out / "interleaved", stage2_overrides(2 * n) + kd + [
         "callbacks.matryoshka_eval=null"])
     toggle = KDToggle()
-    original = entry.build
-
-    def build_twice(c):
-        module, datamodule, trainer = original(c)
-        loader = datamodule.train_dataloader
-        datamodule.train_dataloader = lambda: Twice(loader())
-        trainer.callbacks.append(toggle)
-        return module, datamodule, trainer
-
-    entry.build = build_twice
-    try:
-        train(cfg)
-    finally:
-        entry.build = original
+    train(cfg, callbacks=[toggle])
     cached = toggle.teacher.cache(0)
     ratios = pair_ratios(toggle.ms, skip)
     kd_ms = [toggle.ms["KD, warm cache"][p] for p in range(skip, n)]
@@ -366,20 +355,7 @@ def seed_summary(by_seed: dict[str, dict[int, dict]]) -> dict[str, dict[str, tup
 
 
 def _train_with(cfg, timer: StepTimer) -> dict[str, float]:
-    import f2llm.train as entry
-
-    original = entry.build
-
-    def build_with_timer(c):
-        module, datamodule, trainer = original(c)
-        trainer.callbacks.append(timer)
-        return module, datamodule, trainer
-
-    entry.build = build_with_timer
-    try:
-        metrics = train(cfg)
-    finally:
-        entry.build = original
+    metrics = train(cfg, callbacks=[timer])
     return {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # Run as a script, Python puts this file's folder first on sys.path, where our subpackages
@@ -27,8 +28,10 @@ from f2llm.module import F2LLMModule  # noqa: E402
 log = logging.getLogger("f2llm.train")
 
 
-def build(cfg: DictConfig) -> tuple[F2LLMModule, L.LightningDataModule, L.Trainer]:
-    """Instantiate encoder, datamodule, module, callbacks, loggers and trainer from `cfg`."""
+def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
+          ) -> tuple[F2LLMModule, L.LightningDataModule, L.Trainer]:
+    """Instantiate encoder, datamodule, module, callbacks, loggers and trainer from `cfg`;
+    `callbacks` are added to the configured ones (how benchmarks time steps)."""
     encoder = instantiate(cfg.model)
     datamodule = instantiate(cfg.data)
     datamodule.attach_encoder(encoder)
@@ -44,7 +47,8 @@ def build(cfg: DictConfig) -> tuple[F2LLMModule, L.LightningDataModule, L.Traine
         teacher=instantiate(cfg.teacher) if cfg.get("teacher") else None,
         max_nonfinite_in_a_row=cfg.get("max_nonfinite_in_a_row", 5),
     )
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [*(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c),
+                 *callbacks]
     if not cfg.trainer.get("enable_progress_bar", True):
         # `trainer.enable_progress_bar=false` alone turns the bar off (Lightning would refuse
         # the configured bar callback).
@@ -98,12 +102,12 @@ def keep_freed_host_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 1 << 31))
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     check_config(cfg)
     if cfg.get("keep_freed_host_memory") and keep_freed_host_memory():
         log.debug("glibc keeps freed host memory for reuse (keep_freed_host_memory)")
     L.seed_everything(cfg.seed, workers=True)
-    module, datamodule, trainer = build(cfg)
+    module, datamodule, trainer = build(cfg, callbacks)
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
     # weights_only: a checkpoint is data, never code to run (tensors and plain containers only).
