@@ -9,10 +9,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from f2llm.data.datamodule import DEFAULT_NEGATIVES
+from f2llm.errors import UserError
 from f2llm.model.hub import resolve_pretrained
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting that cannot work; the message names the setting and what to change."""
 
 

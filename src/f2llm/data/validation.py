@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from f2llm.data.formats import Format
+from f2llm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ DUPLICATE_FIELD = "duplicate field"
 NO_RECORDS_LEFT = "no valid records left"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """A problem with training data, located by file, row (see `row_kind`) and field."""
 
     def __init__(

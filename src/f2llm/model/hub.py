@@ -7,8 +7,10 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from f2llm.errors import UserError
 
-class PretrainedNotFound(FileNotFoundError):
+
+class PretrainedNotFound(UserError, FileNotFoundError):
     """A model name that is neither a local folder nor reachable; the message says what to do."""
 
 

@@ -1,0 +1,58 @@
+"""Reading Lightning checkpoints: a damaged file is named; a run folder falls back past it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from f2llm.errors import DamagedFile, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def read_checkpoint(path: str | Path, setting: str = "ckpt_path", mmap: bool = False
+                    ) -> dict[str, Any]:
+    """The checkpoint's contents (tensors and plain containers only: `weights_only=True`).
+
+    A truncated or foreign file raises `DamagedFile` naming it: torch's own errors (`OSError:
+    [Errno 22] Invalid argument`, `failed finding central directory`) name no file.
+    `mmap=True` maps the tensors instead of reading them: a cheap check that the file loads.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"{setting}={path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # whatever torch's zip reader or unpickler says about the bytes
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DamagedFile(f"{setting}: the checkpoint {path} is damaged and cannot be loaded "
+                          f"({type(err).__name__}: {reason})") from err
+
+
+def newest_loadable(folder: str | Path, setting: str = "ckpt_path") -> Path:
+    """The newest `*.ckpt` in `folder` that loads; each damaged newer one is logged as a warning.
+
+    A checkpoint that is a folder (FSDP's sharded format) is taken as is: Lightning reads it.
+    """
+    folder = Path(folder)
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        raise NotFound(f"{setting}={folder}: no .ckpt files in {folder}")
+    damaged: list[Path] = []
+    for ckpt in found:
+        if ckpt.is_dir():
+            return ckpt
+        try:
+            read_checkpoint(ckpt, setting, mmap=True)
+        except DamagedFile as err:
+            log.warning("%s; trying the next newest checkpoint", err)
+            damaged.append(ckpt)
+            continue
+        if damaged:
+            log.warning("%s: using %s, the newest checkpoint that loads", setting, ckpt)
+        return ckpt
+    raise DamagedFile(f"{setting}={folder}: none of its {len(found)} checkpoints loads (all "
+                      f"damaged: {', '.join(p.name for p in damaged)})")
