@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,48 @@ def test_unreachable_hub_name_fails_fast_naming_the_setting(monkeypatch) -> None
     assert time.monotonic() - start < 10
     with pytest.raises(PretrainedNotFound, match="no such folder"):
         resolve_pretrained("./no/such/folder")
+
+
+def test_a_damaged_cache_shard_is_dropped_and_recomputed(tmp_path: Path, caplog) -> None:
+    online = Teacher(tiny_encoder(), mode="online")
+    first, second = batch(online.encoder, TEXTS[:3]), batch(online.encoder, TEXTS[3:6])
+    cached = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    cached.embed(*first)
+    cached.flush()
+    cached.embed(*second)
+    cached.flush()
+    folder = cached.cache().folder
+    shards = sorted(folder.glob("emb-*.npy"))
+    assert len(shards) == 2
+    with shards[0].open("r+b") as fh:  # truncate the first shard (a disk full, a killed copy)
+        fh.truncate(shards[0].stat().st_size // 2)
+
+    caplog.set_level("WARNING", logger="f2llm.model.teacher")
+    later = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    got = later.embed(*first)
+    assert f"dropping the damaged shard {shards[0]}" in caplog.text
+    assert "mmap length is greater than file size" in caplog.text
+    torch.testing.assert_close(got, online.embed(*first), atol=1e-5, rtol=0)
+    assert later.cache().misses == 3  # what the dropped shard held, computed again ...
+    torch.testing.assert_close(later.embed(*second), online.embed(*second), atol=1e-5, rtol=0)
+    assert later.cache().misses == 3  # ... while the intact shard still serves its texts
+    later.flush()
+    # The new shard is numbered past the intact one (a count of files would overwrite it).
+    assert sorted(p.name for p in folder.glob("emb-*.npy")) == ["emb-r0-00001.npy",
+                                                                 "emb-r0-00002.npy"]
+    again = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    torch.testing.assert_close(again.embed(*first), online.embed(*first), atol=1e-5, rtol=0)
+    again.embed(*second)
+    assert again.cache().misses == 0
+
+
+def test_a_cache_shard_of_another_width_is_dropped(tmp_path: Path, caplog) -> None:
+    teacher = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    teacher.embed(*batch(teacher.encoder))
+    teacher.flush()
+    emb = next(teacher.cache().folder.glob("emb-*.npy"))
+    np.save(emb, np.zeros((len(set(TEXTS)), 7), dtype=np.float32))  # loads, wrong shape
+    caplog.set_level("WARNING", logger="f2llm.model.teacher")
+    later = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    later.embed(*batch(later.encoder))
+    assert "damaged shard" in caplog.text and later.cache().misses == len(TEXTS)

@@ -70,9 +70,12 @@ class TeacherCache:
             emb_file = keys_file.with_name(keys_file.name.replace("keys-", "emb-"))
             if not emb_file.exists():
                 continue  # a shard whose write did not finish
-            keys = np.load(keys_file)
+            loaded = self._load_shard(keys_file, emb_file)
+            if loaded is None:
+                continue
+            keys, emb = loaded
             shard = len(self.shards)
-            self.shards.append(np.load(emb_file, mmap_mode="r"))
+            self.shards.append(emb)
             for row, key in enumerate(keys):
                 self.index[key.tobytes()] = (shard, row)
         self.pending_keys: list[bytes] = []
@@ -81,6 +84,27 @@ class TeacherCache:
         self.hits = self.misses = 0
         if self.index:
             log.info("teacher cache %s: %d embeddings", self.folder, len(self.index))
+
+    def _load_shard(self, keys_file: Path, emb_file: Path
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """A shard's keys and (memory-mapped) embeddings; None for a damaged shard, which is
+        deleted with a warning: a cache never stops a run, its entries are computed again."""
+        try:
+            keys = np.load(keys_file)
+            emb = np.load(emb_file, mmap_mode="r")
+            if keys.dtype != np.dtype("V16") or keys.ndim != 1:
+                raise ValueError(f"keys are {keys.dtype} {keys.shape}, not 16-byte keys")
+            if emb.ndim != 2 or emb.shape != (len(keys), self.dim):
+                raise ValueError(f"embeddings {emb.shape} for {len(keys)} keys of dim {self.dim}")
+        except Exception as err:  # truncated or foreign bytes: numpy says ValueError, EOFError...
+            log.warning("teacher cache: dropping the damaged shard %s + %s (%s: %s); its "
+                        "embeddings will be computed again", emb_file, keys_file.name,
+                        type(err).__name__, err)
+            # Keys first: a shard counts only while its keys file exists.
+            for damaged in (keys_file, emb_file):
+                damaged.unlink(missing_ok=True)
+            return None
+        return keys, emb
 
     def __len__(self) -> int:
         return len(self.index) + len(self.pending_index)
@@ -116,7 +140,10 @@ class TeacherCache:
     def flush(self) -> None:
         if not self.pending:
             return
-        stem = f"r{self.rank}-{len(list(self.folder.glob('keys-*.npy'))):05d}"
+        # One past this rank's highest number: counting files would reuse a dropped shard's.
+        taken = [int(f.stem.rsplit("-", 1)[1]) for f in self.folder.glob(f"*-r{self.rank}-*.npy")
+                 if f.stem.rsplit("-", 1)[1].isdigit()]
+        stem = f"r{self.rank}-{max(taken, default=-1) + 1:05d}"
         keys = np.frombuffer(b"".join(self.pending_keys), dtype="V16")
         emb = np.stack(self.pending)
         # Embeddings first, keys last: a shard counts only once its keys file exists.
