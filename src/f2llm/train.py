@@ -21,6 +21,7 @@ from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from f2llm.callbacks.export import ExportOnFitEnd  # noqa: E402
 from f2llm.checkpoints import newest_loadable, read_checkpoint  # noqa: E402
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
@@ -120,6 +121,9 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        for cb in trainer.callbacks:
+            if isinstance(cb, ExportOnFitEnd):
+                cb.write_card(trainer, cfg, metrics)  # the card states the final metrics
         dims = sorted((int(k.split("@")[1]), v) for k, v in metrics.items()
                       if k.startswith("val/bitext/accuracy@"))
         if dims:

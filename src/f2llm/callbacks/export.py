@@ -1,4 +1,5 @@
-"""Write the sentence-transformers export when training ends."""
+"""Write the sentence-transformers export when training ends, and its model card once the
+run's final metrics exist."""
 
 from __future__ import annotations
 
@@ -6,19 +7,27 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from omegaconf import DictConfig
 
 from f2llm.export import export_sentence_transformers
+from f2llm.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
 
 class ExportOnFitEnd(L.Callback):
     """Exports at the end of fit. Prompts follow the last stage: with instructions, each of its
-    datasets becomes a named prompt and the first retrieval dataset's is the "query" prompt."""
+    datasets becomes a named prompt and the first retrieval dataset's is the "query" prompt.
 
-    def __init__(self, path: str | Path, query_instruction: str | None = None) -> None:
+    The weights are final at the end of fit, the held-out metrics are not (`train()` may
+    validate once more): `train()` calls `write_card` after writing `final_metrics.json`."""
+
+    def __init__(self, path: str | Path, query_instruction: str | None = None,
+                 license: str = "apache-2.0") -> None:
         self.path = Path(path)
         self.query_instruction = query_instruction
+        self.license = license
+        self.exported = False
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -35,4 +44,13 @@ class ExportOnFitEnd(L.Callback):
                 query = query or (retrieval[0] if retrieval else None)
         export_sentence_transformers(pl_module.encoder, self.path, query,
                                      task_instructions=tasks)
+        self.exported = True
         log.info("exported sentence-transformers model to %s", self.path)
+
+    def write_card(self, trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+        """README.md in the export: the card with the run's final metrics (`f2llm.model_card`)."""
+        if not (self.exported and trainer.is_global_zero):
+            return
+        card = write_model_card(self.path, cfg.paths.output_dir, cfg, metrics,
+                                trainer.global_step, trainer.world_size, self.license)
+        log.info("wrote the model card %s", card)

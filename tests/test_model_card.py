@@ -1,0 +1,89 @@
+"""The export's model card: written after the final validation, loadable, with the run's facts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from f2llm.model_card import read_front_matter
+from tests.cli_runs import run_folders, trained_repo
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
+    return run_folders(trained_repo(tmp_path_factory, locale_dir))[0]
+
+
+def card_table(text: str) -> dict[str, float]:
+    """`<task>/<metric>@<dim>` -> value from the card's held-out results table."""
+    lines = text.split("## Held-out results", 1)[1].splitlines()
+    header = next(line for line in lines if line.startswith("| task / metric |"))
+    dims = [int(d) for d in re.findall(r"\d+", header)]
+    table: dict[str, float] = {}
+    for line in lines[lines.index(header) + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table |= {f"{cells[0]}@{d}": float(v) for d, v in zip(dims, cells[1:], strict=True) if v}
+    return table
+
+
+@pytest.mark.slow
+def test_card_loads_parses_and_holds_the_final_metrics(run: Path) -> None:
+    export = run / "export"
+    card = (export / "README.md").read_text()
+    meta = read_front_matter(export / "README.md")
+    assert meta["library_name"] == "sentence-transformers"
+    assert meta["pipeline_tag"] == "sentence-similarity"
+    assert {"sentence-transformers", "matryoshka"} <= set(meta["tags"])
+    assert meta["license"] == "apache-2.0"
+    assert "base_model" not in meta  # the default trains from a random init
+    mix = json.loads((run / "data_mix.json").read_text())
+    assert meta["language"] == sorted({k.split("_")[0].split("@")[0] for k in mix["by_language"]})
+
+    # Every held-out metric at every evaluated dim, as final_metrics.json holds it.
+    final = {k.removeprefix("val/"): v for k, v in
+             json.loads((run / "final_metrics.json").read_text()).items()
+             if k.startswith("val/") and "@" in k}
+    dims = {int(k.split("@")[1]) for k in final}
+    assert dims == {32, 16, 8}
+    # The card was written after the validation that followed fit (step 4), not at the end of
+    # fit, whose latest metrics are step 3's.
+    evals = [json.loads(line) for line in (run / "matryoshka_eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [3, 4]
+    assert evals[-1]["metrics"] != evals[0]["metrics"]
+    assert {k: v for k, v in evals[-1]["metrics"].items() if k in final} == pytest.approx(final)
+    assert "At step 4, on held-out data" in card
+    table = card_table(card)
+    assert table.keys() == final.keys()
+    for key, value in final.items():
+        assert table[key] == pytest.approx(value, abs=5e-5), key
+
+    # Shape, parameter count, recipe, figure, usage.
+    model = SentenceTransformer(str(export), device="cpu")
+    parameters = sum(p.numel() for p in model[0].auto_model.parameters())
+    assert f"- {parameters:,} parameters" in card
+    assert "hidden size 32" in card and "4 optimiser steps, global batch 8" in card
+    assert "| stage1 | gettext_bitext | no | 2 |" in card
+    assert "| stage2 | gettext_bitext, gettext_domains, gettext_names | yes | 2 |" in card
+    assert "Matryoshka: each loss at dims 32, 16, 8" in card
+    assert "Realised mix (share of batches):" in card
+    assert "![held-out scores by Matryoshka dim](matryoshka.png)" in card
+    assert (export / "matryoshka.png").read_bytes() == (run / "matryoshka.png").read_bytes()
+    for name in model.prompts:
+        if model.prompts[name]:
+            assert f"| `{name}` |" in card
+    assert 'prompt_name="query"' in card and "truncate_dim=16" in card
+
+    # The usage snippet's calls work on the folder.
+    small = SentenceTransformer(str(export), device="cpu", truncate_dim=16)
+    full = model.encode(["File not found"], convert_to_tensor=True)
+    cut = small.encode(["File not found"], convert_to_tensor=True)
+    assert cut.shape[-1] == 16
+    torch.testing.assert_close(cut, full[:, :16], atol=1e-5, rtol=0)
+    assert model.encode(["x"], prompt_name="query").shape == (1, 32)
