@@ -87,3 +87,42 @@ def test_card_loads_parses_and_holds_the_final_metrics(run: Path) -> None:
     assert cut.shape[-1] == 16
     torch.testing.assert_close(cut, full[:, :16], atol=1e-5, rtol=0)
     assert model.encode(["x"], prompt_name="query").shape == (1, 32)
+
+
+def test_card_facts_from_config_mix_and_metrics(tmp_path: Path, locale_dir: Path) -> None:
+    from f2llm.export import export_sentence_transformers
+    from f2llm.model_card import build_model_card
+    from tests.conftest import compose_train, tiny_overrides
+    from tests.test_model import tiny_encoder
+
+    export = export_sentence_transformers(tiny_encoder(), tmp_path / "export", "Find it")
+    run = tmp_path
+    (run / "data_mix.json").write_text(json.dumps({
+        "batches": 10, "by_format": {"retrieval": 0.7, "clustering": 0.3},
+        "by_language": {"pt_BR": 0.5, "sr@latin": 0.3, "de": 0.2},
+        "batches_by_stage_dataset_format_language": [["stage1", "gettext_bitext", "retrieval",
+                                                      "pt_BR", 7], ["stage2", "gettext_domains",
+                                                                    "clustering", "de", 3]]}))
+    metrics = {"val/bitext/accuracy@32": 0.5, "val/bitext/accuracy@16": 0.25,
+               "val/bitext/accuracy": 0.5, "train/loss": 1.0}
+    hub = compose_train(tiny_overrides(tmp_path, locale_dir,
+                                       **{"model.pretrained": "Qwen/Qwen3-0.6B"}))
+    card = build_model_card(export, run, hub, metrics, steps=10, evaluated_at=8)
+    meta = card.front_matter()
+    assert meta["base_model"] == "Qwen/Qwen3-0.6B"
+    assert meta["language"] == ["de", "pt", "sr"]  # ISO 639, regions and scripts dropped
+    assert "knowledge-distillation" not in meta["tags"]
+    text = card.render()
+    assert "At step 8, on held-out data" in text  # the metrics' step, not the last step
+    assert "| bitext/accuracy | 0.2500 | 0.5000 |" in text and "train/loss" not in text
+    assert "| stage1 | gettext_bitext | no | 7 |" in text
+    assert "Realised mix (share of batches): retrieval 70.0%, clustering 30.0%" in text
+    assert "pt_BR 50.0%, sr@latin 30.0%, de 20.0%" in text
+    assert "in-batch InfoNCE for retrieval batches" in text
+    assert 'prompt_name="query"' in text
+
+    local = compose_train(tiny_overrides(tmp_path, locale_dir,
+                                         **{"model.pretrained": str(export)}))
+    card = build_model_card(export, run, local, metrics, steps=10)
+    assert "base_model" not in card.front_matter()  # a local folder is not a hub name
+    assert f"- started from `{export}`" in card.render()

@@ -27,7 +27,8 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt_path", mmap: bool = F
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # whatever torch's zip reader or unpickler says about the bytes
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        # torch's first sentence says what is wrong; the rest is advice about corrupted files.
+        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
         raise DamagedFile(f"{setting}: the checkpoint {path} is damaged and cannot be loaded "
                           f"({type(err).__name__}: {reason})") from err
 

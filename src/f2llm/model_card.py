@@ -55,6 +55,7 @@ class ModelCard:
     objective: list[str]
     prompts: dict[str, str]
     metrics: dict[str, float]  # val/<task>/<metric>@<dim>
+    evaluated_at: int | None = None  # the step the metrics are from
     mix_by_format: dict[str, float] = field(default_factory=dict)
     languages: dict[str, float] = field(default_factory=dict)  # share of batches, as drawn
     base_model: str | None = None  # a hub name
@@ -123,7 +124,8 @@ class ModelCard:
         dims, rows = self.results_table()
         lines += ["", "## Held-out results", ""]
         if rows:
-            lines += [f"At step {self.steps}, on held-out data, at every Matryoshka dim:", "",
+            at = self.steps if self.evaluated_at is None else self.evaluated_at
+            lines += [f"At step {at}, on held-out data, at every Matryoshka dim:", "",
                       "| task / metric | " + " | ".join(str(d) for d in dims) + " |",
                       "|---|" + "---|" * len(dims)]
             lines += [f"| {base} | " + " | ".join(
@@ -201,7 +203,8 @@ def _objective_terms(cfg: DictConfig, hidden: int) -> list[str]:
 
 def build_model_card(export_dir: str | Path, run_dir: str | Path, cfg: DictConfig,
                      metrics: dict[str, float], steps: int, world_size: int = 1,
-                     license: str = "apache-2.0") -> ModelCard:
+                     license: str = "apache-2.0", evaluated_at: int | None = None
+                     ) -> ModelCard:
     """Facts from the export folder (shape, weights, prompts), the run folder (data_mix.json,
     the figure), the run's config and its final metrics."""
     export_dir, run_dir = Path(export_dir), Path(run_dir)
@@ -233,7 +236,7 @@ def build_model_card(export_dir: str | Path, run_dir: str | Path, cfg: DictConfi
         global_batch=int(cfg.data.get("batch_size", 0)), world_size=world_size, stages=stages,
         objective=_objective_terms(cfg, shape.get("hidden_size", 0)),
         prompts={k: v for k, v in (st_cfg.get("prompts") or {}).items()},
-        metrics={k: float(v) for k, v in metrics.items()},
+        metrics={k: float(v) for k, v in metrics.items()}, evaluated_at=evaluated_at,
         mix_by_format=mix.get("by_format", {}), languages=mix.get("by_language", {}),
         base_model=None if pretrained is None or local else str(pretrained),
         init_folder=str(pretrained) if local else (str(cfg.init_from) if cfg.get("init_from")
@@ -244,9 +247,10 @@ def build_model_card(export_dir: str | Path, run_dir: str | Path, cfg: DictConfi
 
 def write_model_card(export_dir: str | Path, run_dir: str | Path, cfg: DictConfig,
                      metrics: dict[str, float], steps: int, world_size: int = 1,
-                     license: str = "apache-2.0") -> Path:
+                     license: str = "apache-2.0", evaluated_at: int | None = None) -> Path:
     """Write `<export_dir>/README.md` (and copy the Matryoshka figure next to it)."""
-    card = build_model_card(export_dir, run_dir, cfg, metrics, steps, world_size, license)
+    card = build_model_card(export_dir, run_dir, cfg, metrics, steps, world_size, license,
+                            evaluated_at)
     out = Path(export_dir) / "README.md"
     out.write_text(card.render())
     return out

@@ -104,7 +104,10 @@ def keep_freed_host_memory() -> bool:
 
 def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     check_config(cfg)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))  # before any work: a missing file stops now
+    # Checkpoints named by the config are checked before any work: a bad path stops now.
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
+    if cfg.get("init_from"):
+        read_checkpoint(cfg.init_from, "init_from", mmap=True)
     if cfg.get("keep_freed_host_memory") and keep_freed_host_memory():
         log.debug("glibc keeps freed host memory for reuse (keep_freed_host_memory)")
     L.seed_everything(cfg.seed, workers=True)

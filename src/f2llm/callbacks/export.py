@@ -51,6 +51,9 @@ class ExportOnFitEnd(L.Callback):
         """README.md in the export: the card with the run's final metrics (`f2llm.model_card`)."""
         if not (self.exported and trainer.is_global_zero):
             return
+        evaluated = [cb.last_step for cb in trainer.callbacks
+                     if getattr(cb, "last_step", None) is not None]
         card = write_model_card(self.path, cfg.paths.output_dir, cfg, metrics,
-                                trainer.global_step, trainer.world_size, self.license)
+                                trainer.global_step, trainer.world_size, self.license,
+                                max(evaluated, default=None))
         log.info("wrote the model card %s", card)

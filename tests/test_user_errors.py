@@ -1,0 +1,165 @@
+"""Errors a user can fix read as one message, not a traceback; damaged files are named, and a
+run folder or the teacher cache carries on past them. Every case runs the command as a user
+types it, from a copy of the repository (tests/cli_runs.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from f2llm.export import export_sentence_transformers
+from tests.cli_runs import repo_copy, run_cli, run_folders, small_run, trained_repo
+from tests.test_model import tiny_encoder
+
+HUB_MESSAGE = ("Error: teacher.path=codefuse-ai/F2LLM-v2-0.6B is not a local folder and not in "
+               "the local Hugging Face cache, and HF_HUB_OFFLINE is set. Download it where there "
+               "is a network (`huggingface-cli download codefuse-ai/F2LLM-v2-0.6B --local-dir "
+               "<folder>`) and set teacher.path=<folder>.")
+
+
+def one_message(done: subprocess.CompletedProcess[str], expected: str) -> str:
+    """The run failed with exactly one `Error: ...` line, which starts with `expected`."""
+    assert done.returncode == 1, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith(expected), lines[0]
+    return lines[0]
+
+
+def truncate(path: Path) -> Path:
+    with path.open("r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository copy for the commands that stop before any work."""
+    return repo_copy(tmp_path_factory.mktemp("clone_errors"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
+    return trained_repo(tmp_path_factory, locale_dir)
+
+
+def test_hub_name_offline_is_one_message(clone: Path) -> None:
+    done = run_cli(clone, "train", "experiment=prune_distill_80m", timeout=120)
+    assert one_message(done, HUB_MESSAGE) == HUB_MESSAGE
+
+
+def test_full_error_still_shows_the_trace(clone: Path) -> None:
+    done = run_cli(clone, "train", "experiment=prune_distill_80m", timeout=120,
+                   HYDRA_FULL_ERROR="1")
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "PretrainedNotFound" in done.stderr
+
+
+def test_unknown_experiment_is_hydras_message_without_a_trace(clone: Path) -> None:
+    done = run_cli(clone, "train", "experiment=no_such_experiment", timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("In 'train': Could not find 'experiment/no_such_experiment'")
+    assert "Available options in 'experiment':\n\tgettext_stage1" in done.stderr
+
+
+def test_failed_config_check_is_one_message(clone: Path) -> None:
+    done = run_cli(clone, "train", "objective.mrl_dims=[256,64]", timeout=120)
+    one_message(done, "Error: objective.mrl_dims [256, 64]: [256] exceed the model's hidden "
+                      "size 128 (model=tiny)")
+
+
+def test_data_validation_error_is_one_message(clone: Path, tmp_path: Path,
+                                              locale_dir: Path) -> None:
+    rows = [{"query": f"text {i}", "passage": "a positive", "negative_1": "a negative"}
+            for i in range(4)]
+    rows[2]["query"] = ""
+    (tmp_path / "news.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = tmp_path / "my_data.yaml"
+    manifest.write_text("datasets:\n  - {path: news.jsonl, format: classification, language: en}\n")
+    done = run_cli(clone, "train", "data=manifest", f"data.corpus.manifest={manifest}",
+                   "data.stages=null", "data.num_workers=0", "trainer.max_steps=2",
+                   timeout=300)
+    one_message(done, f"Error: {tmp_path / 'news.jsonl'}, line 3, field 'query': empty string")
+
+
+def test_missing_checkpoint_or_model_is_one_message(clone: Path) -> None:
+    done = run_cli(clone, "train", "ckpt_path=logs/train/runs/2020-01-01_00-00-00",
+                   timeout=120)
+    one_message(done, "Error: ckpt_path=logs/train/runs/2020-01-01_00-00-00: no such "
+                      "checkpoint file or run folder")
+    done = run_cli(clone, "eval", "model_path=logs/train/runs/nowhere/export", timeout=120)
+    one_message(done, "Error: model_path=logs/train/runs/nowhere/export: not a model folder, "
+                      "run folder or .ckpt file")
+
+
+@pytest.mark.slow
+def test_damaged_explicit_checkpoint_is_named(trained: Path, tmp_path: Path) -> None:
+    run = shutil.copytree(run_folders(trained)[0], tmp_path / "run")
+    damaged = truncate(run / "checkpoints" / "last.ckpt")
+    for script, setting in (("train", "ckpt_path"), ("train", "init_from"),
+                            ("eval", "model_path")):
+        done = run_cli(trained, script, f"{setting}={damaged}", timeout=300)
+        message = one_message(done, f"Error: {setting}: the checkpoint {damaged} is damaged and "
+                                    "cannot be loaded (")
+        assert "Errno" in message or "zip" in message, message  # torch's reason, after the name
+
+
+@pytest.mark.slow
+def test_resume_from_a_run_folder_skips_a_damaged_last_ckpt(trained: Path, tmp_path: Path,
+                                                           locale_dir: Path) -> None:
+    run = shutil.copytree(run_folders(trained)[0], tmp_path / "run")
+    last = truncate(run / "checkpoints" / "last.ckpt")
+    fallback = run / "checkpoints" / "stage-stage1-end.ckpt"  # step 2, the stage switch
+    before = set(run_folders(trained))
+    done = run_cli(trained, "train", f"ckpt_path={run}",
+                   *small_run(locale_dir, **{"data.stages.0.steps": 2}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert f"ckpt_path: the checkpoint {last} is damaged and cannot be loaded" in output
+    assert f"ckpt_path: using {fallback}, the newest checkpoint that loads" in output
+    (resumed,) = set(run_folders(trained)) - before
+    # Resumed at step 2: two more batches (both in stage 2), and the run finished.
+    mix = json.loads((resumed / "data_mix.json").read_text())
+    assert mix["batches"] == 4 and mix["by_stage"] == {"stage1": 0.5, "stage2": 0.5}
+    assert (resumed / "export" / "README.md").exists()
+
+    truncate(fallback)  # nothing left that loads: one message naming the files
+    done = run_cli(trained, "train", f"ckpt_path={run}", timeout=300)
+    message = one_message(done, f"Error: ckpt_path={run / 'checkpoints'}: none of its 2 "
+                                "checkpoints loads")
+    assert "last.ckpt" in message and "stage-stage1-end.ckpt" in message
+
+
+@pytest.mark.slow
+def test_truncated_teacher_cache_shard_does_not_stop_a_kd_run(trained: Path, tmp_path: Path,
+                                                              locale_dir: Path) -> None:
+    student = export_sentence_transformers(tiny_encoder(), tmp_path / "export")  # 32 wide
+    kd_run = small_run(locale_dir, **{
+        "model.pretrained": student, "model.max_length": 32,
+        "callbacks.pruning.target.shape.hidden_size": 16,
+        "callbacks.pruning.target.shape.intermediate_size": 32,
+        "callbacks.pruning.target.shape.head_dim": 16,
+        "callbacks.pruning.target.shape.num_hidden_layers": 2,
+        "callbacks.pruning.calibration_texts": 32, "data.stages.0.steps": 4,
+        "trainer.max_steps": 4, "final_validate": "false"})
+    first = run_cli(trained, "train", "experiment=prune_distill_tiny", *kd_run)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shards = sorted((trained / "data" / "teacher_cache").glob("*/emb-*.npy"))
+    assert shards
+    truncate(shards[0])
+    again = run_cli(trained, "train", "experiment=prune_distill_tiny", *kd_run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    output = again.stdout + again.stderr
+    assert f"teacher cache: dropping the damaged shard {shards[0]}" in output
+    assert "mmap length is greater than file size" in output
+    assert "Traceback" not in again.stderr
+    # What the shard held was computed again and stored in a shard that loads.
+    for emb in shards[0].parent.glob("emb-*.npy"):
+        np.load(emb, mmap_mode="r")
