@@ -94,6 +94,8 @@ def test_missing_checkpoint_or_model_is_one_message(clone: Path) -> None:
                    timeout=120)
     one_message(done, "Error: ckpt_path=logs/train/runs/2020-01-01_00-00-00: no such "
                       "checkpoint file or run folder")
+    done = run_cli(clone, "train", "model.pretrained=./models/no-such-model", timeout=120)
+    one_message(done, "Error: model.pretrained=./models/no-such-model: no such folder")
     done = run_cli(clone, "eval", "model_path=logs/train/runs/nowhere/export", timeout=120)
     one_message(done, "Error: model_path=logs/train/runs/nowhere/export: not a model folder, "
                       "run folder or .ckpt file")
