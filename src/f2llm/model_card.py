@@ -9,6 +9,7 @@ every Matryoshka dim with the figure, and a usage snippet with the prompt names.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections import Counter
@@ -171,12 +172,8 @@ def _safetensors_parameters(folder: Path) -> int:
     total = 0
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), "np") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                shape = f.get_slice(key).get_shape()
-                n = 1
-                for s in shape:
-                    n *= s
-                total += n
+            keys = f.keys()  # a safe_open handle is not iterable
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in keys)
     return total
 
 
