@@ -26,7 +26,7 @@ class DamagedFile(UserError):
 
 
 def _full_error() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR", "0").lower() in {"1", "true", "yes"}
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"  # as Hydra reads it
 
 
 @contextmanager
