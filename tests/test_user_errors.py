@@ -49,6 +49,24 @@ def trained(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
     return trained_repo(tmp_path_factory, locale_dir)
 
 
+def test_a_wrapped_user_error_is_one_message_too(capsys: pytest.CaptureFixture[str]) -> None:
+    from hydra.errors import InstantiationException
+
+    from f2llm.config_checks import ConfigError
+    from f2llm.errors import one_message as reporting
+
+    with pytest.raises(SystemExit) as stopped, reporting():
+        try:
+            raise ConfigError("data.batch_size must be at least 2 (in-batch negatives)")
+        except ConfigError as err:
+            raise InstantiationException("Error in call to target 'x'") from err
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == ("Error: data.batch_size must be at least 2 (in-batch "
+                                       "negatives)\n")
+    with pytest.raises(RuntimeError), reporting():  # anything else is not ours to reword
+        raise RuntimeError("a bug")
+
+
 def test_hub_name_offline_is_one_message(clone: Path) -> None:
     done = run_cli(clone, "train", "experiment=prune_distill_80m", timeout=120)
     assert one_message(done, HUB_MESSAGE) == HUB_MESSAGE

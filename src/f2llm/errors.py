@@ -29,13 +29,27 @@ def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"  # as Hydra reads it
 
 
+def user_error(err: BaseException) -> UserError | None:
+    """`err` or the `UserError` it was raised `from` (Hydra's `instantiate` wraps what a target
+    raises in an `InstantiationException`). Only explicit causes: an error raised while handling
+    a `UserError` is a bug of its own."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
 @contextmanager
 def one_message(exit_status: int = 1) -> Iterator[None]:
     """Report a `UserError` raised in the block as `Error: <message>` and exit."""
     try:
         yield
-    except UserError as err:
-        if _full_error():
+    except Exception as raised:
+        err = user_error(raised)
+        if err is None or _full_error():
             raise
         # The run folder's log file records why the run stopped; the console gets it once.
         record = logging.LogRecord("f2llm", logging.ERROR, __file__, 0, "stopped: %s", (err,),
