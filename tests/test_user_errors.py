@@ -183,3 +183,18 @@ def test_truncated_teacher_cache_shard_does_not_stop_a_kd_run(trained: Path, tmp
     # What the shard held was computed again and stored in a shard that loads.
     for emb in shards[0].parent.glob("emb-*.npy"):
         np.load(emb, mmap_mode="r")
+
+
+@pytest.mark.slow
+def test_eval_of_a_run_folder_skips_a_damaged_last_ckpt(trained: Path, tmp_path: Path,
+                                                        locale_dir: Path) -> None:
+    run = shutil.copytree(run_folders(trained)[0], tmp_path / "run")
+    shutil.rmtree(run / "export")  # a run folder without its export: its checkpoints
+    last = truncate(run / "checkpoints" / "last.ckpt")
+    done = run_cli(trained, "eval", f"model_path={run}",
+                   *[o for o in small_run(locale_dir) if o.startswith("data.corpus.")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert f"model_path: the checkpoint {last} is damaged and cannot be loaded" in output
+    assert f"model_path: using {run / 'checkpoints' / 'stage-stage1-end.ckpt'}" in output
+    assert "bitext/accuracy" in done.stdout  # the table
