@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
@@ -32,6 +33,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 from f2llm.data.readers import DatasetSpec, read_dataset  # noqa: E402
 
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
 log = logging.getLogger("f2llm.mine")
 # `mine_hard_negatives` keyword arguments taken as they are from the config.
 MINING_OPTIONS = ("range_min", "range_max", "max_score", "min_score", "absolute_margin",
@@ -39,7 +43,7 @@ MINING_OPTIONS = ("range_min", "range_max", "max_score", "min_score", "absolute_
                   "use_faiss")
 
 
-def load_model(model_path: str | Path):  # noqa: ANN201 (a SentenceTransformer)
+def load_model(model_path: str | Path) -> SentenceTransformer:
     """A sentence-transformers model from an export, a run folder (its export/) or the
     all-MiniLM-L6-v2 baseline; a hub name only with a network."""
     from sentence_transformers import SentenceTransformer
