@@ -66,25 +66,32 @@ def mine_cfg(**values: object) -> DictConfig:
     return cfg
 
 
-def test_mined_parquet_passes_our_readers(export: Path, tmp_path: Path) -> None:
-    pairs = user_pairs()
-    pq.write_table(pa.table(pairs), tmp_path / "my_pairs.parquet")
-    out = tmp_path / "mined.parquet"
+@pytest.fixture(scope="module")
+def mined(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`mine.py` as the user types it, on a parquet of English and German pairs."""
+    tmp = tmp_path_factory.mktemp("mine")
+    pq.write_table(pa.table(user_pairs()), tmp / "my_pairs.parquet")
+    out = tmp / "mined.parquet"
     run([sys.executable, "src/f2llm/mine.py", f"model_path={export}",
-         f"input={tmp_path / 'my_pairs.parquet'}", "language_column=lang", f"out={out}",
-         "num_negatives=3", f"paths.log_dir={tmp_path / 'logs'}"])
+         f"input={tmp / 'my_pairs.parquet'}", "language_column=lang", f"out={out}",
+         "num_negatives=7", f"paths.log_dir={tmp / 'logs'}"])
+    return out
+
+
+def test_mined_parquet_passes_our_readers(export: Path, mined: Path) -> None:
+    pairs, out = user_pairs(), mined
     table = read_dataset(DatasetSpec(path=out, format="retrieval", language_column="language"),
-                         num_negatives=3)
-    assert table.column_names[:5] == ["query", "passage", "negative_1", "negative_2",
-                                      "negative_3"]
-    assert table.num_rows == 48  # every query found 3 candidates
+                         num_negatives=7)
+    negative_columns = [f"negative_{j}" for j in range(1, 8)]
+    assert table.column_names[:9] == ["query", "passage", *negative_columns]
+    assert table.num_rows == 48  # every query found 7 candidates
     passages_by_lang = {lang: {p for p, la in zip(pairs["passage"], pairs["lang"], strict=True)
                                if la == lang} for lang in ("en", "de")}
     rows = table.to_pylist()
     for row in rows:
-        negatives = [row[f"negative_{j}"] for j in (1, 2, 3)]
+        negatives = [row[c] for c in negative_columns]
         assert row["passage"] not in negatives
-        assert len(set(negatives)) == 3
+        assert len(set(negatives)) == 7
         # Mined within the query's language.
         assert set(negatives) <= passages_by_lang[row["language"]]
     record = json.loads(out.with_suffix(".json").read_text())
@@ -96,8 +103,8 @@ def test_mined_parquet_passes_our_readers(export: Path, tmp_path: Path) -> None:
     candidates = sorted(passages_by_lang[row["language"]] - {row["passage"]})
     q = model.encode([row["query"]], convert_to_tensor=True)
     scores = (model.encode(candidates, convert_to_tensor=True) @ q.T).squeeze(1)
-    top = [candidates[i] for i in scores.argsort(descending=True)[:3].tolist()]
-    assert [row[f"negative_{j}"] for j in (1, 2, 3)] == top
+    top = [candidates[i] for i in scores.argsort(descending=True)[:7].tolist()]
+    assert [row[c] for c in negative_columns] == top
 
 
 def test_mining_options_and_inputs(export: Path, tmp_path: Path) -> None:
@@ -132,20 +139,15 @@ def test_mining_options_and_inputs(export: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_training_on_mined_negatives(export: Path, tmp_path: Path) -> None:
-    """The README's path: mine, list the file in a manifest, train with its negatives."""
-    pq.write_table(pa.table(user_pairs()), tmp_path / "my_pairs.parquet")
-    run([sys.executable, "src/f2llm/mine.py", f"model_path={export}",
-         f"input={tmp_path / 'my_pairs.parquet'}", "language_column=lang",
-         f"out={tmp_path / 'mined.parquet'}", "num_negatives=7",
-         f"paths.log_dir={tmp_path / 'logs'}"])
+def test_training_on_mined_negatives(mined: Path, tmp_path: Path) -> None:
+    """The README's path: mine, list the file in a manifest, train with its 7 negatives."""
     (tmp_path / "mined.yaml").write_text(
-        "datasets:\n  - {path: mined.parquet, format: retrieval, language_column: language}\n")
+        f"datasets:\n  - {{path: {mined}, format: retrieval, language_column: language}}\n")
     shape = [f"{k}={v}" for k, v in TINY_SHAPE.items()]
     run([sys.executable, "src/f2llm/train.py", "data=manifest",
          f"data.corpus.manifest={tmp_path / 'mined.yaml'}", "data.stages=null",
-         "data.num_negatives.retrieval=7", "data.batch_size=8", "data.num_workers=0",
-         "trainer.max_steps=4", "trainer.val_check_interval=100", "final_validate=false",
+         "data.num_negatives.retrieval=7", "final_validate=false", "data.batch_size=8",
+         "data.num_workers=0", "trainer.max_steps=4", "trainer.val_check_interval=100",
          "trainer.log_every_n_steps=1", "callbacks.progress=null",
          "trainer.enable_progress_bar=false",
          f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={tmp_path / 'data'}", *shape])
