@@ -5,6 +5,12 @@ dropping the row's own positive; `mask_logits` sets the dropped logits to -inf. 
 queries, columns candidates; `positive_col` [B] names each row's positive column (in-batch:
 `offset + arange(B)`; hard negatives laid out as [positive, negatives]: zeros). Masks from
 several rules combine with `|`. Pure functions, not yet called by the objective.
+
+Wiring them in needs, per batch: a key per text (e.g. a hash of each passage and negative,
+gathered with the positives across ranks) for `same_text_mask`; nothing new for `margin_mask`
+(the detached cosine scores of the logits); the guide's embeddings of queries, positives and
+negatives for `guided_mask`. Masks are computed once, detached, at full width and reused at every
+Matryoshka dim and in GradCache's second pass, so cached and plain steps stay equal.
 """
 
 from __future__ import annotations
