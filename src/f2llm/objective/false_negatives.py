@@ -1,0 +1,105 @@
+"""False-negative rules: which candidates of a contrastive row to drop before the cross-entropy.
+
+Every rule returns a boolean mask shaped like the row's logits [B, N] (True: drop), never
+dropping the row's own positive; `mask_logits` sets the dropped logits to -inf. Rows are
+queries, columns candidates; `positive_col` [B] names each row's positive column (in-batch:
+`offset + arange(B)`; hard negatives laid out as [positive, negatives]: zeros). Masks from
+several rules combine with `|`. Pure functions, not yet called by the objective.
+
+Wiring them in needs, per batch: a key per text (e.g. a hash of each passage and negative,
+gathered with the positives across ranks) for `same_text_mask`; nothing new for `margin_mask`
+(the detached cosine scores of the logits); the guide's embeddings of queries, positives and
+negatives for `guided_mask`. Masks are computed once, detached, at full width and reused at every
+Matryoshka dim and in GradCache's second pass, so cached and plain steps stay equal.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+def positive_mask(shape: torch.Size | tuple[int, int], positive_col: Tensor) -> Tensor:
+    """[B, N] with True at each row's positive column."""
+    mask = torch.zeros(shape, dtype=torch.bool, device=positive_col.device)
+    mask[torch.arange(shape[0], device=positive_col.device), positive_col] = True
+    return mask
+
+
+def _positive_scores(scores: Tensor, positive_col: Tensor) -> Tensor:
+    return scores.gather(1, positive_col.view(-1, 1))
+
+
+def equal_rows(a: Tensor, b: Tensor) -> Tensor:
+    """[B, N]: whether row i of `a` equals row j of `b` exactly.
+
+    Rows are token ids padded to one length with one pad id ([B, L], [N, L]), or one key per
+    text ([B], [N], e.g. a hash of the text).
+    """
+    if a.dim() == 1:
+        a, b = a.unsqueeze(1), b.unsqueeze(1)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"token rows must share one padded length, got {a.shape[1]} and "
+                         f"{b.shape[1]}")
+    return (a.unsqueeze(1) == b.unsqueeze(0)).all(dim=-1)
+
+
+def same_text_mask(equal_to_positive: Tensor, positive_col: Tensor) -> Tensor:
+    """Drop every candidate whose text equals the row's positive (its own column kept).
+
+    `equal_to_positive` [B, N]: candidate j is the same text as row i's positive, e.g.
+    `equal_rows(positive_ids, candidate_ids)`. In bitext one English message is translated
+    once per catalog, so its translations reappear in a batch as different rows' positives.
+    """
+    return equal_to_positive.bool() & ~positive_mask(equal_to_positive.shape, positive_col)
+
+
+def margin_mask(scores: Tensor, positive_col: Tensor, margin: float = 0.1) -> Tensor:
+    """Qwen3-Embedding's rule: drop a candidate whose similarity exceeds the positive's by
+    more than `margin` (0.1 in the Qwen3-Embedding report, arXiv:2506.05176).
+
+    `scores` [B, N] are the model's own cosine similarities (not divided by the temperature).
+    """
+    threshold = _positive_scores(scores, positive_col) + margin
+    return (scores > threshold) & ~positive_mask(scores.shape, positive_col)
+
+
+def guided_mask(
+    guide_scores: Tensor,
+    positive_col: Tensor | None,
+    margin: float = 0.0,
+    strategy: Literal["absolute", "relative"] = "absolute",
+    guide_positive: Tensor | None = None,
+) -> Tensor:
+    """GISTEmbed's rule (sentence-transformers `GISTEmbedLoss`): drop a candidate the guide
+    model scores above the positive, less a margin.
+
+    absolute: drop if guide(q, c) > guide(q, p) - margin; relative: drop if
+    guide(q, c) > guide(q, p) - |guide(q, p)| * margin. `guide_scores` [B, N] are the guide's
+    cosine similarities for the same cells as the logits. `guide_positive` [B] is the
+    threshold's guide(q, p) and defaults to the guide's score at `positive_col`; for a block
+    without the positive (GISTEmbed's query-query and positive-positive blocks) pass it with
+    `positive_col=None`, and nothing is protected.
+    """
+    if guide_positive is None:
+        if positive_col is None:
+            raise ValueError("guided_mask needs positive_col or guide_positive")
+        guide_positive = _positive_scores(guide_scores, positive_col)
+    guide_positive = guide_positive.view(-1, 1)
+    if strategy == "absolute":
+        threshold = guide_positive - margin
+    elif strategy == "relative":
+        threshold = guide_positive - guide_positive.abs() * margin
+    else:
+        raise ValueError(f"strategy must be 'absolute' or 'relative', got {strategy!r}")
+    mask = guide_scores > threshold
+    if positive_col is not None:
+        mask &= ~positive_mask(guide_scores.shape, positive_col)
+    return mask
+
+
+def mask_logits(logits: Tensor, mask: Tensor) -> Tensor:
+    """The logits with dropped candidates at -inf (out of the softmax's denominator)."""
+    return logits.masked_fill(mask, float("-inf"))

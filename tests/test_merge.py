@@ -1,0 +1,151 @@
+"""Checkpoint merging: soup and slerp maths on tiny tensors and models, and `merge.py` on a real
+short run's checkpoints: reproducible bitwise, and the export embeds like the merged weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+from sentence_transformers import SentenceTransformer
+
+from f2llm.merge import encoder_weights, last_checkpoints, merge, slerp, slerp_merge, soup
+from tests.conftest import CONFIGS, ROOT, tiny_overrides
+from tests.test_model import tiny_encoder
+
+TEXTS = ["Fichier introuvable", "Cannot open file %s", "Файл не найден", "保存"]
+
+
+def tiny_states(n: int) -> list[dict[str, torch.Tensor]]:
+    """n perturbed copies of a tiny encoder's weights."""
+    base = tiny_encoder().state_dict()
+    gen = torch.Generator().manual_seed(0)
+    return [{k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+            for _ in range(n)]
+
+
+def test_soup_and_slerp_of_identical_checkpoints_is_that_checkpoint() -> None:
+    state = tiny_states(1)[0]
+    for merged in (soup([state] * 3), slerp_merge([state] * 3)):
+        assert merged.keys() == state.keys()
+        for k in state:
+            assert merged[k].dtype == state[k].dtype
+            assert torch.equal(merged[k], state[k]), k
+
+
+def test_soup_is_the_hand_computed_mean() -> None:
+    a, b, c = tiny_states(3)
+    merged = soup([a, b, c])
+    for k in a:
+        torch.testing.assert_close(merged[k], (a[k] + b[k] + c[k]) / 3, atol=1e-6, rtol=0)
+    # Integer tensors are kept, and must agree.
+    ids = {"ids": torch.arange(4)}
+    assert torch.equal(soup([ids, ids])["ids"], ids["ids"])
+    with pytest.raises(ValueError, match="integer tensor differs"):
+        soup([ids, {"ids": torch.arange(4) + 1}])
+    with pytest.raises(ValueError, match="other tensors"):
+        soup([a, {**a, "extra": torch.zeros(1)}])
+
+
+def test_slerp_endpoints_midpoint_and_colinear_case() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(8, 4, generator=gen), torch.randn(8, 4, generator=gen)
+    torch.testing.assert_close(slerp(a, b, 0.0).float(), a, atol=1e-6, rtol=0)
+    torch.testing.assert_close(slerp(a, b, 1.0).float(), b, atol=1e-6, rtol=0)
+    # Orthogonal unit vectors: the midpoint is their sum over sqrt(2), still a unit vector.
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    mid = slerp(e1, e2, 0.5)
+    torch.testing.assert_close(mid, torch.tensor([1.0, 1.0], dtype=torch.float64) / math.sqrt(2))
+    assert slerp(e1, e2, 1 / 3)[1] == pytest.approx(math.sin(math.pi / 6))
+    # Parallel tensors (and a zero tensor): no division by sin(0), a linear interpolation.
+    torch.testing.assert_close(slerp(a, 3 * a, 0.5).float(), 2 * a)
+    torch.testing.assert_close(slerp(torch.zeros(3), torch.ones(3), 0.25).float(),
+                               torch.full((3,), 0.25))
+
+
+def test_slerp_of_two_checkpoints_is_the_midpoint_and_of_n_is_a_running_slerp() -> None:
+    a, b, c = tiny_states(3)
+    linear: list[str] = []
+    two = slerp_merge([a, b], linear)
+    three = slerp_merge([a, b, c])
+    for k in a:
+        torch.testing.assert_close(two[k], slerp(a[k], b[k], 0.5).float())
+        torch.testing.assert_close(three[k], slerp(slerp(a[k], b[k], 0.5), c[k], 1 / 3).float())
+    # The perturbations make some tensors non-colinear: slerp is not the soup there.
+    assert len(linear) < len(a)
+    assert any(not torch.allclose(two[k], soup([a, b])[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
+    """A real 6-step training run keeping the checkpoints of steps 2, 4 and 6, trained as the
+    user runs it (outputs under tmp via paths.log_dir / paths.data_dir)."""
+    tmp = tmp_path_factory.mktemp("merge")
+    overrides = [o for o in tiny_overrides(tmp, locale_dir, **{
+        "trainer.max_steps": 6, "trainer.val_check_interval": 100, "final_validate": False,
+        "callbacks.checkpoint.save_top_k": -1, "paths.log_dir": str(tmp / "logs")})
+        if not o.startswith("paths.output_dir")]
+    done = subprocess.run([sys.executable, "src/f2llm/train.py", *overrides], cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (tmp / "logs" / "train" / "runs").iterdir()
+    return run
+
+
+def merge_cfg(run: Path, out: Path, **extra: object) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("merge", overrides=[f"run={run}", f"out={out}", f"paths.root_dir={ROOT}"]
+                      + [f"{k}={v}" for k, v in extra.items()])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+@pytest.mark.slow
+def test_merge_command_on_a_real_run(short_run: Path, tmp_path: Path) -> None:
+    steps = [s for s, _ in last_checkpoints(short_run, 3)]
+    assert steps == [2, 4, 6]  # last.ckpt is step 6 again: one file per step
+    cmd = [sys.executable, "src/f2llm/merge.py", f"run={short_run}", "last=3", "method=soup",
+           f"out={tmp_path / 'a'}", f"paths.log_dir={tmp_path / 'logs'}"]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "a" / "merge.json").read_text())
+    assert [c["step"] for c in record["checkpoints"]] == [2, 4, 6]
+    # Reproducible: the same inputs give bitwise the same weights.
+    merge(merge_cfg(short_run, tmp_path / "b", last=3, method="soup"))
+    weights = (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert weights == (tmp_path / "b" / "model.safetensors").read_bytes()
+    # The run's prompts come along.
+    assert ((tmp_path / "a" / "config_sentence_transformers.json").read_text()
+            == (short_run / "export" / "config_sentence_transformers.json").read_text())
+
+    # The export embeds like the merged weights loaded into the run's encoder.
+    states = [encoder_weights(p) for _, p in last_checkpoints(short_run, 3)]
+    cfg = OmegaConf.load(short_run / ".hydra" / "config.yaml")
+    from hydra.utils import instantiate
+
+    for method, merged in (("soup", soup(states)), ("slerp", slerp_merge(states))):
+        out = tmp_path / "a" if method == "soup" else tmp_path / method
+        if method == "slerp":
+            merge(merge_cfg(short_run, out, last=3, method="slerp"))
+            assert "slerp_linear_tensors" in json.loads((out / "merge.json").read_text())
+        encoder = instantiate(cfg.model)
+        encoder.load_state_dict(merged)
+        st = SentenceTransformer(str(out), device="cpu")
+        torch.testing.assert_close(st.encode(TEXTS, convert_to_tensor=True),
+                                   encoder.encode(TEXTS), atol=1e-5, rtol=0)
+    # The merge differs from each checkpoint it merged.
+    last = encoder_weights(short_run / "checkpoints" / "last.ckpt")
+    assert any(not torch.equal(soup(states)[k], last[k]) for k in last)
+
+    with pytest.raises(FileNotFoundError, match="save_top_k=-1"):
+        merge(merge_cfg(short_run, tmp_path / "c", last=4))
