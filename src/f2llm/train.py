@@ -59,19 +59,32 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
     return module, datamodule, trainer
 
 
+def _is_sharded_checkpoint(path: Path) -> bool:
+    """A folder written by a sharded strategy (trainer=fsdp2): one file per rank + meta.pt."""
+    return path.is_dir() and (path / "meta.pt").is_file()
+
+
+def _saved_at(path: Path) -> float:
+    """When a checkpoint was written: a sharded folder's newest file (re-saving `last.ckpt`
+    rewrites its files and need not touch the folder's own time)."""
+    if path.is_dir():
+        return max((p.stat().st_mtime for p in path.iterdir()), default=path.stat().st_mtime)
+    return path.stat().st_mtime
+
+
 def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
     """A checkpoint file, or a run folder (resume from its newest checkpoint), or "last"."""
     if not ckpt_path or ckpt_path in {"last", "hpc", "best", "registry"}:
         return ckpt_path  # Lightning's own keywords
     path = Path(ckpt_path)
-    if path.is_dir():
+    if path.is_dir() and not _is_sharded_checkpoint(path):
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(folder.glob("*.ckpt"), key=_saved_at)
         if not found:
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no .ckpt files in {folder}")
         log.info("resuming from %s", found[-1])
         return str(found[-1])
-    if not path.is_file():
+    if not (path.is_file() or _is_sharded_checkpoint(path)):
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file or run folder")
     return str(path)
 
