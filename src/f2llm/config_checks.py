@@ -61,6 +61,8 @@ def check_config(cfg: DictConfig) -> None:
                           "classification record has exactly one negative (the other label)")
     corpus = data.get("corpus") or {}
     stored = corpus.get("num_negatives")
+    if hasattr(stored, "get"):  # a manifest corpus stores a count per format
+        stored = stored.get("retrieval")
     if stored is not None and negatives.get("retrieval", 0) > stored:
         raise ConfigError(f"data.num_negatives.retrieval={negatives['retrieval']} but the corpus "
                           f"stores {stored} per record (data.corpus.num_negatives)")
