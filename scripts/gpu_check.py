@@ -22,8 +22,9 @@ b. speed: `model=f2llm_0_6b` (random init, the bundled Qwen3 tokenizer), synthet
    every text of the step, L_i their lengths, D the sum over layers of num_heads * head_dim
    (QK^T and AV, full L^2: no causal halving). Gradient-checkpointing recompute is not counted.
 c. fsdp: `python src/f2llm/train.py trainer=fsdp2` (toy: `trainer=fsdp2_sim`, 2 CPU processes
-   over gloo) on every GPU present, 30 steps, sharded checkpoints every 10; a second run is
-   killed (SIGKILL to all ranks) at step 15 and resumed from its run folder. The resumed
+   over gloo) on every GPU present, 30 steps, sharded checkpoints every 15 (each holds the
+   weights and AdamW state, about 7 GB at 0.6B); a second run is killed (SIGKILL to all
+   ranks) at step 20 and resumed from its run folder (step 15). The resumed
    losses are compared with the uninterrupted run's step by step on every rank; the export
    of the uninterrupted run is loaded with `SentenceTransformer` and its embeddings compared
    with the training model's (the final sharded checkpoint, gathered).
@@ -120,7 +121,7 @@ class Shape:
 FULL = Shape(model=["model=f2llm_0_6b"], trainer="gpu", max_length=512, negatives=7, batch=16,
              warmup=2, steps=5, sweep=[32, 64, 128, 256, 512], fsdp_trainer="fsdp2",
              fsdp_model=["model=f2llm_0_6b"], fsdp_batch=8, fsdp_max_length=128,
-             fsdp_steps=30, fsdp_every=10, fsdp_kill_at=15,
+             fsdp_steps=30, fsdp_every=15, fsdp_kill_at=20,
              prune_experiment="prune_distill_80m", prune_model=["model=f2llm_0_6b"],
              prune_target="f2llm_80m", prune_calibration=256, records=2048)
 TOY_SHAPE = ["model.shape.hidden_size=32", "model.shape.num_hidden_layers=2",
