@@ -1,12 +1,13 @@
 """GPU proof of the 0.6B recipe: matmul peak, speed levers and MFU, FSDP2 kill/resume and
 export, pruning + KD step times; every number from this one run.
 
-    python scripts/gpu_check.py [--toy] [--out-dir docs] [--work DIR] [--budget-s 270]
+    python scripts/gpu_check.py [--toy] [--out-dir DIR] [--work DIR] [--budget-s 270]
 
 Writes `<out-dir>/gpu_check.json` (after every section, so a run cut short keeps what it
-measured) and `<out-dir>/gpu_check.md`. `--toy`: the same sections at a CPU-sized shape (the
-test runs it so the script cannot rot while no GPU is around). The device command, with the
-wheels the device image lacks (scripts/gpu_wheels.sh), is scripts/gpu_check.sh.
+measured) and `<out-dir>/gpu_check.md`; out-dir: docs/, or logs/gpu_check_toy/ with --toy.
+`--toy`: the same sections at a CPU-sized shape (the test runs it so the script cannot rot
+while no GPU is around). The device command, with the wheels the device image lacks
+(scripts/gpu_wheels.sh), is scripts/gpu_check.sh.
 
 Sections:
 a. peak: best of 20 bf16 matmuls 8192^3 (toy: fp32 2048^3), 2 n^3 FLOPs each.
@@ -713,13 +714,17 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--toy", action="store_true", help="CPU-sized shapes (the test)")
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "docs")
+    ap.add_argument("--out-dir", type=Path, default=None,
+                    help="default: docs/ (GPU); logs/gpu_check_toy/ with --toy, so a toy "
+                    "report never stands in docs/ for a GPU one")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp)")
     ap.add_argument("--budget-s", type=float, default=270.0,
                     help="after this many seconds, batch sweeps stop")
     ap.add_argument("--sections", default="peak,speed,fsdp,prune,sweep")
     args = ap.parse_args()
     shape = TOY if args.toy else FULL
+    if args.out_dir is None:
+        args.out_dir = ROOT / ("logs/gpu_check_toy" if args.toy else "docs")
     sections = set(args.sections.split(","))
     device = torch.device("cuda" if torch.cuda.is_available() and not args.toy else "cpu")
     if not args.toy and device.type != "cuda":
