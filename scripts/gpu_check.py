@@ -26,9 +26,10 @@ c. fsdp: `python src/f2llm/train.py trainer=fsdp2` (toy: `trainer=fsdp2_sim`, 2 
    over gloo) on every GPU present, 30 steps, sharded checkpoints every 15 (each holds the
    weights and AdamW state, about 7 GB at 0.6B); a second run is killed (SIGKILL to all
    ranks) at step 20 and resumed from its run folder (step 15). The resumed
-   losses are compared with the uninterrupted run's step by step on every rank; the export
-   of the uninterrupted run is loaded with `SentenceTransformer` and its embeddings compared
-   with the training model's (the final sharded checkpoint, gathered).
+   losses are compared with the uninterrupted run's step by step on every rank (toy: with
+   the killed run's, uninterrupted up to the kill, over the replayed steps); the export of
+   the resumed run is loaded with `SentenceTransformer` and its embeddings compared with the
+   training model's (its final sharded checkpoint, gathered).
 d. prune: the 0.6B shape (random init, saved as a folder that is also the teacher) pruned to
    the 80M target by the `StructuredPruning` callback on the GPU (`experiment=prune_distill_80m`),
    then step times without KD, with the online teacher, and with the cached teacher (a first
@@ -107,6 +108,7 @@ class Shape:
     prune_target: str
     prune_calibration: int
     records: int
+    fsdp_full_run: bool = True
     prune_overrides: list[str] = field(default_factory=list)
     levers: list[str] = field(default_factory=lambda: [
         "sdpa", "fused_adamw", "gradient_checkpointing", "flash_attention_2", "compile"])
@@ -137,7 +139,7 @@ TOY = Shape(model=["model=tiny", *TOY_SHAPE], trainer="cpu", max_length=32, nega
             prune_experiment="prune_distill_tiny", prune_model=["model=tiny", *TOY_SHAPE],
             prune_overrides=[f"callbacks.pruning.target.shape.{k}={v}"
                              for k, v in TOY_PRUNED.items()],
-            prune_target="tiny_half", prune_calibration=32, records=64,
+            prune_target="tiny_half", prune_calibration=32, records=64, fsdp_full_run=False,
             levers=["sdpa", "fused_adamw", "gradient_checkpointing", "flash_attention_2"])
 
 
@@ -472,11 +474,14 @@ def fsdp_section(shape: Shape, manifest: Path, work: Path, device: torch.device,
     result["fsdp"] = fsdp
     work.mkdir(parents=True, exist_ok=True)
     timeout = 600
-    runs = {"full": (None, False), "killed": (shape.fsdp_kill_at, False),
-            "resumed": (None, True)}
+    # The reference: a full uninterrupted run, or (toy: one process start fewer) the killed
+    # run itself, uninterrupted up to its kill, against the steps the resumed run replays.
+    runs = {"full": (None, False)} if shape.fsdp_full_run else {}
+    runs.update(killed=(shape.fsdp_kill_at, False), resumed=(None, True))
+    fsdp["reference"] = "full" if shape.fsdp_full_run else "killed (steps before the kill)"
     for name, (kill_at, resume) in runs.items():
         command = fsdp_command(shape, manifest, work, name, world, kill_at, resume)
-        if name == "full":
+        if name == "resumed":
             fsdp["command"] = shlex.join(["python", *command[1:]])
         start = time.perf_counter()
         rc = run_logged(command, work / f"{name}.log", timeout)
@@ -488,14 +493,16 @@ def fsdp_section(shape: Shape, manifest: Path, work: Path, device: torch.device,
             log(f"fsdp {name} failed:\n{fsdp['error']}")
             save()
             return
-    full = read_steps(work / "full_steps", world)
     killed = read_steps(work / "killed_steps", world)
+    full = read_steps(work / "full_steps", world) if shape.fsdp_full_run else killed
     resumed = read_steps(work / "resumed_steps", world)
     fsdp["killed_after_step"] = max(killed[0]) if killed[0] else None
     fsdp["resumed_from_step"] = min(resumed[0]) - 1 if resumed[0] else None
     diffs, equal, compared = [], True, 0
     for rank in range(world):
         for step, loss in resumed[rank].items():
+            if step not in full[rank]:
+                continue
             ref = full[rank][step]
             compared += 1
             equal &= loss == ref
@@ -509,10 +516,11 @@ def fsdp_section(shape: Shape, manifest: Path, work: Path, device: torch.device,
         "tolerance_reason": "one bf16 rounding (2^-8 relative): reduction order in GPU kernels",
         "ok": bool(compared) and (equal or (max_rel is not None
                                             and max_rel <= BF16_REL_TOLERANCE)),
-        "losses_full": [full[0][s] for s in sorted(full[0])],
+        "losses_reference": [full[0][s] for s in sorted(full[0])],
         "losses_resumed": [resumed[0][s] for s in sorted(resumed[0])],
     }
-    last = work / "full" / "checkpoints" / "last.ckpt"
+    # The resumed run's: a run that was killed and resumed still exports the right weights.
+    last = work / "resumed" / "checkpoints" / "last.ckpt"
     fsdp["checkpoint"] = {"sharded": last.is_dir(),
                           "files": sorted(p.name for p in last.iterdir()) if last.is_dir()
                           else [last.name]}
@@ -544,7 +552,7 @@ def export_equality(shape: Shape, manifest: Path, work: Path, checkpoint: Path,
     texts = pq.read_table(manifest.parent / "synthetic.parquet").column("query").to_pylist()[:32]
     texts = [t[: 8 * shape.fsdp_max_length] for t in texts]
     ours = encoder.encode(texts, batch_size=8, normalize=True)
-    model = SentenceTransformer(str(work / "full" / "export"), device=str(device),
+    model = SentenceTransformer(str(work / "resumed" / "export"), device=str(device),
                                 model_kwargs={"dtype": torch.float32})
     theirs = torch.as_tensor(model.encode(texts, batch_size=8, convert_to_numpy=True))
     diff = (ours - theirs).abs().max().item()
@@ -685,7 +693,8 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{fsdp.get('resumed_from_step')}"]
         if "resume" in fsdp:
             r = fsdp["resume"]
-            lines.append(f"- resume: {r['compared_steps']} step losses compared, bitwise equal "
+            lines.append(f"- resume: {r['compared_steps']} step losses compared with the "
+                         f"{fsdp['reference']} run, bitwise equal "
                          f"{r['equal_bitwise']}, max rel diff {fmt(r['max_rel_diff'])}, "
                          f"ok {r['ok']}")
         if "export" in fsdp:
