@@ -109,6 +109,7 @@ class Shape:
     prune_calibration: int
     records: int
     fsdp_full_run: bool = True
+    fsdp_timeout_s: float = 600.0
     prune_overrides: list[str] = field(default_factory=list)
     levers: list[str] = field(default_factory=lambda: [
         "sdpa", "fused_adamw", "gradient_checkpointing", "flash_attention_2", "compile"])
@@ -124,7 +125,7 @@ class Shape:
 FULL = Shape(model=["model=f2llm_0_6b"], trainer="gpu", max_length=512, negatives=7, batch=16,
              warmup=2, steps=5, sweep=[32, 64, 128, 256, 512], fsdp_trainer="fsdp2",
              fsdp_model=["model=f2llm_0_6b"], fsdp_batch=8, fsdp_max_length=128,
-             fsdp_steps=30, fsdp_every=15, fsdp_kill_at=20,
+             fsdp_steps=30, fsdp_every=15, fsdp_kill_at=20, fsdp_timeout_s=240.0,
              prune_experiment="prune_distill_80m", prune_model=["model=f2llm_0_6b"],
              prune_target="f2llm_80m", prune_calibration=256, records=2048)
 TOY_SHAPE = ["model.shape.hidden_size=32", "model.shape.num_hidden_layers=2",
@@ -490,7 +491,8 @@ def fsdp_section(shape: Shape, manifest: Path, work: Path, device: torch.device,
                             "model": shape.fsdp_model[0]}
     result["fsdp"] = fsdp
     work.mkdir(parents=True, exist_ok=True)
-    timeout = 600
+    # A hung rank (a collective that never completes) must not eat the device call's limit.
+    timeout = shape.fsdp_timeout_s
     # The reference: a full uninterrupted run, or (toy: one process start fewer) the killed
     # run itself, uninterrupted up to its kill, against the steps the resumed run replays.
     runs = {"full": (None, False)} if shape.fsdp_full_run else {}
