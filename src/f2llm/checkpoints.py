@@ -33,13 +33,26 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt_path", mmap: bool = F
                           f"({type(err).__name__}: {reason})") from err
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A folder written by a sharded strategy (trainer=fsdp2): one file per rank + meta.pt."""
+    return path.is_dir() and (path / "meta.pt").is_file()
+
+
+def saved_at(path: Path) -> float:
+    """When a checkpoint was written: a sharded folder's newest file (re-saving `last.ckpt`
+    rewrites its files and need not touch the folder's own time)."""
+    if path.is_dir():
+        return max((p.stat().st_mtime for p in path.iterdir()), default=path.stat().st_mtime)
+    return path.stat().st_mtime
+
+
 def newest_loadable(folder: str | Path, setting: str = "ckpt_path") -> Path:
     """The newest `*.ckpt` in `folder` that loads; each damaged newer one is logged as a warning.
 
     A checkpoint that is a folder (FSDP's sharded format) is taken as is: Lightning reads it.
     """
     folder = Path(folder)
-    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = sorted(folder.glob("*.ckpt"), key=saved_at, reverse=True)
     if not found:
         raise NotFound(f"{setting}={folder}: no .ckpt files in {folder}")
     damaged: list[Path] = []

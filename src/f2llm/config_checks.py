@@ -62,6 +62,8 @@ def check_config(cfg: DictConfig) -> None:
                           "classification record has exactly one negative (the other label)")
     corpus = data.get("corpus") or {}
     stored = corpus.get("num_negatives")
+    if hasattr(stored, "get"):  # a manifest corpus stores a count per format
+        stored = stored.get("retrieval")
     if stored is not None and negatives.get("retrieval", 0) > stored:
         raise ConfigError(f"data.num_negatives.retrieval={negatives['retrieval']} but the corpus "
                           f"stores {stored} per record (data.corpus.num_negatives)")
@@ -89,6 +91,16 @@ def check_config(cfg: DictConfig) -> None:
                               "teacher's cut to the student's width")
         if cfg.objective.get("kd_weight", 0) <= 0:
             raise ConfigError("a teacher is set but objective.kd_weight <= 0")
+
+    trainer = cfg.trainer
+    if (str(trainer.get("precision", "")).endswith("-mixed") and trainer.get("gradient_clip_val")
+            and (cfg.get("optimizer") or {}).get("fused")):
+        # Lightning's MixedPrecision.clip_gradients raises at the first step otherwise.
+        raise ConfigError(
+            f"optimizer.fused=true with trainer.gradient_clip_val={trainer.gradient_clip_val} "
+            f"under trainer.precision={trainer.precision}: Lightning cannot clip the gradients "
+            "of a fused optimizer under mixed precision. Use optimizer=adamw (torch picks the "
+            "foreach kernel on GPUs), or trainer.gradient_clip_val=null")
 
     steps = [s.get("steps") for s in (data.get("stages") or [])]
     max_steps = cfg.trainer.get("max_steps", -1)

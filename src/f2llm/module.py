@@ -89,6 +89,13 @@ class F2LLMModule(L.LightningModule):
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
 
+    def configure_model(self) -> None:
+        # A strategy that shards the model (f2llm.parallel.FSDP2Strategy) does it here, where
+        # Lightning calls it once the processes and the device mesh exist.
+        parallelize = getattr(self.trainer.strategy, "parallelize", None)
+        if parallelize is not None:
+            parallelize(self)
+
     @property
     def mrl_dims(self) -> list[int]:
         return self.objective.dims_and_weights(self.encoder.hidden_size)[0]

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from f2llm.callbacks.export import ExportOnFitEnd  # noqa: E402
-from f2llm.checkpoints import newest_loadable, read_checkpoint  # noqa: E402
+from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_checkpoint  # noqa: E402
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
@@ -67,13 +67,13 @@ def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
     if not ckpt_path or ckpt_path in {"last", "hpc", "best", "registry"}:
         return ckpt_path  # Lightning's own keywords
     path = Path(ckpt_path)
-    if path.is_dir() and path.suffix == ".ckpt":
-        return str(path)  # a sharded (FSDP) checkpoint is a folder
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         found = newest_loadable(folder)
         log.info("resuming from %s", found)
         return str(found)
+    if is_sharded_checkpoint(path):
+        return str(path)  # Lightning reads the shards
     if not path.is_file():
         raise NotFound(f"ckpt_path={ckpt_path}: no such checkpoint file or run folder")
     read_checkpoint(path, "ckpt_path", mmap=True)  # a damaged file: one message naming it

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from f2llm.export import export_sentence_transformers
 from f2llm.model_card import write_model_card
+from f2llm.parallel import gathered_encoder
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class ExportOnFitEnd(L.Callback):
         self.exported = False
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A sharded (FSDP2) encoder is gathered on every rank; rank zero writes it.
+        encoder = gathered_encoder(pl_module.encoder)
         if not trainer.is_global_zero:
             return
         query, tasks = self.query_instruction, {}
@@ -42,7 +45,7 @@ class ExportOnFitEnd(L.Callback):
                 tasks = {d.name: d.instruction for d in specs if d.instruction}
                 retrieval = [d.instruction for d in specs if d.format == "retrieval"]
                 query = query or (retrieval[0] if retrieval else None)
-        export_sentence_transformers(pl_module.encoder, self.path, query,
+        export_sentence_transformers(encoder, self.path, query,
                                      task_instructions=tasks)
         self.exported = True
         log.info("exported sentence-transformers model to %s", self.path)

@@ -58,6 +58,9 @@ class StructuredPruning(L.Callback):
             return
         params_before = sum(p.numel() for p in backbone.parameters())
         targets = step_targets(backbone.config, self.target, self.steps)
+        # Calibrate where training runs (a GPU): the strategy would move the model there next,
+        # and the importance forward of a 0.6B over the calibration texts is slow on a CPU.
+        backbone.to(trainer.strategy.root_device)
         method = self.method
         batches = None
         if method == "activation":

@@ -181,12 +181,15 @@ def build_encoder(
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
     lora: Mapping[str, Any] | None = None,
+    compile: bool = False,
 ) -> Encoder:
     """Build the encoder a `configs/model/*.yaml` describes.
 
     `attn_implementation: auto` picks flash-attention 2 when the `flash_attn` package and a
     GPU are there, else sdpa. `lora` (peft `LoraConfig` arguments, e.g. `{r: 16, lora_alpha:
     32, target_modules: [q_proj, k_proj, v_proj, o_proj]}`) trains low-rank adapters only.
+    `compile` runs each decoder layer through `torch.compile` (regional: the layers share one
+    compiled graph, so compiling costs one layer's time, not the model's).
     """
     if attn_implementation == "auto":
         attn_implementation = default_attention()
@@ -196,6 +199,9 @@ def build_encoder(
         backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+    if compile:
+        for layer in backbone.layers:
+            layer.compile()
     if lora:
         from peft import LoraConfig, get_peft_model
 
