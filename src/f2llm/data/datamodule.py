@@ -106,8 +106,11 @@ class TrainBatches(Dataset):
         pad_id: int,
         max_tokens_per_chunk: int,
         format_query: Callable[[str, str | None], str],
+        pretokenized: Any = None,
     ) -> None:
         self.tables, self.datasets = tables, datasets
+        # Token ids stored in the corpus (the tokenized F2LLM-v2 layout): no re-tokenizing.
+        self.pretokenized = pretokenized
         self.group_dataset, self.group_language = group_dataset, group_language
         self.stages, self.num_negatives = stages, num_negatives
         self.tokenize, self.pad_id, self.max_tokens = tokenize, pad_id, max_tokens_per_chunk
@@ -121,12 +124,17 @@ class TrainBatches(Dataset):
         spec, stage = self.datasets[name], self.stages[item["stage"]]
         k = self.num_negatives[spec.format]
         negative_columns = [f"negative_{j + 1}" for j in range(k)]
-        rows = take_rows(self.tables[name], np.asarray(item["indices"]),
-                         ["query", "passage", *negative_columns])
         instruction = spec.instruction if stage.instructions else None
-        queries = [self.format_query(q, instruction) for q in rows["query"]]
-        negatives = [t for c in negative_columns for t in rows[c]]
-        token_ids = self.tokenize(queries + rows["passage"] + negatives)
+        if self.pretokenized is not None and name in self.pretokenized.datasets:
+            token_ids = self.pretokenized.token_ids(self.tables[name], np.asarray(item["indices"]),
+                                                    negative_columns, instruction)
+            queries = token_ids[: len(item["indices"])]
+        else:
+            rows = take_rows(self.tables[name], np.asarray(item["indices"]),
+                             ["query", "passage", *negative_columns])
+            queries = [self.format_query(q, instruction) for q in rows["query"]]
+            negatives = [t for c in negative_columns for t in rows[c]]
+            token_ids = self.tokenize(queries + rows["passage"] + negatives)
         chunks, restore, padding = pack_by_length(token_ids, self.pad_id, self.max_tokens)
         return {
             "chunks": chunks,
@@ -254,6 +262,11 @@ class F2LLMDataModule(L.LightningDataModule):
         if self.found is None:
             self.found = self.corpus()
         self.datasets = {d.name: d for d in self.found["train"]}
+        pretokenized = self.found.get("pretokenized")
+        if pretokenized is not None and self.encoder is not None:
+            # Fails here, before any work, when the model's tokenizer is not the data's.
+            pretokenized.bind(self.encoder.tokenizer, self.max_length or self.encoder.max_length,
+                              self.encoder.query_prompt)
         self.stages = self._stages()
         self.tables = {name: _training_table(d) for name, d in self.datasets.items()
                        if any(name in s.datasets for s in self.stages.values())}
@@ -299,12 +312,29 @@ class F2LLMDataModule(L.LightningDataModule):
         stages = {}
         for spec in self.stage_specs:
             st = Stage(**spec)
+            st.datasets = self._select(st.datasets)
             unknown = [d for d in st.datasets if d not in self.datasets]
             if unknown:
                 raise ValueError(f"stage {st.name!r} names unknown datasets {unknown}; "
                                  f"known: {sorted(self.datasets)}")
             stages[st.name] = st
         return stages
+
+    def _select(self, names: list[str]) -> list[str]:
+        """A stage's datasets: names, `*` (every dataset) or `format:<f>` (every dataset of a
+        format), e.g. `[format:retrieval]` for stage 1 of the public F2LLM-v2 data."""
+        out: list[str] = []
+        for name in names:
+            if name == "*":
+                picked = list(self.datasets)
+            elif isinstance(name, str) and name.startswith("format:"):
+                picked = [d for d, spec in self.datasets.items() if spec.format == name[7:]]
+                if not picked:
+                    raise ValueError(f"stage selector {name!r}: no dataset of that format")
+            else:
+                picked = [name]
+            out += [d for d in picked if d not in out]
+        return out
 
     def _val_sets(self, paths: Mapping[str, Any]) -> dict[str, dict[str, list]]:
         return {task: pq.read_table(path).to_pydict() for task, path in paths.items()}
@@ -348,6 +378,7 @@ class F2LLMDataModule(L.LightningDataModule):
             self.tables, self.datasets, self.group_dataset, self.group_language, self.stages,
             self.num_negatives, self._tokenize, self.encoder.tokenizer.pad_token_id,
             self.max_tokens_per_chunk, self.encoder.format_query,
+            self.found.get("pretokenized"),
         )
         # batch_size=None: the sampler already yields whole batches.
         return DataLoader(dataset, sampler=_Positioned(self.sampler), batch_size=None,
