@@ -91,6 +91,24 @@ class Stage:
     steps: int | None = None  # None: one pass over the stage's records
 
 
+def select_datasets(names: list[str], formats: Mapping[str, str]) -> list[str]:
+    """A stage's datasets: names, `*` (every dataset) or `format:<f>` (every dataset of a
+    format), e.g. `[format:retrieval]` for stage 1 of the public F2LLM-v2 data. `formats` maps
+    each known dataset to its format."""
+    out: list[str] = []
+    for name in names:
+        if name == "*":
+            picked = list(formats)
+        elif isinstance(name, str) and name.startswith("format:"):
+            picked = [d for d, f in formats.items() if f == name[len("format:"):]]
+            if not picked:
+                raise ValueError(f"stage selector {name!r}: no dataset of that format")
+        else:
+            picked = [name]
+        out += [d for d in picked if d not in out]
+    return out
+
+
 class TrainBatches(Dataset):
     """Item = one sampler batch (a group and record indices) -> tokenized, packed texts."""
 
@@ -321,20 +339,7 @@ class F2LLMDataModule(L.LightningDataModule):
         return stages
 
     def _select(self, names: list[str]) -> list[str]:
-        """A stage's datasets: names, `*` (every dataset) or `format:<f>` (every dataset of a
-        format), e.g. `[format:retrieval]` for stage 1 of the public F2LLM-v2 data."""
-        out: list[str] = []
-        for name in names:
-            if name == "*":
-                picked = list(self.datasets)
-            elif isinstance(name, str) and name.startswith("format:"):
-                picked = [d for d, spec in self.datasets.items() if spec.format == name[7:]]
-                if not picked:
-                    raise ValueError(f"stage selector {name!r}: no dataset of that format")
-            else:
-                picked = [name]
-            out += [d for d in picked if d not in out]
-        return out
+        return select_datasets(names, {d: spec.format for d, spec in self.datasets.items()})
 
     def _val_sets(self, paths: Mapping[str, Any]) -> dict[str, dict[str, list]]:
         return {task: pq.read_table(path).to_pydict() for task, path in paths.items()}

@@ -117,8 +117,10 @@ def name_language(name: str) -> tuple[str | None, str | None]:
         src, tgt = _language_code(pair["src"], pairs=True), _language_code(pair["tgt"], pairs=True)
         if src is not None and tgt is not None:
             return src, f"{src}->{tgt}"
-    first = _language_code(parts[0])  # ru_sentiment, persian_qa
-    if first is not None:
+    # A leading code or name (ru_sentiment, persian_qa): codes only for the official names,
+    # where each was checked; in other names a leading `my_` or `it_` is English, not a code.
+    first = _language_code(parts[0])
+    if first is not None and (len(parts[0]) > 3 or name in FORMAT_OF_NAME):
         return first, None
     return None, None
 
