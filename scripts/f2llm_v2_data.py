@@ -18,7 +18,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from f2llm.data.datamodule import select_datasets
-from f2llm.data.f2llm_v2_corpus import dataset_rows, download, find_layout, recipes_for
+from f2llm.data.f2llm_v2_corpus import (
+    dataset_rows,
+    download_f2llm_v2,
+    find_layout,
+    recipes_for,
+)
 from f2llm.data.sampler import temperature_probs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("table", help="print the resolved table: table <hydra overrides>")
     args = parser.parse_args(argv)
     try:
-        path = download(args.root, args.datasets, args.repo_id, args.layout, args.revision)
+        path = download_f2llm_v2(args.root, args.datasets, args.repo_id, args.layout, args.revision)
     except ConnectionError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"downloaded into {path}")

@@ -172,8 +172,9 @@ def dataset_rows(layout: Layout, recipe: DatasetRecipe) -> dict[tuple[str, str],
 # Download
 
 
-def download(root: str | Path, datasets: Sequence[str] | None = None, repo_id: str = REPO_ID,
-             layout: str = "raw", revision: str | None = None) -> Path:
+def download_f2llm_v2(root: str | Path, datasets: Sequence[str] | None = None,
+                      repo_id: str = REPO_ID, layout: str = "raw", revision: str | None = None
+                      ) -> Path:
     """`huggingface_hub.snapshot_download` of the public data (or the files of `datasets`)
     into `root`: resumable, with a progress bar. Offline it fails at once naming the command
     to run where there is a network."""
@@ -183,14 +184,18 @@ def download(root: str | Path, datasets: Sequence[str] | None = None, repo_id: s
     patterns = None
     if datasets:
         suffixes = [".parquet"] if layout == "raw" else [_TOKENIZED_SUFFIX, _CORPUS_SUFFIX]
-        patterns = [f"*{name}{s}" for name in datasets for s in suffixes]
+        # At the top or in any folder of the repository (fnmatch: `*` crosses `/`).
+        files = [f"{name}{s}" for name in datasets for s in suffixes]
         if layout == "tokenized":
-            patterns.append(f"*{_CORPUS_FILE}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+            files.append(_CORPUS_FILE)
+        patterns = [p for f in files for p in (f, f"*/{f}")]
+    from f2llm.model.hub import _hub_reachable, _offline
+
     hint = (f"no network here (HF_HUB_OFFLINE is set or the hub is unreachable): download "
             f"{repo_id} where there is one, `{DOWNLOAD_COMMAND}`, then copy the folder here "
             f"and train with data.corpus.root=<folder>")
-    if offline:
+    # Checked first: without a network the hub client would retry for minutes.
+    if _offline() or not _hub_reachable():
         raise ConnectionError(hint)
     try:
         path = snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision,
@@ -225,8 +230,7 @@ def build_f2llm_v2_corpus(
     and runs wait) and reused by fingerprint.
     """
     if download:
-        _download = globals()["download"]
-        _download(root, include, repo_id, "raw" if layout == "auto" else layout)
+        download_f2llm_v2(root, include, repo_id, "raw" if layout == "auto" else layout)
     found = find_layout(root, layout)
     recipes = recipes_for(found, datasets, include)
     mode = check_on_bad_record(on_bad_record)
