@@ -42,6 +42,11 @@ def names_for(count: int) -> list[str]:
 
 
 def peak_rss_mib() -> float:
+    # VmHWM, not getrusage's ru_maxrss: a child's ru_maxrss starts at its parent's peak on Linux
+    # (kept across fork + exec), so it cannot show a child using less than this script.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

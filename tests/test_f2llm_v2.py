@@ -356,3 +356,25 @@ def test_done_when_command_trains_offline(tmp_path: Path, tokenizer, layout: str
         assert stage == "stage2" and (fmt, language) == EXPECTED[dataset], dataset
     assert (tmp_path / "data" / "f2llm_v2").is_dir()
     assert (run / "export" / "modules.json").exists()
+
+
+def test_datamodule_serves_stored_ids_and_decodes_them_for_calibration(tmp_path: Path,
+                                                                       tokenizer) -> None:
+    from hydra.utils import instantiate
+
+    root = write_synthetic(tmp_path / "tok", "tokenized", NAMES, 16, tokenizer=tokenizer)
+    cfg = compose_train([f"data.corpus.root={root}", "model=tiny", "trainer=cpu",
+                         f"paths.data_dir={tmp_path / 'data'}", "data.batch_size=4",
+                         "data.num_workers=0"], experiment="f2llm_v2_stage2")
+    encoder = instantiate(cfg.model)
+    data = instantiate(cfg.data)
+    data.attach_encoder(encoder)
+    data.setup("fit")
+    assert set(data.stages["stage2"].datasets) == set(NAMES)  # the `*` selector
+    texts = data.calibration_texts(24)
+    assert texts and all(isinstance(t, str) for t in texts)
+    assert any(t.startswith("Instruct: ") for t in texts)  # stage-2 queries, decoded
+    batch = next(iter(data.train_dataloader()))
+    assert batch["batch_size"] == 4
+    ids = [row for chunk in batch["chunks"] for row in chunk["input_ids"].tolist()]
+    assert all(tokenizer.pad_token_id in row for row in ids)  # every text ends with EOS

@@ -358,7 +358,11 @@ class F2LLMDataModule(L.LightningDataModule):
             table, spec = self.tables[name], self.datasets[name]
             rows = np.sort(rng.choice(table.num_rows, min(per_dataset, table.num_rows),
                                       replace=False))
-            picked = take_rows(table, rows, ["query", "passage"])
+            pretokenized = (self.found or {}).get("pretokenized")
+            if pretokenized is not None and name in pretokenized.datasets:
+                picked = pretokenized.texts(table, rows, self.encoder.tokenizer)
+            else:
+                picked = take_rows(table, rows, ["query", "passage"])
             instruction = spec.instruction if stage.instructions else None
             fmt = self.encoder.format_query if self.encoder is not None else None
             texts += [fmt(q, instruction) if fmt else q for q in picked["query"]]

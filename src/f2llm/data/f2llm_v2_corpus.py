@@ -735,6 +735,12 @@ class PretokenizedDocs:
         docs = take_rows(pa.table({"input_ids": self.docs}), doc_rows, ["input_ids"])
         return [self._cut(ids) for ids in queries + docs["input_ids"]]
 
+    def texts(self, table: pa.Table, indices: np.ndarray, tokenizer: Any) -> dict[str, list[str]]:
+        """Queries and passages of some records decoded to text (pruning calibration)."""
+        ids = self.token_ids(table, indices, [], None)
+        decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return {"query": decoded[: len(indices)], "passage": decoded[len(indices):]}
+
     def _cut(self, ids: list[int]) -> list[int]:
         # As the official collate (_stack in F2LLM/run.py): cut, then make the last id EOS.
         if len(ids) > self.max_length:
