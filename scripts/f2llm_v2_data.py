@@ -2,10 +2,13 @@
 
     python scripts/f2llm_v2_data.py download --root <folder> [--datasets msmarco webfaq_deu ...]
     python scripts/f2llm_v2_data.py table data.corpus.root=<folder> [experiment=...] [data.alpha=.3]
+    python scripts/f2llm_v2_data.py synthetic --root <folder> [--layout tokenized] [--rows 64]
 
 `table` composes the training config (default `experiment=f2llm_v2_stage2`; any Hydra override
 works) and prints every dataset's format, language, direction and rows (from parquet footers:
 nothing is built), then each stage's groups with their sampling probability under `data.alpha`.
+`synthetic` writes a small made-up folder in either layout with real dataset names (offline
+tries of the commands; the tokenized one with the bundled Qwen3 tokenizer).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from f2llm.data.f2llm_v2_corpus import (
     find_layout,
     recipes_for,
 )
+from f2llm.data.f2llm_v2_synthetic import EXAMPLE_NAMES
 from f2llm.data.sampler import temperature_probs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -87,7 +91,20 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--repo-id", default="codefuse-ai/F2LLM-v2")
     d.add_argument("--revision", default=None)
     sub.add_parser("table", help="print the resolved table: table <hydra overrides>")
+    syn = sub.add_parser("synthetic", help="write a small synthetic folder (real names)")
+    syn.add_argument("--root", required=True)
+    syn.add_argument("--layout", choices=["raw", "tokenized"], default="raw")
+    syn.add_argument("--rows", type=int, default=64, help="records per dataset")
+    syn.add_argument("--datasets", nargs="*", default=list(EXAMPLE_NAMES))
     args = parser.parse_args(argv)
+    if args.command == "synthetic":
+        from f2llm.data.f2llm_v2_synthetic import write_synthetic
+        from f2llm.model.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(None) if args.layout == "tokenized" else None
+        write_synthetic(args.root, args.layout, args.datasets, args.rows, tokenizer=tokenizer)
+        print(f"wrote {len(args.datasets)} synthetic datasets ({args.layout}) into {args.root}")
+        return
     try:
         path = download_f2llm_v2(args.root, args.datasets, args.repo_id, args.layout, args.revision)
     except ConnectionError as e:

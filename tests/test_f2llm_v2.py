@@ -24,18 +24,14 @@ from f2llm.data.f2llm_v2 import (
 )
 from f2llm.data.f2llm_v2_corpus import build_f2llm_v2_corpus, check_tokenizer
 from f2llm.data.f2llm_v2_names import CLASSIFICATION, CLUSTERING, RETRIEVAL
-from f2llm.data.f2llm_v2_synthetic import write_synthetic
+from f2llm.data.f2llm_v2_synthetic import EXAMPLE_NAMES, write_synthetic
 from f2llm.data.readers import read_corpus
 from f2llm.data.validation import DataValidationError, check_language_code
 from f2llm.model.encoder import QUERY_TEMPLATE
 from f2llm.model.tokenizer import load_tokenizer
 from tests.conftest import CONFIGS, ROOT, compose_train
 
-# Real names from each list and each kind of name: plain, ISO 639-3, ISO 639-1, English name,
-# pair, code, a suffix that is no language.
-NAMES = ["amazon_polarity", "mela", "banking77", "arxiv_clustering_p2p", "msmarco",
-         "webfaq_deu", "miracl_ar", "mmarco_german", "unpc_ar2en", "paracrawl_en-sw",
-         "xcodeeval_nl2code_Rust", "mqa_fi"]
+NAMES = list(EXAMPLE_NAMES)
 EXPECTED = {  # dataset -> (format, language) as a run must show them
     "amazon_polarity": ("classification", "mul"), "mela": ("classification", "mul"),
     "banking77": ("clustering", "mul"), "arxiv_clustering_p2p": ("clustering", "mul"),

@@ -19,6 +19,11 @@ import pyarrow.parquet as pq
 from f2llm.data.f2llm_v2 import FORMAT_OF_NAME
 
 QWEN3_EOS_ID = 151643  # <|endoftext|>
+# Real names from the three lists, one of each kind: plain, ISO 639-3 / 639-1 / English name,
+# translation pair, code, a suffix that is no language (`_p2p`).
+EXAMPLE_NAMES = ("amazon_polarity", "mela", "banking77", "arxiv_clustering_p2p", "msmarco",
+                 "webfaq_deu", "miracl_ar", "mmarco_german", "unpc_ar2en", "paracrawl_en-sw",
+                 "xcodeeval_nl2code_Rust", "mqa_fi")
 _WORDS = tuple(" ".join((
     "data model file error open close read write value system user network server page table",
     "query answer question river city music light water house green blue small large quick",
