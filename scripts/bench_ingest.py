@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=["raw", "tokenized"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_ingest"))
     parser.add_argument("--keep", action="store_true", help="keep the synthetic folders")
+    parser.add_argument("--pool", type=int, default=20_000,
+                        help="distinct texts per dataset (passages and negatives share them, as "
+                             "the deduplicated documents of the tokenized layout)")
     args = parser.parse_args()
     from f2llm.data.f2llm_v2_synthetic import write_synthetic
 
@@ -143,7 +146,8 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             per = size // len(names)
             start = time.perf_counter()
-            write_synthetic(folder, layout, names, per, num_negatives=24, seed=size)
+            write_synthetic(folder, layout, names, per, num_negatives=24, seed=size,
+                            pool_size=args.pool)
             written = time.perf_counter() - start
             disk = sum(p.stat().st_size for p in folder.rglob("*.parquet"))
             row = {"layout": layout, "records": per * len(names), "datasets": len(names),

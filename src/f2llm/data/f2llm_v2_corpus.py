@@ -39,7 +39,6 @@ from f2llm.data.f2llm_v2 import DatasetRecipe, resolve_recipes
 from f2llm.data.formats import get_format
 from f2llm.data.gettext_source import TrainingDataset
 from f2llm.data.readers import (
-    CHUNK_ROWS,
     CORPUS_METADATA_KEY,
     CorpusEntry,
     DatasetSpec,
@@ -73,6 +72,9 @@ LANGUAGE_COLUMNS = ("language", "lang")
 QWEN3_SPECIAL_IDS = {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>"}
 _TOKENIZED_SUFFIX, _CORPUS_SUFFIX = "_query.parquet", "_corpus.parquet"
 _CORPUS_FILE = "corpus.parquet"
+# Rows per streamed batch. Parquet is read with buffered streams (no pre-buffering of whole
+# row groups), so memory is bounded by this, not by a file's row-group size.
+BATCH_ROWS = 8192
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,8 +408,8 @@ def _build_raw(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path,
                                     spec.language_column, (), extra_languages,
                                     {c: s for c, s in columns.items() if c != s})
             kept, fewest, row = 0, None, 0
-            pf = pq.ParquetFile(spec.path)
-            for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns.values())):
+            pf = _parquet(spec.path)
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(columns.values())):
                 table = pa.Table.from_batches([batch]).rename_columns(list(columns))
                 rows = np.arange(row, row + batch.num_rows)
                 row += batch.num_rows
@@ -431,15 +433,24 @@ def _build_raw(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path,
         raise
 
 
+def _parquet(path: Path) -> pq.ParquetFile:
+    return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    # A batch's column is one chunk: take it as is (combine_chunks would copy it).
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def _raw_batch(table: pa.Table, recipe: DatasetRecipe, fmt: str, schema: pa.Schema
                ) -> pa.RecordBatch:
     n = table.num_rows
-    language = (table.column(recipe.language_column).combine_chunks()
-                if recipe.language_column else _constant(recipe.language, n))
+    language = (_one_chunk(table.column(recipe.language_column)) if recipe.language_column
+                else _constant(recipe.language, n))
     arrays = []
     for name in schema.names:
         if name in ("query", "passage") or name.startswith("negative_"):
-            arrays.append(table.column(name).combine_chunks() if name in table.column_names
+            arrays.append(_one_chunk(table.column(name)) if name in table.column_names
                           else pa.nulls(n, pa.string()))
         else:
             value = {"dataset": recipe.name, "format": fmt, "instruction": recipe.instruction,
@@ -525,8 +536,7 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
             columns = ["query_input_ids", *refs,
                        *([r.language_column] if r.language_column else [])]
             kept, row, fewest = 0, 0, k
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS,
-                                                           columns=columns):
+            for batch in _parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
                 n = batch.num_rows
                 rows = np.arange(row, row + n)
                 row += n
@@ -614,8 +624,8 @@ def _write_docs(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path
                 if c not in names:
                     raise DataValidationError(file, MISSING_FIELD, "no such column", field=c)
             row = 0
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=CHUNK_ROWS,
-                                                           columns=["doc_id", "input_ids"]):
+            for batch in _parquet(file).iter_batches(batch_size=BATCH_ROWS,
+                                                     columns=["doc_id", "input_ids"]):
                 n = batch.num_rows
                 ids = _id_lists(batch.column("input_ids"), file, "input_ids", row)
                 empty = pc.list_value_length(ids).fill_null(0).to_numpy(zero_copy_only=False) == 0
