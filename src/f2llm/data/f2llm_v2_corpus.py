@@ -536,7 +536,11 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
             columns = ["query_input_ids", *refs,
                        *([r.language_column] if r.language_column else [])]
             kept, row, fewest = 0, 0, k
-            for batch in _parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            # Doc-id columns read as dictionaries: each distinct id is looked up once per batch.
+            reader = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False,
+                                    read_dictionary=refs)
+            cache: dict[str, tuple[pa.Array, pa.Array]] = {}
+            for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=columns):
                 n = batch.num_rows
                 rows = np.arange(row, row + n)
                 row += n
@@ -549,20 +553,13 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
                 resolved = []
                 for j, ref in enumerate(refs):
                     column = batch.column(ref)
-                    if not (pa.types.is_string(column.type) or pa.types.is_large_string(
-                            column.type) or pa.types.is_integer(column.type)):
-                        raise DataValidationError(path, WRONG_TYPE, f"the column holds "
-                                                  f"{column.type}, expected doc ids", row - n, ref)
-                    if pa.types.is_integer(column.type):
-                        column = column.cast(pa.string())
-                    absent = column.is_null().to_numpy(zero_copy_only=False)
-                    where = pc.index_in(column, value_set=value_set)
+                    where, absent = _doc_rows(column, value_set, path, ref, row - n, cache)
                     dangling = where.is_null().to_numpy(zero_copy_only=False) & ~absent
                     if j < need:
                         problems.append((absent, MISSING_FIELD, ref, "absent or null"))
                     problems.append((dangling, DANGLING_DOC_ID, ref,
                                      f"not a doc_id of {corpus_file}"))
-                    resolved.append(pc.add(where.cast(pa.int64()), start))
+                    resolved.append(pc.add(where.cast(pa.int64()), pa.scalar(start, pa.int64())))
                     if j >= need and absent.any():
                         fewest = min(fewest, j)
                 for mask, reason, field, detail in problems:
@@ -572,7 +569,8 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
                     if mode == "raise":
                         i = int(np.argmax(mask))
                         if detail.startswith("not a doc_id"):
-                            detail = (f"{batch.column(field)[i].as_py()!r} is {detail}")
+                            value = batch.column(field)[i].as_py()
+                            detail = f"{value!r} is {detail}"
                         raise DataValidationError(path, reason, detail, int(rows[i]), field)
                     if new.any():
                         examples = [f"row {int(rows[i])}, field {field!r}"
@@ -580,13 +578,17 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
                         report.add(str(path), reason, int(new.sum()), examples)
                     bad |= mask
                 report.add_records(str(path), n)
-                keep = pa.array(~bad)
                 m = int((~bad).sum())
                 if m == 0:
                     continue
-                language = (batch.column(r.language_column).cast(pa.string()).filter(keep)
+                keep = pa.array(~bad) if m < n else None
+
+                def kept_rows(a: pa.Array, keep: pa.Array | None = keep) -> pa.Array:
+                    return a if keep is None else a.filter(keep)
+
+                language = (kept_rows(batch.column(r.language_column).cast(pa.string()))
                             if r.language_column else _constant(r.language, m))
-                arrays = [query.filter(keep), *(a.filter(keep) for a in resolved)]
+                arrays = [kept_rows(query), *(kept_rows(a) for a in resolved)]
                 arrays += [pa.nulls(m, pa.int64()) for _ in range(width - k)]
                 arrays += [_constant(r.name, m), language, _constant(fmt.name, m),
                            _constant(r.instruction, m), _constant(r.direction, m)]
@@ -604,6 +606,29 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
     except BaseException:
         writer.abort()
         raise
+
+
+def _doc_rows(column: pa.Array, value_set: pa.Array, path: Path, field: str, first_row: int,
+              cache: dict[str, tuple[pa.Array, pa.Array]]) -> tuple[pa.Array, np.ndarray]:
+    """(row of each doc id within `value_set`, null where absent or dangling; mask of absent).
+
+    A dictionary column's ids are looked up once per dictionary: batches of one parquet column
+    chunk share it (`cache[field]` keeps the last one and its rows; comparing is a memcmp)."""
+    dictionary = pa.types.is_dictionary(column.type)
+    value_type = column.type.value_type if dictionary else column.type
+    if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)
+            or pa.types.is_integer(value_type)):
+        raise DataValidationError(path, WRONG_TYPE, f"the column holds {value_type}, expected "
+                                  "doc ids", first_row, field)
+    absent = column.is_null().to_numpy(zero_copy_only=False)
+    if dictionary:
+        cached = cache.get(field)
+        if cached is None or not cached[0].equals(column.dictionary):
+            values = column.dictionary.cast(pa.string())
+            cached = cache[field] = (column.dictionary,
+                                     pc.index_in(values, value_set=value_set))
+        return cached[1].take(column.indices), absent
+    return pc.index_in(column.cast(pa.string()), value_set=value_set), absent
 
 
 def _write_docs(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path
