@@ -42,7 +42,8 @@ def table(overrides: list[str]) -> str:
     if not str(corpus.get("_target_", "")).endswith("build_f2llm_v2_corpus"):
         raise SystemExit("the composed data config is not data=f2llm_v2")
     layout = find_layout(corpus.root, corpus.layout)
-    datasets = OmegaConf.to_container(corpus.datasets, resolve=True) or {}
+    datasets = (OmegaConf.to_container(corpus.datasets, resolve=True)
+                if corpus.datasets is not None else {})
     include = list(corpus.include) if corpus.include else None
     recipes = recipes_for(layout, datasets, include)
     rows = {r.name: dataset_rows(layout, r) for r in recipes}

@@ -116,6 +116,14 @@ def test_unknown_names_are_listed_at_once_with_the_map_to_fix_them(tmp_path: Pat
     assert (recipes["my_faq"].language, recipes["my_faq"].source) == ("de", "override")
     assert (recipes["my_topics"].format, recipes["my_topics"].language) == ("clustering", "mul")
     assert recipes["my_topics"].instruction == "Find the topic"
+    # The map as the message suggests it, typed on the command line.
+    done = subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "table",
+                           f"data.corpus.root={root}", "data.corpus.datasets={my_faq: {format: "
+                           "retrieval, language: de}, my_topics: {format: clustering}}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = next(x.split() for x in done.stdout.splitlines() if x.startswith("my_faq "))
+    assert row[1:3] == ["retrieval", "de"] and row[-1] == "override"
 
 
 def test_a_language_column_is_used_where_the_name_says_none(tmp_path: Path) -> None:
