@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,7 @@ def test_tokenized_layout_keeps_the_token_ids(tmp_path: Path, tokenizer, shared:
     pre = found["pretokenized"]
     assert pre.eos_id == tokenizer.eos_token_id or pre.eos_id == tokenizer("a")["input_ids"][-1]
     pre.bind(tokenizer, 4096, _prompt)
+    pre = pickle.loads(pickle.dumps(pre))  # what a data-loader worker gets
     corpus = read_corpus(found["train"][0].path)
     query = pq.read_table(root / "msmarco_query.parquet")
     docs = (pq.read_table(root / "corpus.parquet") if shared else

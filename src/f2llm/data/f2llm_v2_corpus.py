@@ -270,9 +270,10 @@ def build_f2llm_v2_corpus(
         "recipes": [recipe_of[e["name"]] for e in meta["datasets"]],
     }
     if found.kind == "tokenized":
-        result["pretokenized"] = PretokenizedDocs(out / meta["docs"], meta["eos_id"],
-                                                  meta["max_token_id"],
-                                                  [e["name"] for e in meta["datasets"]])
+        result["pretokenized"] = PretokenizedDocs(
+            out / meta["docs"], meta["eos_id"], meta["max_token_id"],
+            [e["name"] for e in meta["datasets"]],
+            sorted({e["instruction"] for e in meta["datasets"] if e["instruction"]}))
     return result
 
 
@@ -719,31 +720,28 @@ class PretokenizedDocs:
     (memory-mapped, opened lazily so that data-loader workers each map it themselves)."""
 
     def __init__(self, docs_path: str | Path, eos_id: int, max_token_id: int,
-                 datasets: Sequence[str]) -> None:
+                 datasets: Sequence[str], instructions: Sequence[str] = ()) -> None:
         self.docs_path, self.eos_id, self.max_token_id = Path(docs_path), eos_id, max_token_id
         self.datasets = frozenset(datasets)
+        self.instructions = list(instructions)
         self._docs: pa.ChunkedArray | None = None
-        self._prefixes: dict[str, list[int]] = {}
+        # Token ids of each instruction's query prefix, and of "Instruct:" (set by `bind`).
+        self.prefixes: dict[str, list[int]] = {}
+        self.marker: list[int] = []
         self.max_length = 0
-        self.instruction_ids: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_docs": None}
 
     def bind(self, tokenizer: Any, max_length: int, query_prompt: Any) -> None:
-        """Check `tokenizer` is the one the ids were made with, and keep what batches need:
-        the max length and a function giving an instruction's prefix ids."""
+        """Check `tokenizer` is the one the ids were made with, and keep what batches need
+        (plain data, so data-loader workers get a copy): the max length and the prefix ids of
+        every instruction, `query_prompt(instruction)` tokenized alone."""
         check_tokenizer(tokenizer, self.eos_id, self.max_token_id)
         self.max_length = max_length
         self.marker = tokenizer("Instruct:", add_special_tokens=False)["input_ids"]
-
-        def prefix_ids(instruction: str) -> list[int]:
-            if instruction not in self._prefixes:
-                self._prefixes[instruction] = tokenizer(query_prompt(instruction),
-                                                        add_special_tokens=False)["input_ids"]
-            return self._prefixes[instruction]
-
-        self.instruction_ids = prefix_ids
+        self.prefixes = {i: tokenizer(query_prompt(i), add_special_tokens=False)["input_ids"]
+                         for i in self.instructions}
 
     @property
     def docs(self) -> pa.ChunkedArray:
@@ -763,7 +761,7 @@ class PretokenizedDocs:
         rows = take_rows(table, indices, ["query", "passage", *negative_columns])
         queries = rows["query"]
         if instruction:
-            prefix, marker = self.instruction_ids(instruction), self.marker
+            prefix, marker = self.prefixes[instruction], self.marker
             queries = [q if q[: len(marker)] == marker else prefix + q for q in queries]
         doc_rows = np.asarray([r for c in ["passage", *negative_columns] for r in rows[c]],
                               dtype=np.int64)
