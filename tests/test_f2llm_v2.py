@@ -161,6 +161,17 @@ def test_raw_layout_streams_into_the_canonical_corpus(tmp_path: Path) -> None:
     assert set(corpus.dataset("unpc_ar2en").column("direction").to_pylist()) == {"ar->en"}
 
 
+def test_raw_queries_that_carry_an_instruction_get_none(tmp_path: Path) -> None:
+    root = write_synthetic(tmp_path / "raw", "raw", ["msmarco", "banking77"], 6)
+    table = pq.read_table(root / "msmarco.parquet")
+    queries = [f"Instruct: Find it\nQuery: {q}" for q in table.column("query").to_pylist()]
+    table = table.set_column(0, "query", pa.array(queries))
+    pq.write_table(table, root / "msmarco.parquet")
+    found = {d.name: d for d in build_f2llm_v2_corpus(root, tmp_path / "out")["train"]}
+    assert found["msmarco"].instruction is None
+    assert found["banking77"].instruction == instruction_for("banking77", "clustering")
+
+
 def test_a_built_corpus_is_reused_by_fingerprint_and_rebuilt_when_a_file_changes(
         tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", ["msmarco", "mela"], 10)

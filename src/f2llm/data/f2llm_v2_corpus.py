@@ -75,6 +75,8 @@ _CORPUS_FILE = "corpus.parquet"
 # Rows per streamed batch. Parquet is read with buffered streams (no pre-buffering of whole
 # row groups), so memory is bounded by this, not by a file's row-group size.
 BATCH_ROWS = 8192
+# Queries starting with this carry their instruction (`Instruct: {task}\nQuery: {text}`).
+INSTRUCTED_PREFIX = "Instruct:"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +410,7 @@ def _build_raw(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path,
             checker = RecordChecker(spec.path, fmt, need, mode, report, "row",
                                     spec.language_column, (), extra_languages,
                                     {c: s for c, s in columns.items() if c != s})
-            kept, fewest, row = 0, None, 0
+            kept, fewest, row, instructed = 0, None, 0, True
             pf = _parquet(spec.path)
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(columns.values())):
                 table = pa.Table.from_batches([batch]).rename_columns(list(columns))
@@ -419,14 +421,17 @@ def _build_raw(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path,
                     continue
                 fewest = least if fewest is None else min(fewest, least)
                 kept += good.num_rows
+                instructed = instructed and pc.all(pc.starts_with(
+                    good.column("query"), INSTRUCTED_PREFIX)).as_py()
                 writer.write(_raw_batch(good, r, fmt.name, schema))
             if row == 0:
                 raise DataValidationError(spec.path, EMPTY_FILE, "no records")
             if kept == 0:
                 raise DataValidationError(spec.path, "no records left", f"all {row} records "
                                           "skipped (see the skip report)")
+            # Queries that carry their instruction already (as in the F2LLM v1 data) get none.
             entries.append(CorpusEntry(r.name, fmt.name, fewest, offset, kept, str(spec.path),
-                                       r.instruction))
+                                       None if instructed else r.instruction))
             offset += kept
         return writer.finish(entries, report)
     except BaseException:
@@ -739,7 +744,7 @@ class PretokenizedDocs:
         every instruction, `query_prompt(instruction)` tokenized alone."""
         check_tokenizer(tokenizer, self.eos_id, self.max_token_id)
         self.max_length = max_length
-        self.marker = tokenizer("Instruct:", add_special_tokens=False)["input_ids"]
+        self.marker = tokenizer(INSTRUCTED_PREFIX, add_special_tokens=False)["input_ids"]
         self.prefixes = {i: tokenizer(query_prompt(i), add_special_tokens=False)["input_ids"]
                          for i in self.instructions}
 
