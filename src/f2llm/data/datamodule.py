@@ -91,6 +91,24 @@ class Stage:
     steps: int | None = None  # None: one pass over the stage's records
 
 
+def select_datasets(names: list[str], formats: Mapping[str, str]) -> list[str]:
+    """A stage's datasets: names, `*` (every dataset) or `format:<f>` (every dataset of a
+    format), e.g. `[format:retrieval]` for stage 1 of the public F2LLM-v2 data. `formats` maps
+    each known dataset to its format."""
+    out: list[str] = []
+    for name in names:
+        if name == "*":
+            picked = list(formats)
+        elif isinstance(name, str) and name.startswith("format:"):
+            picked = [d for d, f in formats.items() if f == name[len("format:"):]]
+            if not picked:
+                raise ValueError(f"stage selector {name!r}: no dataset of that format")
+        else:
+            picked = [name]
+        out += [d for d in picked if d not in out]
+    return out
+
+
 class TrainBatches(Dataset):
     """Item = one sampler batch (a group and record indices) -> tokenized, packed texts."""
 
@@ -106,8 +124,11 @@ class TrainBatches(Dataset):
         pad_id: int,
         max_tokens_per_chunk: int,
         format_query: Callable[[str, str | None], str],
+        pretokenized: Any = None,
     ) -> None:
         self.tables, self.datasets = tables, datasets
+        # Token ids stored in the corpus (the tokenized F2LLM-v2 layout): no re-tokenizing.
+        self.pretokenized = pretokenized
         self.group_dataset, self.group_language = group_dataset, group_language
         self.stages, self.num_negatives = stages, num_negatives
         self.tokenize, self.pad_id, self.max_tokens = tokenize, pad_id, max_tokens_per_chunk
@@ -121,12 +142,17 @@ class TrainBatches(Dataset):
         spec, stage = self.datasets[name], self.stages[item["stage"]]
         k = self.num_negatives[spec.format]
         negative_columns = [f"negative_{j + 1}" for j in range(k)]
-        rows = take_rows(self.tables[name], np.asarray(item["indices"]),
-                         ["query", "passage", *negative_columns])
         instruction = spec.instruction if stage.instructions else None
-        queries = [self.format_query(q, instruction) for q in rows["query"]]
-        negatives = [t for c in negative_columns for t in rows[c]]
-        token_ids = self.tokenize(queries + rows["passage"] + negatives)
+        if self.pretokenized is not None and name in self.pretokenized.datasets:
+            token_ids = self.pretokenized.token_ids(self.tables[name], np.asarray(item["indices"]),
+                                                    negative_columns, instruction)
+            queries = token_ids[: len(item["indices"])]
+        else:
+            rows = take_rows(self.tables[name], np.asarray(item["indices"]),
+                             ["query", "passage", *negative_columns])
+            queries = [self.format_query(q, instruction) for q in rows["query"]]
+            negatives = [t for c in negative_columns for t in rows[c]]
+            token_ids = self.tokenize(queries + rows["passage"] + negatives)
         chunks, restore, padding = pack_by_length(token_ids, self.pad_id, self.max_tokens)
         return {
             "chunks": chunks,
@@ -254,6 +280,11 @@ class F2LLMDataModule(L.LightningDataModule):
         if self.found is None:
             self.found = self.corpus()
         self.datasets = {d.name: d for d in self.found["train"]}
+        pretokenized = self.found.get("pretokenized")
+        if pretokenized is not None and self.encoder is not None:
+            # Fails here, before any work, when the model's tokenizer is not the data's.
+            pretokenized.bind(self.encoder.tokenizer, self.max_length or self.encoder.max_length,
+                              self.encoder.query_prompt)
         self.stages = self._stages()
         self.tables = {name: _training_table(d) for name, d in self.datasets.items()
                        if any(name in s.datasets for s in self.stages.values())}
@@ -299,12 +330,16 @@ class F2LLMDataModule(L.LightningDataModule):
         stages = {}
         for spec in self.stage_specs:
             st = Stage(**spec)
+            st.datasets = self._select(st.datasets)
             unknown = [d for d in st.datasets if d not in self.datasets]
             if unknown:
                 raise ValueError(f"stage {st.name!r} names unknown datasets {unknown}; "
                                  f"known: {sorted(self.datasets)}")
             stages[st.name] = st
         return stages
+
+    def _select(self, names: list[str]) -> list[str]:
+        return select_datasets(names, {d: spec.format for d, spec in self.datasets.items()})
 
     def _val_sets(self, paths: Mapping[str, Any]) -> dict[str, dict[str, list]]:
         return {task: pq.read_table(path).to_pydict() for task, path in paths.items()}
@@ -323,7 +358,11 @@ class F2LLMDataModule(L.LightningDataModule):
             table, spec = self.tables[name], self.datasets[name]
             rows = np.sort(rng.choice(table.num_rows, min(per_dataset, table.num_rows),
                                       replace=False))
-            picked = take_rows(table, rows, ["query", "passage"])
+            pretokenized = (self.found or {}).get("pretokenized")
+            if pretokenized is not None and name in pretokenized.datasets:
+                picked = pretokenized.texts(table, rows, self.encoder.tokenizer)
+            else:
+                picked = take_rows(table, rows, ["query", "passage"])
             instruction = spec.instruction if stage.instructions else None
             fmt = self.encoder.format_query if self.encoder is not None else None
             texts += [fmt(q, instruction) if fmt else q for q in picked["query"]]
@@ -348,6 +387,7 @@ class F2LLMDataModule(L.LightningDataModule):
             self.tables, self.datasets, self.group_dataset, self.group_language, self.stages,
             self.num_negatives, self._tokenize, self.encoder.tokenizer.pad_token_id,
             self.max_tokens_per_chunk, self.encoder.format_query,
+            self.found.get("pretokenized"),
         )
         # batch_size=None: the sampler already yields whole batches.
         return DataLoader(dataset, sampler=_Positioned(self.sampler), batch_size=None,
