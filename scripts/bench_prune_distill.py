@@ -125,7 +125,7 @@ def main() -> None:
     datamodule.setup("fit")
     texts = datamodule.calibration_texts(cfg.callbacks.pruning.calibration_texts, cfg.seed)
     target = dict(cfg.callbacks.pruning.target.shape)
-    instructions = {d.name: d.instruction for d in found["train"] if d.instruction}
+    instructions = found.instructions()
     rows["unpruned (teacher)"] = heldout_metrics(encoder_embedder(teacher_encoder),
                                                  teacher_encoder.hidden_size, instructions, found)
     for method, hidden in (("activation", "method"), ("first_k", "method"),

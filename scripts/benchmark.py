@@ -265,8 +265,8 @@ class StepMeter(L.Callback):
         self.seen += 1
         if self.warmup < self.seen <= self.warmup + self.steps:
             self.tally.steps += 1
-            self.tally.samples += batch["batch_size"]
-            for chunk in batch["chunks"]:
+            self.tally.samples += batch.batch_size
+            for chunk in batch.chunks:
                 self.tally.add_mask(chunk["attention_mask"])
         if self.seen == self.warmup:
             self.tally.begin()
@@ -391,10 +391,10 @@ def export_batches(cfg: DictConfig, model_dir: Path, batches_file: Path, n: int)
     dataset.tokenize = catch
     batches = []
     for batch in loader:
-        texts, b = seen.pop(), batch["batch_size"]
+        texts, b = seen.pop(), batch.batch_size
         # TrainBatches' layout: queries, positives, then each negative column in turn.
-        columns = [texts[j * b : (j + 1) * b] for j in range(2 + batch["num_negatives"])]
-        batches.append({"columns": columns, "num_tokens": batch["num_tokens"]})
+        columns = [texts[j * b : (j + 1) * b] for j in range(2 + batch.num_negatives)]
+        batches.append({"columns": columns, "num_tokens": batch.num_tokens})
         if len(batches) == n:
             break
     # The kernel our encoder resolved (`attn_implementation: auto` depends on the machine).

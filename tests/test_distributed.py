@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -28,10 +29,11 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from f2llm.data.batch import TrainBatch
 from f2llm.data.collate import pack_by_length
 from f2llm.model import Encoder, build_backbone
 from f2llm.module import F2LLMModule, cosine_with_warmup
-from f2llm.objective import F2LLMObjective, gradcache_step, split_embeddings
+from f2llm.objective import F2LLMObjective, gradcache_step
 from tests.conftest import TINY_SHAPE
 
 WORLD = 2
@@ -89,18 +91,20 @@ def records(step: int) -> list[list[list[int]]]:
     return out
 
 
-def collate(recs: list[list[list[int]]]) -> dict[str, Any]:
+def collate(recs: list[list[list[int]]], step: int = 0) -> TrainBatch:
     """The datamodule's batch layout: queries, positives, then negatives column by column."""
     texts = [r[0] for r in recs] + [r[1] for r in recs]
     texts += [r[2 + j] for j in range(K) for r in recs]
-    chunks, restore, _ = pack_by_length(texts, pad_id=0, max_tokens=40)
-    return {"chunks": chunks, "restore": restore, "batch_size": len(recs), "num_negatives": K,
-            "use_inbatch": True, "format": "retrieval"}
+    chunks, restore, padding = pack_by_length(texts, pad_id=0, max_tokens=40)
+    return TrainBatch(chunks, restore, batch_size=len(recs), num_negatives=K, use_inbatch=True,
+                      format="retrieval", dataset="toy", language="xx", group="toy/xx",
+                      indices=np.arange(len(recs)), stage="train", epoch=0, position=step,
+                      num_tokens=sum(map(len, texts)), num_padding=padding)
 
 
-def batch(step: int, rank: int | None) -> dict[str, Any]:
+def batch(step: int, rank: int | None) -> TrainBatch:
     recs = records(step)
-    return collate(recs if rank is None else recs[rank * B : (rank + 1) * B])
+    return collate(recs if rank is None else recs[rank * B : (rank + 1) * B], step)
 
 
 def module(encoder: Encoder, gradcache: bool) -> F2LLMModule:
@@ -208,9 +212,8 @@ def test_gathered_objective_equals_one_process(ranks: list[dict[str, Any]],
 def test_gradcache_across_ranks_equals_one_plain_step(ranks: list[dict[str, Any]]) -> None:
     encoder = tiny_encoder()
     full = batch(0, None)
-    emb = encoder.forward_chunks(full["chunks"], full["restore"])
-    query, positive, negatives = split_embeddings(emb, full["batch_size"], K)
-    loss = F2LLMObjective()(query, positive, negatives, use_inbatch=True)[0]
+    emb = encoder.forward_chunks(full.chunks, full.restore)
+    loss = F2LLMObjective().on_batch(emb, full)[0]
     loss.backward()
 
     torch.testing.assert_close(torch.stack([r["gradcache"]["loss"] for r in ranks]).mean(),

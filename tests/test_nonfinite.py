@@ -23,8 +23,8 @@ class NaNAt:
     def __getattr__(self, name):
         return getattr(self.objective, name)
 
-    def __call__(self, *args, **kwargs):
-        loss, logs = self.objective(*args, **kwargs)
+    def on_batch(self, *args, **kwargs):
+        loss, logs = self.objective.on_batch(*args, **kwargs)
         if self.module.global_step in self.steps or "all" in self.steps:
             loss = loss * float("nan")
         return loss, logs

@@ -23,7 +23,7 @@ class FirstBatch(L.Callback):
         self.weights = pl_module.encoder.backbone.embed_tokens.weight.detach().clone()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.batches.append({k: batch[k] for k in ("stage", "dataset", "format")})
+        self.batches.append({k: getattr(batch, k) for k in ("stage", "dataset", "format")})
 
 
 def test_stage2_alone_starts_from_the_stage1_checkpoint(tmp_path: Path, locale_dir: Path) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import lightning as L
 
+from f2llm.data.batch import TrainBatch
+
 log = logging.getLogger(__name__)
 
 
@@ -49,9 +51,9 @@ class StageTransition(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
-        stage = batch.get("stage") if isinstance(batch, dict) else None
-        if stage is None:
+        if not isinstance(batch, TrainBatch):
             return
+        stage = batch.stage
         if stage != self.current:
             if self.current is not None:
                 log.info("stage %s -> %s at step %d", self.current, stage, trainer.global_step)
@@ -63,10 +65,10 @@ class StageTransition(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         stages = self._stages(trainer)
-        if stages is None or self.checkpoint_dir is None or not isinstance(batch, dict):
+        if stages is None or self.checkpoint_dir is None or not isinstance(batch, TrainBatch):
             return
         names, starts = stages
-        next_position = int(batch["position"]) + 1
+        next_position = int(batch.position) + 1
         if next_position in starts[1:]:
             name = names[starts.index(next_position) - 1]
             path = self.checkpoint_dir / f"stage-{name}-end.ckpt"
