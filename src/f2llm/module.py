@@ -42,6 +42,22 @@ def cosine_with_warmup(
     return LambdaLR(optimizer, factor)
 
 
+def restarted_per_stage(factor: Callable[[int], float], starts: list[int], epoch_len: int
+                        ) -> Callable[[int], float]:
+    """`factor` (an lr factor over `epoch_len` steps) replayed within each stage, squeezed onto
+    the stage's length; `starts` are the steps where the stages begin. A pure function of the
+    step, so a resumed run gets the same lr."""
+    bounds = [*starts, epoch_len]
+
+    def stage_factor(step: int) -> float:
+        position = step % epoch_len
+        i = max(j for j, s in enumerate(starts) if s <= position)
+        length = bounds[i + 1] - bounds[i]
+        return factor(int((position - bounds[i]) * epoch_len / length))
+
+    return stage_factor
+
+
 class NonFiniteLoss(RuntimeError):
     """Too many non-finite losses in a row: the run stops instead of training on garbage."""
 
@@ -81,13 +97,17 @@ class F2LLMModule(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         # GradCache runs one backward per chunk, which automatic optimisation cannot express.
         self.automatic_optimization = not gradcache
-        # Not a submodule: the teacher is neither trained nor saved in checkpoints.
-        object.__setattr__(self, "teacher", teacher)
-        if teacher is not None:
-            check_teacher_width(teacher.hidden_size, encoder.hidden_size)
+        self.set_teacher(teacher)
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+
+    def set_teacher(self, teacher: Teacher | None) -> None:
+        """The frozen KD teacher (None: no KD term from the next step on)."""
+        if teacher is not None:
+            check_teacher_width(teacher.hidden_size, self.encoder.hidden_size)
+        # Not a submodule: the teacher is neither trained nor saved in checkpoints.
+        object.__setattr__(self, "teacher", teacher)
 
     @property
     def mrl_dims(self) -> list[int]:

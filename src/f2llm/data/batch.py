@@ -16,7 +16,7 @@ def _chunks_to(chunks: list[dict[str, Tensor]], device: Any, non_blocking: bool
 
 @dataclass
 class TrainBatch:
-    """One sampler batch, tokenized and packed (`data.collate.pack_by_length`).
+    """One sampler batch, tokenized and packed (`model.packing.pack_by_length`).
 
     The texts are laid out as the queries, their positives, then the hard negatives column by
     column (negative_1 of every query, then negative_2, ...); `restore` puts the concatenated

@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
 from f2llm.data.batch import EvalBatch, TrainBatch
-from f2llm.data.collate import pack_by_length
 from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.formats import FORMATS
 from f2llm.data.readers import read_corpus
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler
 from f2llm.evaluation.heldout import heldout_sets, read_val_sets
+from f2llm.model.packing import pack_by_length
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +112,26 @@ class TrainBatches(Dataset):
     def __len__(self) -> int:  # the sampler decides the length
         raise TypeError("TrainBatches is indexed by sampler batches")
 
-    def __getitem__(self, item: Mapping[str, Any]) -> TrainBatch:
+    def texts(self, item: Mapping[str, Any]) -> list[str]:
+        """A sampler batch's texts in `TrainBatch`'s layout: the queries (with the stage's
+        instruction), their positives, then the hard negatives column by column."""
         name = self.group_dataset[item["group"]]
         spec, stage = self.datasets[name], self.stages[item["stage"]]
-        k = self.num_negatives[spec.format]
-        negative_columns = [f"negative_{j + 1}" for j in range(k)]
+        negative_columns = [f"negative_{j + 1}" for j in range(self.num_negatives[spec.format])]
         rows = take_rows(self.tables[name], np.asarray(item["indices"]),
                          ["query", "passage", *negative_columns])
         instruction = spec.instruction if stage.instructions else None
         queries = [self.format_query(q, instruction) for q in rows["query"]]
-        negatives = [t for c in negative_columns for t in rows[c]]
-        token_ids = self.tokenize(queries + rows["passage"] + negatives)
+        return queries + rows["passage"] + [t for c in negative_columns for t in rows[c]]
+
+    def __getitem__(self, item: Mapping[str, Any]) -> TrainBatch:
+        name = self.group_dataset[item["group"]]
+        spec = self.datasets[name]
+        k = self.num_negatives[spec.format]
+        token_ids = self.tokenize(self.texts(item))
         chunks, restore, padding = pack_by_length(token_ids, self.pad_id, self.max_tokens)
         return TrainBatch(
-            chunks=chunks, restore=restore, batch_size=len(queries), num_negatives=k,
+            chunks=chunks, restore=restore, batch_size=len(item["indices"]), num_negatives=k,
             use_inbatch=FORMATS[spec.format].use_inbatch, format=spec.format, dataset=name,
             language=self.group_language[item["group"]], group=item["group"],
             indices=np.asarray(item["indices"]), stage=item["stage"], epoch=item["epoch"],
@@ -293,6 +299,13 @@ class F2LLMDataModule(L.LightningDataModule):
                                  f"known: {sorted(self.datasets)}")
             stages[st.name] = st
         return stages
+
+    def stage_schedule(self) -> tuple[list[str], list[int]] | None:
+        """The stages' names and the positions where each starts, then the epoch's length
+        (None before setup)."""
+        if self.sampler is None:
+            return None
+        return list(self.sampler.names), list(self.sampler.starts)
 
     def stage_at(self, position: int) -> Stage:
         return self.stages[self.sampler.names[self.sampler.stage_at(position)]]
