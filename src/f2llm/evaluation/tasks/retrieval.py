@@ -4,16 +4,14 @@ translation is relevant): nDCG@10, MRR@10, Recall@1/5/10. Shares bitext's embedd
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import Tensor
 
 from f2llm.evaluation.retrieval import retrieval_scores
-from f2llm.evaluation.tasks.base import HeldoutTask, Table, register
-
-if TYPE_CHECKING:
-    from f2llm.data.corpus import Corpus
+from f2llm.evaluation.tasks.base import Table, register
+from f2llm.evaluation.tasks.bitext import BitextMining
 
 
 def translation_qrels(sources: Sequence[str], max_queries: int | None = 1000, seed: int = 0
@@ -32,14 +30,11 @@ def translation_qrels(sources: Sequence[str], max_queries: int | None = 1000, se
 
 
 @register
-class TranslationRetrieval(HeldoutTask):
-    name = "retrieval"
-    val_set = "bitext"
-    sets = ("bitext/source", "bitext/target")
-    main_metric = "ndcg_at_10"
+class TranslationRetrieval(BitextMining):
+    """Bitext's held-out set and embeddings, scored as retrieval."""
 
-    def texts(self, table: Table, corpus: Corpus) -> dict[str, list[str]]:
-        return {"bitext/source": table["source"], "bitext/target": table["target"]}
+    name = "retrieval"
+    main_metric = "ndcg_at_10"
 
     def score(self, embeddings: Mapping[str, Tensor], table: Table, dims: Sequence[int]
               ) -> tuple[dict[str, float], Any]:
