@@ -30,11 +30,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from f2llm.data.batch import TrainBatch
-from f2llm.data.collate import pack_by_length
-from f2llm.model import Encoder, build_backbone
+from f2llm.model import Encoder
+from f2llm.model.packing import pack_by_length
 from f2llm.module import F2LLMModule, cosine_with_warmup
 from f2llm.objective import F2LLMObjective, gradcache_step
-from tests.conftest import TINY_SHAPE
+from tests.conftest import tiny_encoder
 
 WORLD = 2
 B, K, D_IN, D = 4, 3, 16, 32  # per-rank queries, hard negatives, linear input and output width
@@ -72,13 +72,6 @@ def objective_loss(linear: nn.Linear, x: Tensor, rank: int | None, use_negatives
     negatives = emb[n] if use_negatives else None
     objective = F2LLMObjective(gather_inbatch=gather)
     return objective(emb[q], emb[p], negatives, use_inbatch=True)[0]
-
-
-def tiny_encoder() -> Encoder:
-    shape = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
-    torch.manual_seed(0)
-    # Token ids are given directly: no tokenizer needed.
-    return Encoder(build_backbone({"vocab_size": 151_936, **shape}), tokenizer=None)
 
 
 def records(step: int) -> list[list[list[int]]]:

@@ -11,8 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from f2llm.data.batch import TrainBatch
@@ -21,22 +19,13 @@ from f2llm.data.datamodule import Stage, TrainBatches
 from f2llm.model import Encoder
 from f2llm.module import F2LLMModule, cosine_with_warmup
 from f2llm.objective import F2LLMObjective, gradcache_step
-from tests.conftest import CONFIGS, TINY_SHAPE
+from tests.conftest import tiny_encoder
 
 WORDS = ["open", "file", "directory", "cannot", "read", "write", "permission", "denied",
          "archive", "compress", "invalid", "option", "missing", "operand", "pattern", "match",
          "line", "output", "input", "error", "warning"]
 NEGATIVES = 3
 RECORDS = 24
-
-
-def tiny_encoder() -> Encoder:
-    """The tiny model config with the tests' TINY_SHAPE, random init, fixed seed."""
-    cfg = OmegaConf.load(CONFIGS / "model" / "tiny.yaml")
-    for key, value in TINY_SHAPE.items():
-        OmegaConf.update(cfg, key.removeprefix("model."), value)
-    torch.manual_seed(0)
-    return instantiate(cfg)
 
 
 def _text(rng: np.random.Generator) -> str:

@@ -18,8 +18,7 @@ from transformers import AutoModel
 
 from f2llm.export import export_sentence_transformers
 from f2llm.train import train
-from tests.conftest import ROOT, compose_train, tiny_overrides
-from tests.test_model import tiny_encoder
+from tests.conftest import ROOT, compose_train, tiny_encoder, tiny_overrides
 
 
 def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from f2llm.data.manifest_source import build_manifest_corpus
 from f2llm.data.readers import read_corpus
-from tests.test_readers import good, write_jsonl
+from tests.conftest import good, write_jsonl
 
 
 def classification(query: str, lang: str = "fr", **fields: object) -> dict:
