@@ -70,7 +70,7 @@ def child(kind: str, folder: str, out: str) -> None:
         result = {"rows": rows}
     elif kind in ("build", "reuse"):
         found = build_f2llm_v2_corpus(folder, out)
-        rows = sum(e.num_rows for e in read_corpus(found["train"][0].path).datasets.values())
+        rows = sum(e.num_rows for e in read_corpus(found.train[0].path).datasets.values())
         result = {"rows": rows}
     else:
         raise SystemExit(f"unknown child {kind}")

@@ -39,6 +39,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from f2llm.data.batch import TrainBatch
 from f2llm.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def compose_cfg(overrides: list[str]):
     return cfg
 
 
-def loader_batches(cfg, n: int, start: int) -> tuple[float, list[dict]]:
+def loader_batches(cfg, n: int, start: int) -> tuple[float, list[TrainBatch]]:
     """Seconds for `n` batches of the training loader from schedule position `start`."""
     datamodule = instantiate(cfg.data)
     datamodule.attach_encoder(instantiate(cfg.model))
@@ -70,13 +71,13 @@ def loader_batches(cfg, n: int, start: int) -> tuple[float, list[dict]]:
     return time.perf_counter() - t0, batches
 
 
-def padding_fractions(batches: list[dict]) -> tuple[float, float]:
+def padding_fractions(batches: list[TrainBatch]) -> tuple[float, float]:
     """(packed, padded to the longest) pad share of all tokens the model runs on."""
-    real = sum(b["num_tokens"] for b in batches)
-    packed = sum(b["num_padding"] for b in batches)
+    real = sum(b.num_tokens for b in batches)
+    packed = sum(b.num_padding for b in batches)
     longest = 0
     for b in batches:
-        lengths = [int(n) for c in b["chunks"] for n in c["attention_mask"].sum(1)]
+        lengths = [int(n) for c in b.chunks for n in c["attention_mask"].sum(1)]
         longest += max(lengths) * len(lengths) - sum(lengths)
     return packed / (real + packed), longest / (real + longest)
 
@@ -128,7 +129,7 @@ def main() -> None:
     loader_s, batches = loader_batches(cfg, args.batches, start)
     per_batch = loader_s / args.batches
     packed, longest = padding_fractions(batches)
-    formats = sorted({b["format"] for b in batches})
+    formats = sorted({b.format for b in batches})
     if start:  # the model's steps come from the same stage as the loader's batches
         with open_dict(cfg):
             cfg.data.stages = list(cfg.data.stages)[args.stage :]

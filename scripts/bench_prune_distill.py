@@ -46,6 +46,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from f2llm.data import F2LLMDataModule
 from f2llm.eval import encoder_embedder, heldout_metrics
 from f2llm.pruning import encoder_importance, prune_backbone
 from f2llm.train import train
@@ -125,7 +126,7 @@ def main() -> None:
     datamodule.setup("fit")
     texts = datamodule.calibration_texts(cfg.callbacks.pruning.calibration_texts, cfg.seed)
     target = dict(cfg.callbacks.pruning.target.shape)
-    instructions = {d.name: d.instruction for d in found["train"] if d.instruction}
+    instructions = found.instructions()
     rows["unpruned (teacher)"] = heldout_metrics(encoder_embedder(teacher_encoder),
                                                  teacher_encoder.hidden_size, instructions, found)
     for method, hidden in (("activation", "method"), ("first_k", "method"),
@@ -260,31 +261,33 @@ class Twice:
             yield batch
 
 
+class TwiceDataModule(F2LLMDataModule):
+    """The datamodule, serving every training batch twice in a row (`Twice`)."""
+
+    def train_dataloader(self) -> Twice:
+        return Twice(super().train_dataloader())
+
+
 class KDToggle(L.Callback):
-    """Has the trainer see every batch twice (`Twice`), turns the module's teacher on for one
-    step of each pair and off for the other, and times each step from batch start to end."""
+    """With `TwiceDataModule`, turns the module's teacher on for one step of each pair of equal
+    batches and off for the other, and times each step from batch start to end."""
 
     def __init__(self) -> None:
         self.teacher = None
         self.ms: dict[str, dict[int, float]] = {"KD, warm cache": {}, "no KD": {}}
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        # Before the fit loop asks the datamodule for its loader.
-        loader = trainer.datamodule.train_dataloader
-        trainer.datamodule.train_dataloader = lambda: Twice(loader())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.teacher is None:
             self.teacher = pl_module.teacher
         pair, second = divmod(batch_idx, 2)
         self.kd = kd_first(pair) != bool(second)
-        object.__setattr__(pl_module, "teacher", self.teacher if self.kd else None)
+        pl_module.set_teacher(self.teacher if self.kd else None)
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         ms = 1000 * (time.perf_counter() - self.start)
         self.ms["KD, warm cache" if self.kd else "no KD"][batch_idx // 2] = ms
-        object.__setattr__(pl_module, "teacher", self.teacher)
+        pl_module.set_teacher(self.teacher)
 
 
 def pair_ratios(ms: dict[str, dict[int, float]], skip: int) -> list[float]:
@@ -302,7 +305,7 @@ def interleaved(export: Path, args: argparse.Namespace, skip: int = 10) -> None:
     # Fill the cache with every text of the first n batches (the same sampler, same seed).
     _train_with(compose_cfg(export, args.out / "fill", stage2_overrides(n) + kd), StepTimer())
     cfg = compose_cfg(export, args.out / "interleaved", stage2_overrides(2 * n) + kd + [
-        "callbacks.matryoshka_eval=null"])
+        "callbacks.matryoshka_eval=null", f"data._target_={__name__}.TwiceDataModule"])
     toggle = KDToggle()
     train(cfg, callbacks=[toggle])
     cached = toggle.teacher.cache(0)

@@ -19,7 +19,7 @@ runs in its own subprocess, so its peak memory (CPU: peak RSS of the process; GP
   each column (their padding to the longest text, columns merged as their losses do), forward,
   loss, backward, step. Their MNRL also scores in-batch negatives where our clustering and
   classification batches do not; the loss is a negligible share of a step.
-- GradCache memory: peak memory at global batch 2048 with `gradcache=true` vs. batch 64 plain
+- GradCache memory: peak memory at global batch 2048 with `module.gradcache=true` vs. batch 64 plain
   (a batch is capped at its group's size), 1 warm-up + 2 steps each.
 
 samples/s counts queries (batch_size per step); tokens/s real tokens of all texts; padding
@@ -265,8 +265,8 @@ class StepMeter(L.Callback):
         self.seen += 1
         if self.warmup < self.seen <= self.warmup + self.steps:
             self.tally.steps += 1
-            self.tally.samples += batch["batch_size"]
-            for chunk in batch["chunks"]:
+            self.tally.samples += batch.batch_size
+            for chunk in batch.chunks:
                 self.tally.add_mask(chunk["attention_mask"])
         if self.seen == self.warmup:
             self.tally.begin()
@@ -287,7 +287,7 @@ def run_f2llm(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
         raise RuntimeError(f"training stopped after {meter.seen} of {warmup + steps} steps")
     out = meter.tally.result(module.encoder.backbone)
     out["precision"] = str(cfg.trainer.precision)
-    out["gradcache"] = bool(cfg.get("gradcache", False))
+    out["gradcache"] = bool(cfg.module.gradcache)
     return out
 
 
@@ -377,24 +377,17 @@ def export_batches(cfg: DictConfig, model_dir: Path, batches_file: Path, n: int)
     transformers.utils.logging.disable_progress_bar()
     export_sentence_transformers(encoder, model_dir)
     datamodule = instantiate(cfg.data)
-    datamodule.num_workers = 0  # the texts are caught in this process
     datamodule.attach_encoder(encoder)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     dataset = loader.dataset
-    tokenize, seen = dataset.tokenize, []
-
-    def catch(texts: list[str]) -> list[list[int]]:
-        seen.append(list(texts))
-        return tokenize(texts)
-
-    dataset.tokenize = catch
     batches = []
-    for batch in loader:
-        texts, b = seen.pop(), batch["batch_size"]
-        # TrainBatches' layout: queries, positives, then each negative column in turn.
-        columns = [texts[j * b : (j + 1) * b] for j in range(2 + batch["num_negatives"])]
-        batches.append({"columns": columns, "num_tokens": batch["num_tokens"]})
+    for item in loader.sampler:  # the sampler batches the loader would serve, in order
+        texts, batch = dataset.texts(item), dataset[item]
+        b = batch.batch_size
+        # TrainBatch's layout: queries, positives, then each negative column in turn.
+        columns = [texts[j * b : (j + 1) * b] for j in range(2 + batch.num_negatives)]
+        batches.append({"columns": columns, "num_tokens": batch.num_tokens})
         if len(batches) == n:
             break
     # The kernel our encoder resolved (`attn_implementation: auto` depends on the machine).
@@ -425,7 +418,7 @@ def spawn(name: str, cfg: DictConfig, work: Path, warmup: int, steps: int,
                "--config", str(config), "--out", str(out),
                "--warmup", str(warmup), "--steps", str(steps), *extra]
     print(f"[{name}] {warmup} warm-up + {steps} timed steps, batch {cfg.data.batch_size}"
-          f"{', gradcache' if cfg.get('gradcache') else ''} ...", flush=True)
+          f"{', gradcache' if cfg.module.gradcache else ''} ...", flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -586,10 +579,10 @@ def main() -> None:
                                              / result["st"]["samples_per_s"])
         if not args.skip_gradcache:
             steps = GRADCACHE_WARMUP + GRADCACHE_STEPS
-            plain = variant(cfg, work / "plain", steps, gradcache=False,
-                            **{"data.batch_size": PLAIN_BATCH})
-            cached = variant(cfg, work / "gradcache", steps, gradcache=True,
-                             **{"data.batch_size": GRADCACHE_BATCH})
+            plain = variant(cfg, work / "plain", steps, **{"module.gradcache": False,
+                                                           "data.batch_size": PLAIN_BATCH})
+            cached = variant(cfg, work / "gradcache", steps, **{"module.gradcache": True,
+                                                                "data.batch_size": GRADCACHE_BATCH})
             g = {"plain": spawn("plain", plain, work, GRADCACHE_WARMUP, GRADCACHE_STEPS),
                  "gradcache": spawn("gradcache", cached, work, GRADCACHE_WARMUP,
                                     GRADCACHE_STEPS)}

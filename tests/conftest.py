@@ -8,11 +8,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+
+from f2llm.model import Encoder, build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -84,3 +90,86 @@ def compose_train(overrides: list[str], experiment: str | None = None) -> DictCo
 def cfg_tiny(tmp_path: Path, locale_dir: Path) -> DictConfig:
     """The default config, shrunk to a CPU, tiny-model, few-step run."""
     return compose_train(tiny_overrides(tmp_path, locale_dir))
+
+
+# ---- helpers shared by the test modules (one definition each; test modules import them from
+# here, never from each other) ------------------------------------------------------------------
+
+# Published parameter counts of the F2LLM-v2 model configs (SPEC.md).
+PUBLISHED = {
+    "f2llm_80m": 80_084_288,
+    "f2llm_160m": 159_185_024,
+    "f2llm_330m": 334_349_184,
+    "f2llm_0_6b": 596_049_920,
+    "f2llm_1_7b": 1_720_574_976,
+    "f2llm_4b": 4_022_468_096,
+    "f2llm_8b": 7_568_405_504,
+    "f2llm_14b": 13_990_394_880,
+}
+WORDS = ["file", "open", "cannot", "save", "print", "network", "error", "user", "disk", "copy",
+         "window", "font", "colour", "archive", "mount", "password", "device", "folder"]
+
+
+def model_config(name: str) -> DictConfig:
+    """`configs/model/<name>.yaml` as Hydra composes it (the model files build on each other)."""
+    return compose_train([f"model={name}", f"paths.root_dir={ROOT}"]).model
+
+
+def tiny_encoder(**kw: Any) -> Encoder:
+    """The tests' tiny Qwen3 encoder: TINY_SHAPE with two layers, the bundled Qwen3 tokenizer,
+    max_length 32, random init from seed 0 (so every call gives the same weights)."""
+    shape = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
+    shape.update(vocab_size=151_936, num_hidden_layers=2)
+    torch.manual_seed(0)
+    return build_encoder("tiny", shape=shape, **{"max_length": 32, **kw})
+
+
+def texts(n: int, seed: int) -> list[str]:
+    """`n` distinct short phrases of WORDS."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, None] = {}
+    while len(out) < n:
+        out[" ".join(rng.choice(WORDS, size=int(rng.integers(2, 7))))] = None
+    return list(out)
+
+
+def toy_retrieval() -> tuple[list[str], list[str], dict[int, set[int]]]:
+    """(queries, corpus, relevant corpus rows per query) of a small retrieval task."""
+    corpus = texts(60, seed=0)
+    rng = np.random.default_rng(1)
+    queries, relevant = [], {}
+    for q in range(20):
+        size = int(rng.integers(1, 4))
+        docs = {int(d) for d in rng.choice(len(corpus), size=size, replace=False)}
+        # A query is a variant of its first relevant document, so some hits rank high and some
+        # relevant documents rank far below the top 10.
+        words = corpus[min(docs)].split()
+        queries.append(" ".join([*words[1:], WORDS[q % len(WORDS)]]))
+        relevant[q] = docs
+    relevant[20] = set()  # no relevant document: left out on both sides
+    queries.append("printer")
+    return queries, corpus, relevant
+
+
+def records(n: int, k: int, prefix: str = "") -> dict[str, list[str]]:
+    """`n` retrieval records with `k` negatives, as columns."""
+    cols = {"query": [f"{prefix}q{i}" for i in range(n)],
+            "passage": [f"{prefix}p{i}" for i in range(n)]}
+    cols.update({f"negative_{j}": [f"{prefix}n{i}.{j}" for i in range(n)] for j in range(1, k + 1)})
+    return cols
+
+
+def write_jsonl(path: Path, rows: list[dict | str | bytes]) -> Path:
+    with path.open("wb") as fh:
+        for row in rows:
+            if isinstance(row, dict):
+                row = json.dumps(row, ensure_ascii=False)
+            fh.write((row.encode() if isinstance(row, str) else row) + b"\n")
+    return path
+
+
+def good(k: int = 7, **fields: object) -> dict:
+    """A valid record with `k` negatives; `fields` replace values (`...` drops the field)."""
+    row = {"query": "q", "passage": "p", **{f"negative_{j}": f"n{j}" for j in range(1, k + 1)}}
+    row.update(fields)
+    return {key: value for key, value in row.items() if value is not ...}

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from f2llm.data.batch import TrainBatch
 from tests.conftest import ROOT, tiny_overrides
 
 
@@ -32,7 +34,10 @@ def test_padding_fractions_packed_vs_padded_to_the_longest() -> None:
     bench = load_script()
     # One batch, texts of 1, 2 and 5 tokens packed as [1, 2] and [5]: 1 pad token of 9.
     # Padded to the longest (5): 4 + 3 = 7 pad tokens of 15.
-    batch = {"chunks": [chunk([1, 2]), chunk([5])], "num_tokens": 8, "num_padding": 1}
+    batch = TrainBatch([chunk([1, 2]), chunk([5])], torch.arange(3), batch_size=1,
+                       num_negatives=1, use_inbatch=True, format="retrieval", dataset="toy",
+                       language="xx", group="toy/xx", indices=np.arange(1), stage="s", epoch=0,
+                       position=0, num_tokens=8, num_padding=1)
     packed, longest = bench.padding_fractions([batch])
     assert abs(packed - 1 / 9) < 1e-12 and abs(longest - 7 / 15) < 1e-12
 

@@ -52,8 +52,11 @@ def test_interleaved_timing_trains_each_batch_with_and_without_kd_in_alternating
     twice = bench.Twice(["a", "b"])
     assert list(twice) == ["a", "a", "b", "b"] and len(twice) == 4
 
-    class Module:
+    class Module:  # F2LLMModule's teacher and its setter
         teacher = "the teacher"
+
+        def set_teacher(self, teacher: str | None) -> None:
+            self.teacher = teacher
 
     module, toggle, seen = Module(), bench.KDToggle(), []
     for batch_idx in range(6):

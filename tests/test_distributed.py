@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -28,11 +29,12 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from f2llm.data.collate import pack_by_length
-from f2llm.model import Encoder, build_backbone
+from f2llm.data.batch import TrainBatch
+from f2llm.model import Encoder
+from f2llm.model.packing import pack_by_length
 from f2llm.module import F2LLMModule, cosine_with_warmup
-from f2llm.objective import F2LLMObjective, gradcache_step, split_embeddings
-from tests.conftest import TINY_SHAPE
+from f2llm.objective import F2LLMObjective, gradcache_step
+from tests.conftest import tiny_encoder
 
 WORLD = 2
 B, K, D_IN, D = 4, 3, 16, 32  # per-rank queries, hard negatives, linear input and output width
@@ -72,13 +74,6 @@ def objective_loss(linear: nn.Linear, x: Tensor, rank: int | None, use_negatives
     return objective(emb[q], emb[p], negatives, use_inbatch=True)[0]
 
 
-def tiny_encoder() -> Encoder:
-    shape = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
-    torch.manual_seed(0)
-    # Token ids are given directly: no tokenizer needed.
-    return Encoder(build_backbone({"vocab_size": 151_936, **shape}), tokenizer=None)
-
-
 def records(step: int) -> list[list[list[int]]]:
     """W * B records of [query, positive, negative_1..K] token ids for step `step`."""
     generator = torch.Generator().manual_seed(100 + step)
@@ -89,18 +84,20 @@ def records(step: int) -> list[list[list[int]]]:
     return out
 
 
-def collate(recs: list[list[list[int]]]) -> dict[str, Any]:
+def collate(recs: list[list[list[int]]], step: int = 0) -> TrainBatch:
     """The datamodule's batch layout: queries, positives, then negatives column by column."""
     texts = [r[0] for r in recs] + [r[1] for r in recs]
     texts += [r[2 + j] for j in range(K) for r in recs]
-    chunks, restore, _ = pack_by_length(texts, pad_id=0, max_tokens=40)
-    return {"chunks": chunks, "restore": restore, "batch_size": len(recs), "num_negatives": K,
-            "use_inbatch": True, "format": "retrieval"}
+    chunks, restore, padding = pack_by_length(texts, pad_id=0, max_tokens=40)
+    return TrainBatch(chunks, restore, batch_size=len(recs), num_negatives=K, use_inbatch=True,
+                      format="retrieval", dataset="toy", language="xx", group="toy/xx",
+                      indices=np.arange(len(recs)), stage="train", epoch=0, position=step,
+                      num_tokens=sum(map(len, texts)), num_padding=padding)
 
 
-def batch(step: int, rank: int | None) -> dict[str, Any]:
+def batch(step: int, rank: int | None) -> TrainBatch:
     recs = records(step)
-    return collate(recs if rank is None else recs[rank * B : (rank + 1) * B])
+    return collate(recs if rank is None else recs[rank * B : (rank + 1) * B], step)
 
 
 def module(encoder: Encoder, gradcache: bool) -> F2LLMModule:
@@ -208,9 +205,8 @@ def test_gathered_objective_equals_one_process(ranks: list[dict[str, Any]],
 def test_gradcache_across_ranks_equals_one_plain_step(ranks: list[dict[str, Any]]) -> None:
     encoder = tiny_encoder()
     full = batch(0, None)
-    emb = encoder.forward_chunks(full["chunks"], full["restore"])
-    query, positive, negatives = split_embeddings(emb, full["batch_size"], K)
-    loss = F2LLMObjective()(query, positive, negatives, use_inbatch=True)[0]
+    emb = encoder.forward_chunks(full.chunks, full.restore)
+    loss = F2LLMObjective().on_batch(emb, full)[0]
     loss.backward()
 
     torch.testing.assert_close(torch.stack([r["gradcache"]["loss"] for r in ranks]).mean(),

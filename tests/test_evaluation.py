@@ -25,13 +25,9 @@ from f2llm.evaluation import (
     two_way_accuracy,
 )
 from f2llm.export import export_sentence_transformers
-from tests.test_model import tiny_encoder
+from tests.conftest import texts, tiny_encoder, toy_retrieval
 
 DIMS = [8, 16, 32]
-WORDS = ["file", "open", "cannot", "save", "print", "network", "error", "user", "disk", "copy",
-         "window", "font", "colour", "archive", "mount", "password", "device", "folder"]
-
-
 @pytest.fixture(scope="module")
 def st_model(tmp_path_factory: pytest.TempPathFactory) -> SentenceTransformer:
     """The tiny random encoder, exported and loaded by sentence-transformers."""
@@ -39,33 +35,9 @@ def st_model(tmp_path_factory: pytest.TempPathFactory) -> SentenceTransformer:
     return SentenceTransformer(str(path), device="cpu")
 
 
-def _texts(n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    out: dict[str, None] = {}
-    while len(out) < n:
-        out[" ".join(rng.choice(WORDS, size=int(rng.integers(2, 7))))] = None
-    return list(out)
-
-
-def _toy_retrieval() -> tuple[list[str], list[str], dict[int, set[int]]]:
-    corpus = _texts(60, seed=0)
-    rng = np.random.default_rng(1)
-    queries, relevant = [], {}
-    for q in range(20):
-        size = int(rng.integers(1, 4))
-        docs = {int(d) for d in rng.choice(len(corpus), size=size, replace=False)}
-        # A query is a variant of its first relevant document, so some hits rank high and some
-        # relevant documents rank far below the top 10.
-        words = corpus[min(docs)].split()
-        queries.append(" ".join([*words[1:], WORDS[q % len(WORDS)]]))
-        relevant[q] = docs
-    relevant[20] = set()  # no relevant document: left out on both sides
-    queries.append("printer")
-    return queries, corpus, relevant
-
 
 def test_retrieval_matches_information_retrieval_evaluator(st_model: SentenceTransformer) -> None:
-    queries, corpus, relevant = _toy_retrieval()
+    queries, corpus, relevant = toy_retrieval()
     q_emb = st_model.encode(queries, convert_to_tensor=True)
     c_emb = st_model.encode(corpus, convert_to_tensor=True)
     ours = retrieval_scores(q_emb, c_emb, relevant, DIMS)
@@ -102,7 +74,7 @@ def test_retrieval_perfect_and_truncated() -> None:
 
 
 def test_bitext_matches_translation_evaluator(st_model: SentenceTransformer) -> None:
-    source = _texts(30, seed=2)
+    source = texts(30, seed=2)
     # A "translation" drops the first word and adds one: the random model finds some of them.
     target = [" ".join([*text.split()[1:], "ok"]) for text in source]
     s_emb = st_model.encode(source, convert_to_tensor=True)

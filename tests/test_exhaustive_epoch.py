@@ -152,9 +152,9 @@ class IndexRecorder(L.LightningModule):
         self.seen: list[dict[str, Any]] = []
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self.seen.append({"dataset": batch["dataset"], "group": batch["group"],
-                          "position": batch["position"], "batch_size": batch["batch_size"],
-                          "indices": batch["indices"].tolist()})
+        self.seen.append({"dataset": batch.dataset, "group": batch.group,
+                          "position": batch.position, "batch_size": batch.batch_size,
+                          "indices": batch.indices.tolist()})
         return self.weight.sum() * 0  # DDP needs a backward that reaches every parameter
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -11,7 +11,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from f2llm.export import export_sentence_transformers
 from f2llm.model import last_token_pool
-from tests.test_model import tiny_encoder
+from tests.conftest import tiny_encoder
 
 TEXTS = ["Fichier introuvable", "Cannot open file %s", "Файл не найден", "保存", "x"]
 TASK = "Retrieve the sentence that is a translation of the given sentence"

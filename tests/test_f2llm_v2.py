@@ -113,7 +113,7 @@ def test_unknown_names_are_listed_at_once_with_the_map_to_fix_them(tmp_path: Pat
     overrides = {"my_faq": {"format": "retrieval", "language": "de"},
                  "my_topics": {"format": "clustering", "instruction": "Find the topic"}}
     found = build_f2llm_v2_corpus(root, tmp_path / "out", datasets=overrides)
-    recipes = {r.name: r for r in found["recipes"]}
+    recipes = {r.name: r for r in found.recipes}
     assert (recipes["my_faq"].language, recipes["my_faq"].source) == ("de", "override")
     assert (recipes["my_topics"].format, recipes["my_topics"].language) == ("clustering", "mul")
     assert recipes["my_topics"].instruction == "Find the topic"
@@ -134,7 +134,7 @@ def test_a_language_column_is_used_where_the_name_says_none(tmp_path: Path) -> N
         table = table.append_column("language", pa.array(["fr", "en"] * 3))
         pq.write_table(table, root / f"{name}.parquet")
     found = build_f2llm_v2_corpus(root, tmp_path / "out")
-    corpus = read_corpus(found["train"][0].path)
+    corpus = read_corpus(found.train[0].path)
     assert corpus.dataset("msmarco").column("language").to_pylist() == ["fr", "en"] * 3
     assert set(corpus.dataset("miracl_ar").column("language").to_pylist()) == {"ar"}
 
@@ -146,7 +146,7 @@ def test_a_language_column_is_used_where_the_name_says_none(tmp_path: Path) -> N
 def test_raw_layout_streams_into_the_canonical_corpus(tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", NAMES, 20)
     found = build_f2llm_v2_corpus(root, tmp_path / "out")
-    corpus = read_corpus(found["train"][0].path)
+    corpus = read_corpus(found.train[0].path)
     assert sorted(corpus.datasets) == sorted(NAMES)
     for name in NAMES:
         rows = corpus.dataset(name)
@@ -167,7 +167,7 @@ def test_raw_queries_that_carry_an_instruction_get_none(tmp_path: Path) -> None:
     queries = [f"Instruct: Find it\nQuery: {q}" for q in table.column("query").to_pylist()]
     table = table.set_column(0, "query", pa.array(queries))
     pq.write_table(table, root / "msmarco.parquet")
-    found = {d.name: d for d in build_f2llm_v2_corpus(root, tmp_path / "out")["train"]}
+    found = {d.name: d for d in build_f2llm_v2_corpus(root, tmp_path / "out").train}
     assert found["msmarco"].instruction is None
     assert found["banking77"].instruction == instruction_for("banking77", "clustering")
 
@@ -175,9 +175,9 @@ def test_raw_queries_that_carry_an_instruction_get_none(tmp_path: Path) -> None:
 def test_a_built_corpus_is_reused_by_fingerprint_and_rebuilt_when_a_file_changes(
         tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", ["msmarco", "mela"], 10)
-    path = Path(build_f2llm_v2_corpus(root, tmp_path / "out")["train"][0].path)
+    path = Path(build_f2llm_v2_corpus(root, tmp_path / "out").train[0].path)
     stamp = path.stat().st_mtime_ns
-    assert Path(build_f2llm_v2_corpus(root, tmp_path / "out")["train"][0].path) == path
+    assert Path(build_f2llm_v2_corpus(root, tmp_path / "out").train[0].path) == path
     assert path.stat().st_mtime_ns == stamp  # reused, not rewritten
     write_synthetic(root, "raw", ["mela"], 12, seed=3)
     build_f2llm_v2_corpus(root, tmp_path / "out")
@@ -203,11 +203,11 @@ def test_tokenized_layout_keeps_the_token_ids(tmp_path: Path, tokenizer, shared:
                            shared_corpus=shared)
     assert (root / "corpus.parquet").exists() == shared
     found = build_f2llm_v2_corpus(root, tmp_path / "out")
-    pre = found["pretokenized"]
+    pre = found.pretokenized
     assert pre.eos_id == tokenizer.eos_token_id or pre.eos_id == tokenizer("a")["input_ids"][-1]
     pre.bind(tokenizer, 4096, _prompt)
     pre = pickle.loads(pickle.dumps(pre))  # what a data-loader worker gets
-    corpus = read_corpus(found["train"][0].path)
+    corpus = read_corpus(found.train[0].path)
     query = pq.read_table(root / "msmarco_query.parquet")
     docs = (pq.read_table(root / "corpus.parquet") if shared else
             pq.read_table(root / "msmarco_corpus.parquet")).to_pydict()
@@ -220,7 +220,7 @@ def test_tokenized_layout_keeps_the_token_ids(tmp_path: Path, tokenizer, shared:
     assert ids[10:15] == [by_id[d] for d in stored["negative_1_input_ids"]]
     assert ids[15:20] == [by_id[d] for d in stored["negative_2_input_ids"]]
     # Stage 2: the instruction's prefix ids before the stored query ids, EOS still last.
-    instruction = found["train"][NAMES.index("msmarco")].instruction
+    instruction = found.train[NAMES.index("msmarco")].instruction
     instructed = pre.token_ids(corpus.dataset("msmarco"), rows, [], instruction)
     prefix = tokenizer(_prompt(instruction), add_special_tokens=False)["input_ids"]
     assert instructed[0] == prefix + stored["query_input_ids"][0]
@@ -252,8 +252,8 @@ def test_a_dangling_doc_id_names_file_row_and_field(tmp_path: Path, tokenizer) -
     assert "'negative_3_input_ids'" in message and "'msmarco_999999'" in message
     assert "dangling doc id" in message
     found = build_f2llm_v2_corpus(root, tmp_path / "out", on_bad_record="skip")
-    assert found["skip_report"].skipped == 1
-    assert read_corpus(found["train"][0].path).datasets["msmarco"].num_rows == 11
+    assert found.skip_report.skipped == 1
+    assert read_corpus(found.train[0].path).datasets["msmarco"].num_rows == 11
 
 
 def test_a_bad_raw_record_names_file_row_and_field(tmp_path: Path) -> None:
@@ -269,8 +269,8 @@ def test_a_bad_raw_record_names_file_row_and_field(tmp_path: Path) -> None:
         build_f2llm_v2_corpus(root, tmp_path / "out")
     assert str(e.value) == f"{path}, row 5 (0-based), field 'negative_3': empty string"
     found = build_f2llm_v2_corpus(root, tmp_path / "out", on_bad_record="skip")
-    assert found["skip_report"].skipped == 1
-    assert read_corpus(found["train"][0].path).datasets["banking77"].num_rows == 11
+    assert found.skip_report.skipped == 1
+    assert read_corpus(found.train[0].path).datasets["banking77"].num_rows == 11
 
 
 def test_a_tokenizer_other_than_the_datas_is_a_clear_error(tmp_path: Path, tokenizer) -> None:

@@ -50,10 +50,10 @@ def test_neighbour_negatives_are_distinct_and_lexically_close() -> None:
 def test_build_corpus(tmp_path: Path, locale_dir: Path) -> None:
     found = build_gettext_corpus(locale_dir, tmp_path, TEST_VAL_CATALOGS, num_negatives=3,
                                  val_min_pairs=16, val_max_pairs=32)
-    specs = {d.name: d for d in found["train"]}
+    specs = {d.name: d for d in found.train}
     assert {d.format for d in specs.values()} == {"retrieval", "clustering", "classification"}
     train = pq.read_table(specs["gettext_bitext"].path).to_pydict()
-    val = pq.read_table(found["val"]["bitext"]).to_pydict()
+    val = pq.read_table(found.val["bitext"]).to_pydict()
     assert set(train) >= {"query", "passage", "negative_1", "negative_3", "language"}
     assert not set(train["catalog"]) & set(TEST_VAL_CATALOGS)
     assert set(val["catalog"]) <= set(TEST_VAL_CATALOGS)
@@ -74,27 +74,27 @@ def test_build_corpus(tmp_path: Path, locale_dir: Path) -> None:
     mtime = specs["gettext_bitext"].path.stat().st_mtime_ns
     again = build_gettext_corpus(locale_dir, tmp_path, TEST_VAL_CATALOGS, num_negatives=3,
                                  val_min_pairs=16, val_max_pairs=32)
-    assert again["train"][0].path.stat().st_mtime_ns == mtime
+    assert again.train[0].path.stat().st_mtime_ns == mtime
 
 
 def test_clustering_and_classification_sets(tmp_path: Path, locale_dir: Path) -> None:
     found = build_gettext_corpus(locale_dir, tmp_path, TEST_VAL_CATALOGS, val_min_pairs=16,
                                  val_max_pairs=32)
-    specs = {d.name: d for d in found["train"]}
+    specs = {d.name: d for d in found.train}
     clusters = pq.read_table(specs["gettext_domains"].path).to_pydict()
     assert clusters["query"] and "negative_9" in clusters
     # Positive and negatives are other messages; negatives come from other components.
     assert all(q != p for q, p in zip(clusters["query"], clusters["passage"], strict=True))
     names = pq.read_table(specs["gettext_names"].path).to_pydict()
-    labels = set(found["class_labels"])
+    labels = set(found.class_labels)
     assert set(names["passage"]) == labels and set(names["negative_1"]) == labels
     assert all(p != n for p, n in zip(names["passage"], names["negative_1"], strict=True))
-    held = pq.read_table(found["val"]["classification"]).to_pydict()
+    held = pq.read_table(found.val["classification"]).to_pydict()
     assert set(held["label"]) == {0, 1}
     # Held-out names are never trained on (in the same language).
     trained = set(zip(names["language"], names["query"], strict=True))
     assert not trained & set(zip(held["language"], held["text"], strict=True))
-    val_clusters = pq.read_table(found["val"]["clustering"]).to_pydict()
+    val_clusters = pq.read_table(found.val["clustering"]).to_pydict()
     # Held-out clustering uses only the held-out catalogs' components.
     assert set(val_clusters["label"]) <= {"gdk_pixbuf", "xdg_user_dirs", "at_spi2_core"}
     assert len(set(val_clusters["label"])) == 3

@@ -11,16 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from f2llm.data.batch import TrainBatch
+from f2llm.data.corpus import TrainingDataset
 from f2llm.data.datamodule import Stage, TrainBatches
-from f2llm.data.gettext_source import TrainingDataset
 from f2llm.model import Encoder
 from f2llm.module import F2LLMModule, cosine_with_warmup
-from f2llm.objective import F2LLMObjective, gradcache_step, split_embeddings
-from tests.conftest import CONFIGS, TINY_SHAPE
+from f2llm.objective import F2LLMObjective, gradcache_step
+from tests.conftest import tiny_encoder
 
 WORDS = ["open", "file", "directory", "cannot", "read", "write", "permission", "denied",
          "archive", "compress", "invalid", "option", "missing", "operand", "pattern", "match",
@@ -29,21 +28,12 @@ NEGATIVES = 3
 RECORDS = 24
 
 
-def tiny_encoder() -> Encoder:
-    """The tiny model config with the tests' TINY_SHAPE, random init, fixed seed."""
-    cfg = OmegaConf.load(CONFIGS / "model" / "tiny.yaml")
-    for key, value in TINY_SHAPE.items():
-        OmegaConf.update(cfg, key.removeprefix("model."), value)
-    torch.manual_seed(0)
-    return instantiate(cfg)
-
-
 def _text(rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, size=int(rng.integers(1, 12))))
 
 
 def collated_batches(encoder: Encoder, fmt: str, count: int, batch_size: int = 8,
-                     max_tokens: int = 48) -> list[dict[str, Any]]:
+                     max_tokens: int = 48) -> list[TrainBatch]:
     """Batches from the datamodule's collate path (TrainBatches) over an in-memory table.
 
     `max_tokens` is small so that every batch is packed into several chunks.
@@ -65,11 +55,9 @@ def collated_batches(encoder: Encoder, fmt: str, count: int, batch_size: int = 8
 
 
 def plain_step(encoder: Encoder, objective: F2LLMObjective,
-               batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    emb = encoder.forward_chunks(batch["chunks"], batch["restore"])
-    query, positive, negatives = split_embeddings(emb, batch["batch_size"],
-                                                  batch["num_negatives"])
-    loss, logs = objective(query, positive, negatives, use_inbatch=batch["use_inbatch"])
+               batch: TrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    emb = encoder.forward_chunks(batch.chunks, batch.restore)
+    loss, logs = objective.on_batch(emb, batch)
     loss.backward()
     return loss.detach(), logs
 
@@ -82,7 +70,7 @@ def grads(encoder: Encoder) -> dict[str, torch.Tensor]:
 def test_gradcache_equals_plain_step(fmt: str) -> None:
     encoder = tiny_encoder()
     batch = collated_batches(encoder, fmt, count=1)[0]
-    assert len(batch["chunks"]) >= 3  # several mini-batches, or the test proves nothing
+    assert len(batch.chunks) >= 3  # several mini-batches, or the test proves nothing
     objective = F2LLMObjective()
 
     plain_loss, plain_logs = plain_step(encoder, objective, batch)
@@ -99,7 +87,7 @@ def test_gradcache_equals_plain_step(fmt: str) -> None:
     assert any(v.abs().max() > 1e-3 for v in plain_grads.values())
 
 
-def _loader(batches: list[dict[str, Any]]) -> DataLoader:
+def _loader(batches: list[TrainBatch]) -> DataLoader:
     return DataLoader(batches, batch_size=None, collate_fn=lambda b: b)
 
 

@@ -26,7 +26,7 @@ class StepLog(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         with self.path.open("a") as fh:
-            fh.write(json.dumps([trainer.global_step, int(batch["position"]), batch["stage"],
+            fh.write(json.dumps([trainer.global_step, int(batch.position), batch.stage,
                                  float(outputs["loss"])]) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -51,7 +51,9 @@ def read(log: Path) -> list[list]:
 
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, locale_dir: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # This checkout's code, whichever copy of f2llm is installed; and the tests' StepLog.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     full_log = tmp_path / "full.jsonl"
     subprocess.run(command(tmp_path, locale_dir, "full", full_log), cwd=ROOT, env=env,
                    check=True, timeout=600, capture_output=True)

@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 from omegaconf import open_dict
 
 from f2llm.train import train
-from tests.conftest import compose_train, tiny_overrides
-from tests.test_readers import records, write_jsonl
+from tests.conftest import compose_train, records, tiny_overrides, write_jsonl
 
 
 def test_manifest_datasets_train_with_a_skip_report(tmp_path: Path, locale_dir: Path) -> None:

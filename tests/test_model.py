@@ -6,38 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoModel, Qwen3ForCausalLM
 
 from f2llm.model import build_encoder, last_token_pool, qwen3_config
-from tests.conftest import CONFIGS
-
-PUBLISHED = {
-    "f2llm_80m": 80_084_288,
-    "f2llm_160m": 159_185_024,
-    "f2llm_330m": 334_349_184,
-    "f2llm_0_6b": 596_049_920,
-    "f2llm_1_7b": 1_720_574_976,
-    "f2llm_4b": 4_022_468_096,
-    "f2llm_8b": 7_568_405_504,
-    "f2llm_14b": 13_990_394_880,
-}
+from tests.conftest import PUBLISHED, model_config, tiny_encoder
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_parameter_counts(name: str) -> None:
-    cfg = OmegaConf.load(CONFIGS / "model" / f"{name}.yaml")
+    cfg = model_config(name)
     with torch.device("meta"):
         model = AutoModel.from_config(qwen3_config(**cfg.shape))
     assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]
     assert model.config.vocab_size == 151_936 and model.config.head_dim == 128
-
-
-def tiny_encoder(**kw):
-    shape = dict(vocab_size=151_936, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, head_dim=16, intermediate_size=64)
-    torch.manual_seed(0)
-    return build_encoder("tiny", shape=shape, max_length=32, **kw)
 
 
 def test_eos_appended_and_kept_under_truncation() -> None:

@@ -21,11 +21,10 @@ from torch.utils.data import DataLoader
 from f2llm.evaluation import bitext_scores, retrieval_scores
 from f2llm.evaluation.mteb_wrapper import DEFAULT_INSTRUCTIONS, MtebEncoder
 from f2llm.export import export_sentence_transformers
-from tests.test_evaluation import _texts, _toy_retrieval
-from tests.test_model import tiny_encoder
+from tests.conftest import texts, tiny_encoder, toy_retrieval
 
-QUERIES, CORPUS, RELEVANT = _toy_retrieval()
-SOURCE = _texts(20, seed=4)
+QUERIES, CORPUS, RELEVANT = toy_retrieval()
+SOURCE = texts(20, seed=4)
 TARGET = [" ".join([*text.split()[1:], "ok"]) for text in SOURCE]
 RETRIEVAL_PROMPT = "Given a toy query, retrieve the toy documents it names"
 BITEXT_OVERRIDE = "Find the sentence that translates the given one"

@@ -23,8 +23,8 @@ class NaNAt:
     def __getattr__(self, name):
         return getattr(self.objective, name)
 
-    def __call__(self, *args, **kwargs):
-        loss, logs = self.objective(*args, **kwargs)
+    def on_batch(self, *args, **kwargs):
+        loss, logs = self.objective.on_batch(*args, **kwargs)
         if self.module.global_step in self.steps or "all" in self.steps:
             loss = loss * float("nan")
         return loss, logs
@@ -33,7 +33,7 @@ class NaNAt:
 def fit(tmp: Path, locale: Path, nan_steps, max_steps: int = 4):
     cfg = compose_train(tiny_overrides(tmp, locale, **{
         "trainer.max_steps": max_steps, "trainer.val_check_interval": 100,
-        "callbacks.export": None, "max_nonfinite_in_a_row": 3}))
+        "callbacks.export": None, "module.max_nonfinite_in_a_row": 3}))
     with open_dict(cfg):
         cfg.final_validate = False
     module, datamodule, trainer = build(cfg)

@@ -283,7 +283,7 @@ def test_distillation_loss_cuts_a_wider_teacher(table: Tensor) -> None:
     torch.testing.assert_close(loss.detach(), (diff**2).sum() / (B * D), **TOL)
     torch.testing.assert_close(student.grad, 2 * diff / (B * D), **TOL)
     assert teacher.grad is None
-    with pytest.raises(ValueError, match="smaller than student width"):
+    with pytest.raises(ValueError, match="narrower than the student's"):
         distillation_loss(teacher.detach(), student.detach())
 
 

@@ -24,8 +24,7 @@ from f2llm.pruning import (
     prune_in_steps,
     step_targets,
 )
-from tests.conftest import CONFIGS
-from tests.test_model import PUBLISHED
+from tests.conftest import PUBLISHED, model_config
 
 SMALL = {
     "vocab_size": 64,
@@ -62,7 +61,7 @@ def hidden_states(model: PreTrainedModel, batch: dict) -> Tensor:
 
 
 def load_shape(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{name}.yaml").shape)
+    return OmegaConf.to_container(model_config(name).shape)
 
 
 # --- the published small models from a 0.6B ---------------------------------------------------

@@ -26,30 +26,9 @@ from f2llm.data.validation import (
     SkipReport,
     check_language_code,
 )
+from tests.conftest import good, records, write_jsonl
 
 LOCALES = Path("/usr/share/locale")
-
-
-def records(n: int, k: int, prefix: str = "") -> dict[str, list[str]]:
-    cols = {"query": [f"{prefix}q{i}" for i in range(n)],
-            "passage": [f"{prefix}p{i}" for i in range(n)]}
-    cols.update({f"negative_{j}": [f"{prefix}n{i}.{j}" for i in range(n)] for j in range(1, k + 1)})
-    return cols
-
-
-def write_jsonl(path: Path, rows: list[dict | str | bytes]) -> Path:
-    with path.open("wb") as fh:
-        for row in rows:
-            if isinstance(row, dict):
-                row = json.dumps(row, ensure_ascii=False)
-            fh.write((row.encode() if isinstance(row, str) else row) + b"\n")
-    return path
-
-
-def good(k: int = 7, **fields: object) -> dict:
-    row = {"query": "q", "passage": "p", **{f"negative_{j}": f"n{j}" for j in range(1, k + 1)}}
-    row.update(fields)
-    return {key: value for key, value in row.items() if value is not ...}
 
 
 def raises(spec: DatasetSpec, **kwargs: object) -> DataValidationError:

@@ -18,8 +18,8 @@ class LossRecorder(L.Callback):
         self.steps: list[tuple[int, int, float]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.steps.append((trainer.global_step, int(batch["position"]), batch["stage"],
-                           batch["group"], float(outputs["loss"])))
+        self.steps.append((trainer.global_step, int(batch.position), batch.stage,
+                           batch.group, float(outputs["loss"])))
 
 
 TWO_STAGES = [

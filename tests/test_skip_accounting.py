@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from f2llm.data.manifest_source import build_manifest_corpus
 from f2llm.data.readers import read_corpus
-from tests.test_readers import good, write_jsonl
+from tests.conftest import good, write_jsonl
 
 
 def classification(query: str, lang: str = "fr", **fields: object) -> dict:
@@ -64,7 +64,7 @@ def test_skip_report_counts_equal_the_records_missing_from_the_corpus(tmp_path: 
     out = tmp_path / "corpus"
     found = build_manifest_corpus(tmp_path / "user" / "manifest.yaml", out,
                                   on_bad_record="skip")
-    report = found["skip_report"]
+    report = found.skip_report
     corpus = read_corpus(out / "corpus.arrow")
     written = json.loads((out / "skip_report.json").read_text())
     for name, path in files.items():
@@ -81,4 +81,4 @@ def test_skip_report_counts_equal_the_records_missing_from_the_corpus(tmp_path: 
 
     # A second build reuses the corpus file; the report it restores is the same.
     again = build_manifest_corpus(tmp_path / "user" / "manifest.yaml", out, on_bad_record="skip")
-    assert again["skip_report"].to_dict() == report.to_dict()
+    assert again.skip_report.to_dict() == report.to_dict()

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from omegaconf import open_dict
 
-from f2llm.callbacks.stages import _restarted
+from f2llm.module import restarted_per_stage
 from f2llm.train import build, load_weights, train
 from tests.conftest import compose_train, tiny_overrides
 
@@ -23,7 +23,7 @@ class FirstBatch(L.Callback):
         self.weights = pl_module.encoder.backbone.embed_tokens.weight.detach().clone()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.batches.append({k: batch[k] for k in ("stage", "dataset", "format")})
+        self.batches.append({k: getattr(batch, k) for k in ("stage", "dataset", "format")})
 
 
 def test_stage2_alone_starts_from_the_stage1_checkpoint(tmp_path: Path, locale_dir: Path) -> None:
@@ -63,6 +63,6 @@ def test_restarted_schedule_replays_the_schedule_within_each_stage() -> None:
     def factor(step: int) -> float:  # linear decay over 10 steps
         return 1 - step / 10
 
-    f = _restarted(factor, starts=[0, 6], epoch_len=10)
+    f = restarted_per_stage(factor, starts=[0, 6], epoch_len=10)
     assert [f(s) for s in range(6)] == [factor(int(s * 10 / 6)) for s in range(6)]
     assert f(6) == 1.0 and f(8) == factor(5)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from f2llm.data.collate import pack_by_length
 from f2llm.model import build_encoder
 from f2llm.model.hub import PretrainedNotFound, resolve_pretrained
+from f2llm.model.packing import pack_by_length
 from f2llm.model.teacher import Teacher, build_teacher
-from tests.test_model import tiny_encoder
+from tests.conftest import tiny_encoder
 
 TEXTS = ["Open file", "Cannot open directory %s", "Guardar como", "Drucken", "ファイルを開く",
          "Quit", "Open file"]  # a repeated text shares its cache entry

@@ -8,9 +8,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from f2llm.data.datamodule import DEFAULT_NEGATIVES
+from f2llm.data.formats import FORMATS
 from f2llm.errors import UserError
 from f2llm.model.hub import resolve_pretrained
+from f2llm.objective.distillation import check_teacher_width
+from f2llm.objective.matryoshka import check_matryoshka
 
 
 class ConfigError(UserError, ValueError):
@@ -38,28 +40,28 @@ def _teacher_width(teacher_cfg: Any) -> int | None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise `ConfigError` for settings that would fail later or silently do the wrong thing."""
+    """Raise `ConfigError` for settings that would fail later or silently do the wrong thing.
+
+    The rules live with what they guard (formats, Matryoshka, distillation); this runs them on
+    the config before anything is built."""
     hidden = _hidden_size(cfg.model)
-    dims = cfg.objective.get("mrl_dims")
-    if hidden is not None and dims:
-        too_wide = [int(d) for d in dims if int(d) > hidden]
-        if too_wide:
-            raise ConfigError(f"objective.mrl_dims {list(dims)}: {too_wide} exceed the model's "
-                              f"hidden size {hidden} (model={cfg.model.name})")
-    weights = cfg.objective.get("mrl_weights")
-    if dims and weights and len(weights) != len(dims):
-        raise ConfigError(f"objective.mrl_weights has {len(weights)} values for "
-                          f"{len(dims)} mrl_dims")
+    try:
+        check_matryoshka(cfg.objective.get("mrl_dims"), cfg.objective.get("mrl_weights"),
+                         hidden)
+    except ValueError as e:
+        raise ConfigError(f"objective.{e} (model={cfg.model.name})") from None
 
     data = cfg.data
     negatives = data.get("num_negatives") or {}
-    unknown = sorted(set(negatives) - set(DEFAULT_NEGATIVES))
+    unknown = sorted(set(negatives) - set(FORMATS))
     if unknown:
         raise ConfigError(f"data.num_negatives names unknown formats {unknown}; "
-                          f"formats: {sorted(DEFAULT_NEGATIVES)}")
-    if negatives.get("classification", 1) != 1:
-        raise ConfigError("data.num_negatives.classification must be 1: a two-way "
-                          "classification record has exactly one negative (the other label)")
+                          f"formats: {sorted(FORMATS)}")
+    for name, k in negatives.items():
+        try:
+            FORMATS[name].check_batch_negatives(int(k))
+        except ValueError as e:
+            raise ConfigError(f"data.num_negatives.{e}") from None
     corpus = data.get("corpus") or {}
     stored = corpus.get("num_negatives")
     if hasattr(stored, "get"):  # a manifest corpus stores a count per format
@@ -85,10 +87,11 @@ def check_config(cfg: DictConfig) -> None:
                 teacher.path).startswith((".", "/", "~")):
             raise ConfigError(f"teacher.path={teacher.path}: no such folder")
         width = _teacher_width(teacher)
-        if width is not None and hidden is not None and width < hidden:
-            raise ConfigError(f"the teacher ({teacher.path}) is {width} wide, narrower than the "
-                              f"student's {hidden}: KD compares the student's embedding with the "
-                              "teacher's cut to the student's width")
+        if width is not None and hidden is not None:
+            try:
+                check_teacher_width(width, hidden)
+            except ValueError as e:
+                raise ConfigError(f"teacher.path={teacher.path}: {e}") from None
         if cfg.objective.get("kd_weight", 0) <= 0:
             raise ConfigError("a teacher is set but objective.kd_weight <= 0")
 

@@ -20,15 +20,15 @@ _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 import hydra  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from f2llm.checkpoints import newest_loadable, read_checkpoint  # noqa: E402
+from f2llm.data.corpus import Corpus  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
 from f2llm.evaluation.figure import matryoshka_figure, save_figure  # noqa: E402
-from f2llm.evaluation.heldout import curves, score_heldout  # noqa: E402
+from f2llm.evaluation.heldout import curves, heldout_sets, read_val_sets, score_heldout  # noqa: E402
 from f2llm.objective.matryoshka import matryoshka_dims  # noqa: E402
 
 log = logging.getLogger("f2llm.eval")
@@ -50,8 +50,7 @@ def _checkpoint_embedder(ckpt: Path, batch_size: int) -> tuple[Embed, int, dict[
     instructions = {}
     stages = cfg.data.get("stages") or []
     if stages and stages[-1].get("instructions"):
-        found = instantiate(cfg.data.corpus)()
-        instructions = {d.name: d.instruction for d in found["train"] if d.instruction}
+        instructions = instantiate(cfg.data.corpus)().instructions()
 
     return encoder_embedder(encoder, batch_size), encoder.hidden_size, instructions
 
@@ -107,25 +106,21 @@ def load_embedder(path: str | Path, batch_size: int = 256) -> tuple[Embed, int, 
 
 
 def heldout_metrics(embed: Embed, width: int, instructions: dict[str, str],
-                    found: dict, dims: Sequence[int] | None = None,
+                    corpus: Corpus, dims: Sequence[int] | None = None,
                     use_instructions: bool = True) -> dict[str, float]:
-    """Every held-out task at every dim for one embedder (`load_embedder`'s triple) on the
-    corpus mapping `found` (a data config's `corpus()`)."""
-    val = {task: pq.read_table(p).to_pydict() for task, p in found["val"].items()}
-    by_format = {d.format: d.name for d in found["train"]}
+    """Every held-out task (`f2llm.evaluation.tasks`) whose set `corpus` has, at every dim, for
+    one embedder (`load_embedder`'s triple)."""
+    val = read_val_sets(corpus)
+    sets, instructed = heldout_sets(val, corpus)
+    by_format = corpus.dataset_of_format()
 
-    def query_side(fmt: str) -> str | None:
-        name = by_format.get(fmt)
-        return instructions.get(name) if use_instructions and name else None
+    def query_side(name: str) -> str | None:
+        fmt = instructed.get(name)
+        if not use_instructions or fmt not in by_format:
+            return None
+        return instructions.get(by_format[fmt].name)
 
-    embeddings = {
-        "bitext/source": embed(val["bitext"]["source"], None),
-        "bitext/target": embed(val["bitext"]["target"], None),
-        "clustering/text": embed(val["clustering"]["text"], query_side("clustering")),
-        "classification/text": embed(val["classification"]["text"],
-                                     query_side("classification")),
-        "classification/labels": embed(list(found["class_labels"]), None),
-    }
+    embeddings = {name: embed(texts, query_side(name)) for name, texts in sets.items()}
     dims = list(dims) if dims else matryoshka_dims(width)
     return score_heldout(embeddings, val, sorted(dims, reverse=True))[0]
 
@@ -141,8 +136,8 @@ def encoder_embedder(encoder: Any, batch_size: int = 256) -> Embed:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     embed, width, instructions = load_embedder(cfg.model_path, cfg.batch_size)
-    found = instantiate(cfg.data.corpus)()
-    metrics = heldout_metrics(embed, width, instructions, found, cfg.dims,
+    corpus = instantiate(cfg.data.corpus)()
+    metrics = heldout_metrics(embed, width, instructions, corpus, cfg.dims,
                               use_instructions=cfg.instructions == "auto")
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from f2llm.data.batch import EvalBatch, TrainBatch
 from f2llm.model import Encoder
 from f2llm.model.teacher import Teacher
 from f2llm.objective import F2LLMObjective, gradcache_step
-from f2llm.objective.gradcache import split_embeddings
+from f2llm.objective.distillation import check_teacher_width
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,22 @@ def cosine_with_warmup(
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def restarted_per_stage(factor: Callable[[int], float], starts: list[int], epoch_len: int
+                        ) -> Callable[[int], float]:
+    """`factor` (an lr factor over `epoch_len` steps) replayed within each stage, squeezed onto
+    the stage's length; `starts` are the steps where the stages begin. A pure function of the
+    step, so a resumed run gets the same lr."""
+    bounds = [*starts, epoch_len]
+
+    def stage_factor(step: int) -> float:
+        position = step % epoch_len
+        i = max(j for j, s in enumerate(starts) if s <= position)
+        length = bounds[i + 1] - bounds[i]
+        return factor(int((position - bounds[i]) * epoch_len / length))
+
+    return stage_factor
 
 
 class NonFiniteLoss(RuntimeError):
@@ -80,11 +97,7 @@ class F2LLMModule(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         # GradCache runs one backward per chunk, which automatic optimisation cannot express.
         self.automatic_optimization = not gradcache
-        # Not a submodule: the teacher is neither trained nor saved in checkpoints.
-        object.__setattr__(self, "teacher", teacher)
-        if teacher is not None and teacher.hidden_size < encoder.hidden_size:
-            raise ValueError(f"teacher width {teacher.hidden_size} < student width "
-                             f"{encoder.hidden_size}: KD cuts the teacher to the student's width")
+        self.set_teacher(teacher)
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
@@ -96,6 +109,13 @@ class F2LLMModule(L.LightningModule):
         if parallelize is not None:
             parallelize(self)
 
+    def set_teacher(self, teacher: Teacher | None) -> None:
+        """The frozen KD teacher (None: no KD term from the next step on)."""
+        if teacher is not None:
+            check_teacher_width(teacher.hidden_size, self.encoder.hidden_size)
+        # Not a submodule: the teacher is neither trained nor saved in checkpoints.
+        object.__setattr__(self, "teacher", teacher)
+
     @property
     def mrl_dims(self) -> list[int]:
         return self.objective.dims_and_weights(self.encoder.hidden_size)[0]
@@ -104,12 +124,12 @@ class F2LLMModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.to(self.device)
 
-    def _teacher_embeddings(self, batch: dict[str, Any]) -> Tensor | None:
+    def _teacher_embeddings(self, batch: TrainBatch) -> Tensor | None:
         if self.teacher is None:
             return None
-        return self.teacher.embed(batch["chunks"], batch["restore"], rank=self.global_rank)
+        return self.teacher.embed(batch.chunks, batch.restore, rank=self.global_rank)
 
-    def _finite(self, loss: Tensor, batch: dict[str, Any]) -> bool:
+    def _finite(self, loss: Tensor, batch: TrainBatch) -> bool:
         """Whether to take the step; every rank decides the same (a skipped step on one rank
         only would leave the others waiting in the gradient all-reduce)."""
         finite = torch.isfinite(loss.detach()).float()
@@ -120,9 +140,7 @@ class F2LLMModule(L.LightningModule):
             return True
         self.nonfinite_in_a_row += 1
         self.nonfinite_total += 1
-        where = (f"step {self.global_step}, dataset {batch.get('dataset')}, language "
-                 f"{batch.get('language')}, group {batch.get('group')}, epoch "
-                 f"{batch.get('epoch')}, position {batch.get('position')}")
+        where = f"step {self.global_step}, {batch.where()}"
         log.warning("non-finite loss (%s) at %s: step skipped (%d in a row)",
                     float(loss.detach()), where, self.nonfinite_in_a_row)
         self.log("train/nonfinite_steps", float(self.nonfinite_total), batch_size=1)
@@ -133,42 +151,30 @@ class F2LLMModule(L.LightningModule):
                 "resume from the last checkpoint (ckpt_path=<run folder>) once fixed.")
         return False
 
-    def _log_step(self, loss: Tensor, logs: dict[str, Tensor], batch: dict[str, Any]) -> None:
-        b = batch["batch_size"]
+    def _log_step(self, loss: Tensor, logs: dict[str, Tensor], batch: TrainBatch) -> None:
+        b = batch.batch_size
         logs = dict(logs)
         self.log("train/loss", logs.pop("loss"), batch_size=b, prog_bar=True)
         self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=b)
         # Per format too: a clustering batch's loss is not comparable to a retrieval batch's.
-        fmt = batch.get("format")
-        if fmt is not None:
-            self.log(f"train/{fmt}/loss", loss.detach(), batch_size=b)
+        self.log(f"train/{batch.format}/loss", loss.detach(), batch_size=b)
         if self.teacher is not None and self.teacher.mode == "cached":
             cache = self.teacher.cache(self.global_rank)
             seen = cache.hits + cache.misses
             self.log("teacher/cache_hit_rate", cache.hits / seen if seen else 0.0, batch_size=1)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
         teacher = self._teacher_embeddings(batch)
         if self.gradcache:
             return self._gradcache_training_step(batch, teacher)
-        emb = self.encoder.forward_chunks(batch["chunks"], batch["restore"])
-        query, positive, negatives = split_embeddings(emb, batch["batch_size"],
-                                                      batch["num_negatives"])
-        targets = None
-        if teacher is not None:
-            t_query, t_positive, t_negatives = split_embeddings(
-                teacher, batch["batch_size"], batch["num_negatives"])
-            targets = {"query": t_query, "positive": t_positive}
-            if t_negatives is not None:
-                targets["negatives"] = t_negatives
-        loss, logs = self.objective(query, positive, negatives, use_inbatch=batch["use_inbatch"],
-                                    teacher=targets)
+        emb = self.encoder.forward_chunks(batch.chunks, batch.restore)
+        loss, logs = self.objective.on_batch(emb, batch, teacher)
         if not self._finite(loss, batch):
             return None  # Lightning skips backward and the optimiser step
         self._log_step(loss, logs, batch)
         return loss
 
-    def _gradcache_training_step(self, batch: dict[str, Any], teacher: Tensor | None
+    def _gradcache_training_step(self, batch: TrainBatch, teacher: Tensor | None
                                  ) -> Tensor | None:
         optimizer = self.optimizers()
         optimizer.zero_grad()
@@ -210,9 +216,9 @@ class F2LLMModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.flush()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        emb = self.encoder.forward_chunks(batch["chunks"], batch["restore"])
-        return {"embeddings": emb.float(), "rows": batch["rows"], "side": batch["side"]}
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Any]:
+        emb = self.encoder.forward_chunks(batch.chunks, batch.restore)
+        return {"embeddings": emb.float(), "rows": batch.rows, "side": batch.side}
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]

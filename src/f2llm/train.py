@@ -37,17 +37,15 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
     encoder = instantiate(cfg.model)
     datamodule = instantiate(cfg.data)
     datamodule.attach_encoder(encoder)
-    gradcache = bool(cfg.get("gradcache", False))
-    module = F2LLMModule(
+    gradcache = bool(cfg.module.get("gradcache", False))
+    module = instantiate(cfg.module)(
         encoder=encoder,
         objective=instantiate(cfg.objective),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        gradcache=gradcache,
         # Under GradCache (manual optimisation) the module clips; Lightning refuses to.
         gradient_clip_val=cfg.trainer.get("gradient_clip_val") if gradcache else None,
         teacher=instantiate(cfg.teacher) if cfg.get("teacher") else None,
-        max_nonfinite_in_a_row=cfg.get("max_nonfinite_in_a_row", 5),
     )
     callbacks = [*(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c),
                  *callbacks]

@@ -42,8 +42,8 @@ class DataMixLogger(L.Callback):
         pl_module.log_dict(shares, batch_size=1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        found = getattr(trainer.datamodule, "found", None) or {}
-        report = found.get("skip_report")
+        corpus = getattr(trainer.datamodule, "found", None)
+        report = corpus.skip_report if corpus is not None else None
         if report is not None and trainer.is_global_zero:
             if report.skipped:
                 log.warning("skipped %d bad records while reading the data:\n%s",

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 
 from f2llm.pruning import prune_in_steps, step_targets
+from f2llm.pruning.importance import calibration_batches
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,7 @@ class StructuredPruning(L.Callback):
         batches = None
         if method == "activation":
             texts = trainer.datamodule.calibration_texts(self.calibration_texts, self.seed)
-            texts = sorted(texts, key=len)  # less padding; importance does not depend on order
-            batches = [encoder.tokenize(texts[i : i + self.batch_size])
-                       for i in range(0, len(texts), self.batch_size)]
+            batches = calibration_batches(encoder, texts, self.batch_size)
         prune_in_steps(backbone, targets, batches, method=method, hidden=self.hidden)
         after = _shape(backbone.config)
         params = sum(p.numel() for p in backbone.parameters())

@@ -8,6 +8,9 @@ from typing import Any
 
 import lightning as L
 
+from f2llm.data.batch import TrainBatch
+from f2llm.module import restarted_per_stage
+
 log = logging.getLogger(__name__)
 
 
@@ -27,10 +30,8 @@ class StageTransition(L.Callback):
         self.current: str | None = None
 
     def _stages(self, trainer: L.Trainer) -> tuple[list[str], list[int]] | None:
-        sampler = getattr(trainer.datamodule, "sampler", None)
-        if sampler is None or not hasattr(sampler, "starts"):
-            return None
-        return sampler.names, sampler.starts
+        schedule = getattr(trainer.datamodule, "stage_schedule", None)
+        return schedule() if schedule is not None else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stages = self._stages(trainer)
@@ -41,7 +42,8 @@ class StageTransition(L.Callback):
             scheduler = config.scheduler
             if not hasattr(scheduler, "lr_lambdas"):
                 raise TypeError("restart_lr needs a LambdaLR schedule (e.g. cosine_with_warmup)")
-            scheduler.lr_lambdas = [_restarted(f, starts, epoch_len) for f in scheduler.lr_lambdas]
+            scheduler.lr_lambdas = [restarted_per_stage(f, starts, epoch_len)
+                                    for f in scheduler.lr_lambdas]
             # Re-apply at the current step (0, or the step a resumed run continues from).
             for group, f in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas,
                                 strict=True):
@@ -49,9 +51,9 @@ class StageTransition(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
-        stage = batch.get("stage") if isinstance(batch, dict) else None
-        if stage is None:
+        if not isinstance(batch, TrainBatch):
             return
+        stage = batch.stage
         if stage != self.current:
             if self.current is not None:
                 log.info("stage %s -> %s at step %d", self.current, stage, trainer.global_step)
@@ -63,26 +65,13 @@ class StageTransition(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         stages = self._stages(trainer)
-        if stages is None or self.checkpoint_dir is None or not isinstance(batch, dict):
+        if stages is None or self.checkpoint_dir is None or not isinstance(batch, TrainBatch):
             return
         names, starts = stages
-        next_position = int(batch["position"]) + 1
+        next_position = int(batch.position) + 1
         if next_position in starts[1:]:
             name = names[starts.index(next_position) - 1]
             path = self.checkpoint_dir / f"stage-{name}-end.ckpt"
             # Full state (optimizer, scheduler, loops, callbacks): a stage end is a resume point.
             trainer.save_checkpoint(path, weights_only=False)
             log.info("stage %s finished at step %d: %s", name, trainer.global_step, path)
-
-
-def _restarted(factor: Any, starts: list[int], epoch_len: int) -> Any:
-    """`factor` (a schedule over `epoch_len` steps) replayed within each stage."""
-    bounds = [*starts, epoch_len]
-
-    def stage_factor(step: int) -> float:
-        position = step % epoch_len
-        i = max(j for j, s in enumerate(starts) if s <= position)
-        length = bounds[i + 1] - bounds[i]
-        return factor(int((position - bounds[i]) * epoch_len / length))
-
-    return stage_factor

@@ -28,9 +28,9 @@ class ThroughputMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:
-        self._samples += batch["batch_size"]
-        self._tokens += batch["num_tokens"]
-        self._padding += batch["num_padding"]
+        self._samples += batch.batch_size
+        self._tokens += batch.num_tokens
+        self._padding += batch.num_padding
         if (batch_idx + 1) % self.window:
             return
         elapsed = time.perf_counter() - (self._start or time.perf_counter())

@@ -1,11 +1,12 @@
 """Records, the embedded gettext corpus, per-language sampling and the datamodule."""
 
-from f2llm.data.collate import pack_by_length
+from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.datamodule import F2LLMDataModule, memory_mapped_table
 from f2llm.data.formats import FORMATS, Format, get_format
-from f2llm.data.gettext_source import TrainingDataset, build_gettext_corpus
+from f2llm.data.gettext_source import build_gettext_corpus
 from f2llm.data.readers import (
-    Corpus,
+    CorpusFile,
     DatasetSpec,
     read_corpus,
     read_dataset,
@@ -14,17 +15,21 @@ from f2llm.data.readers import (
 )
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler, temperature_probs
 from f2llm.data.validation import DataValidationError, SkipReport, check_language_code
+from f2llm.model.packing import pack_by_length
 
 __all__ = [
     "FORMATS",
     "Corpus",
+    "CorpusFile",
     "DataValidationError",
     "DatasetSpec",
+    "EvalBatch",
     "F2LLMDataModule",
     "Format",
     "LanguageTemperatureSampler",
     "SkipReport",
     "StagedSampler",
+    "TrainBatch",
     "TrainingDataset",
     "build_gettext_corpus",
     "check_language_code",

@@ -16,10 +16,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
-from f2llm.data.collate import pack_by_length
-from f2llm.data.gettext_source import TrainingDataset
+from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.data.corpus import Corpus, TrainingDataset
+from f2llm.data.formats import FORMATS
 from f2llm.data.readers import read_corpus
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler
+from f2llm.evaluation.heldout import heldout_sets, read_val_sets
+from f2llm.model.packing import pack_by_length
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +75,6 @@ def take_rows(table: pa.Table, indices: np.ndarray, columns: list[str]) -> dict[
             for slot, value in zip(where.tolist(), values, strict=True):
                 out[c][slot] = value
     return out
-
-
-# Hard negatives per format (SPEC); a config may use fewer, e.g. to save compute on a CPU.
-DEFAULT_NEGATIVES = {"retrieval": 7, "clustering": 9, "classification": 1}
-# In-batch negatives only make sense for retrieval: in a clustering or classification batch,
-# other records' positives are often the same cluster or label text.
-USES_INBATCH = {"retrieval": True, "clustering": False, "classification": False}
 
 
 @dataclass
@@ -137,40 +133,44 @@ class TrainBatches(Dataset):
     def __len__(self) -> int:  # the sampler decides the length
         raise TypeError("TrainBatches is indexed by sampler batches")
 
-    def __getitem__(self, item: Mapping[str, Any]) -> dict[str, Any]:
+    def texts(self, item: Mapping[str, Any]) -> list[str]:
+        """A sampler batch's texts in `TrainBatch`'s layout: the queries (with the stage's
+        instruction), their positives, then the hard negatives column by column."""
         name = self.group_dataset[item["group"]]
         spec, stage = self.datasets[name], self.stages[item["stage"]]
-        k = self.num_negatives[spec.format]
-        negative_columns = [f"negative_{j + 1}" for j in range(k)]
+        negative_columns = [f"negative_{j + 1}" for j in range(self.num_negatives[spec.format])]
+        rows = take_rows(self.tables[name], np.asarray(item["indices"]),
+                         ["query", "passage", *negative_columns])
         instruction = spec.instruction if stage.instructions else None
-        if self.pretokenized is not None and name in self.pretokenized.datasets:
-            token_ids = self.pretokenized.token_ids(self.tables[name], np.asarray(item["indices"]),
-                                                    negative_columns, instruction)
-            queries = token_ids[: len(item["indices"])]
-        else:
-            rows = take_rows(self.tables[name], np.asarray(item["indices"]),
-                             ["query", "passage", *negative_columns])
-            queries = [self.format_query(q, instruction) for q in rows["query"]]
-            negatives = [t for c in negative_columns for t in rows[c]]
-            token_ids = self.tokenize(queries + rows["passage"] + negatives)
+        queries = [self.format_query(q, instruction) for q in rows["query"]]
+        return queries + rows["passage"] + [t for c in negative_columns for t in rows[c]]
+
+    def token_ids(self, item: Mapping[str, Any]) -> list[list[int]]:
+        """The texts of `texts(item)` as token ids; a pre-tokenized dataset's stored ids are
+        used as they are (only a stage's instruction prefix is tokenized)."""
+        name = self.group_dataset[item["group"]]
+        if self.pretokenized is None or name not in self.pretokenized.datasets:
+            return self.tokenize(self.texts(item))
+        spec, stage = self.datasets[name], self.stages[item["stage"]]
+        negative_columns = [f"negative_{j + 1}" for j in range(self.num_negatives[spec.format])]
+        instruction = spec.instruction if stage.instructions else None
+        return self.pretokenized.token_ids(self.tables[name], np.asarray(item["indices"]),
+                                           negative_columns, instruction)
+
+    def __getitem__(self, item: Mapping[str, Any]) -> TrainBatch:
+        name = self.group_dataset[item["group"]]
+        spec = self.datasets[name]
+        k = self.num_negatives[spec.format]
+        token_ids = self.token_ids(item)
         chunks, restore, padding = pack_by_length(token_ids, self.pad_id, self.max_tokens)
-        return {
-            "chunks": chunks,
-            "restore": restore,
-            "batch_size": len(queries),
-            "num_negatives": k,
-            "use_inbatch": USES_INBATCH[spec.format],
-            "format": spec.format,
-            "dataset": name,
-            "language": self.group_language[item["group"]],
-            "group": item["group"],
-            "indices": np.asarray(item["indices"]),  # this rank's rows of the dataset's table
-            "stage": item["stage"],
-            "epoch": item["epoch"],
-            "position": item["position"],
-            "num_tokens": sum(len(t) for t in token_ids),
-            "num_padding": padding,
-        }
+        return TrainBatch(
+            chunks=chunks, restore=restore, batch_size=len(item["indices"]), num_negatives=k,
+            use_inbatch=FORMATS[spec.format].use_inbatch, format=spec.format, dataset=name,
+            language=self.group_language[item["group"]], group=item["group"],
+            indices=np.asarray(item["indices"]), stage=item["stage"], epoch=item["epoch"],
+            position=item["position"], num_tokens=sum(len(t) for t in token_ids),
+            num_padding=padding,
+        )
 
 
 class EvalTexts(Dataset):
@@ -204,12 +204,12 @@ class EvalTexts(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> EvalBatch:
         name, rows = self.items[i]
         instruction = self.instructions.get(name) if self.instructed else None
         texts = [self.format_query(self.sets[name][r], instruction) for r in rows]
         chunks, restore, _ = pack_by_length(self.tokenize(texts), self.pad_id, self.max_tokens)
-        return {"chunks": chunks, "restore": restore, "rows": rows, "side": name}
+        return EvalBatch(chunks, restore, rows, name)
 
 
 class _Positioned:
@@ -235,7 +235,7 @@ class F2LLMDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        corpus: Callable[[], Mapping[str, Any]],
+        corpus: Callable[[], Corpus],
         batch_size: int = 64,
         num_negatives: Mapping[str, int] | None = None,
         alpha: float = 1.0,
@@ -250,7 +250,8 @@ class F2LLMDataModule(L.LightningDataModule):
         super().__init__()
         self.corpus = corpus
         self.batch_size = batch_size
-        self.num_negatives = {**DEFAULT_NEGATIVES, **(num_negatives or {})}
+        self.num_negatives = {name: f.num_negatives for name, f in FORMATS.items()}
+        self.num_negatives.update(num_negatives or {})
         self.alpha = alpha
         # Every batch comes from one group; its in-batch negatives are the group's texts.
         self.group_by = list(group_by or ["language"])
@@ -263,7 +264,7 @@ class F2LLMDataModule(L.LightningDataModule):
         self.exhaustive = exhaustive
         self.encoder = None  # set by the entry point: tokenization follows the model
         self._backend: Any = None  # the encoder's Rust tokenizer, truncating (see _tokenize)
-        self.found: Mapping[str, Any] | None = None
+        self.found: Corpus | None = None
         self.sampler: StagedSampler | None = None
         self.realised: dict[tuple[str, str, str, str], int] = {}
         self._consumed: dict[str, int] | None = None
@@ -279,8 +280,8 @@ class F2LLMDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.found is None:
             self.found = self.corpus()
-        self.datasets = {d.name: d for d in self.found["train"]}
-        pretokenized = self.found.get("pretokenized")
+        self.datasets = {d.name: d for d in self.found.train}
+        pretokenized = self.found.pretokenized
         if pretokenized is not None and self.encoder is not None:
             # Fails here, before any work, when the model's tokenizer is not the data's.
             pretokenized.bind(self.encoder.tokenizer, self.max_length or self.encoder.max_length,
@@ -288,7 +289,7 @@ class F2LLMDataModule(L.LightningDataModule):
         self.stages = self._stages()
         self.tables = {name: _training_table(d) for name, d in self.datasets.items()
                        if any(name in s.datasets for s in self.stages.values())}
-        report = self.found.get("skip_report")
+        report = self.found.skip_report
         if report is not None and report.skipped:
             log.warning("training without %d bad records; per file and reason:\n%s",
                         report.skipped, report.summary())
@@ -319,7 +320,7 @@ class F2LLMDataModule(L.LightningDataModule):
             self.sampler.load_state_dict(self._pending_state)
             self.realised = _realised_from_state(self._pending_state)
         self.group_sizes = {k: len(v) for k, v in groups.items()}
-        self.val_sets = self._val_sets(self.found.get("val", {}))
+        self.val_sets = read_val_sets(self.found)
         log.info("train records: %d in %d groups; stages %s",
                  sum(t.num_rows for t in self.tables.values()), len(groups),
                  {name: len(s) for name, s in zip(self.stages, samplers, strict=True)})
@@ -341,8 +342,12 @@ class F2LLMDataModule(L.LightningDataModule):
     def _select(self, names: list[str]) -> list[str]:
         return select_datasets(names, {d: spec.format for d, spec in self.datasets.items()})
 
-    def _val_sets(self, paths: Mapping[str, Any]) -> dict[str, dict[str, list]]:
-        return {task: pq.read_table(path).to_pydict() for task, path in paths.items()}
+    def stage_schedule(self) -> tuple[list[str], list[int]] | None:
+        """The stages' names and the positions where each starts, then the epoch's length
+        (None before setup)."""
+        if self.sampler is None:
+            return None
+        return list(self.sampler.names), list(self.sampler.starts)
 
     def stage_at(self, position: int) -> Stage:
         return self.stages[self.sampler.names[self.sampler.stage_at(position)]]
@@ -358,7 +363,7 @@ class F2LLMDataModule(L.LightningDataModule):
             table, spec = self.tables[name], self.datasets[name]
             rows = np.sort(rng.choice(table.num_rows, min(per_dataset, table.num_rows),
                                       replace=False))
-            pretokenized = (self.found or {}).get("pretokenized")
+            pretokenized = self.found.pretokenized if self.found is not None else None
             if pretokenized is not None and name in pretokenized.datasets:
                 picked = pretokenized.texts(table, rows, self.encoder.tokenizer)
             else:
@@ -387,7 +392,7 @@ class F2LLMDataModule(L.LightningDataModule):
             self.tables, self.datasets, self.group_dataset, self.group_language, self.stages,
             self.num_negatives, self._tokenize, self.encoder.tokenizer.pad_token_id,
             self.max_tokens_per_chunk, self.encoder.format_query,
-            self.found.get("pretokenized"),
+            self.found.pretokenized,
         )
         # batch_size=None: the sampler already yields whole batches.
         return DataLoader(dataset, sampler=_Positioned(self.sampler), batch_size=None,
@@ -397,21 +402,10 @@ class F2LLMDataModule(L.LightningDataModule):
         """The held-out sets as named text lists (see `callbacks.MatryoshkaEval`)."""
         if self.encoder is None:
             raise RuntimeError("call attach_encoder(encoder) first: texts are tokenized")
-        sets: dict[str, list[str]] = {}
-        instructions: dict[str, str] = {}
-        by_format = {d.format: d for d in self.datasets.values()}
-        if "bitext" in self.val_sets:
-            sets["bitext/source"] = self.val_sets["bitext"]["source"]
-            sets["bitext/target"] = self.val_sets["bitext"]["target"]
-        if "clustering" in self.val_sets:
-            sets["clustering/text"] = self.val_sets["clustering"]["text"]
-            if "clustering" in by_format:
-                instructions["clustering/text"] = by_format["clustering"].instruction
-        if "classification" in self.val_sets:
-            sets["classification/text"] = self.val_sets["classification"]["text"]
-            sets["classification/labels"] = list(self.found.get("class_labels", ()))
-            if "classification" in by_format:
-                instructions["classification/text"] = by_format["classification"].instruction
+        sets, instructed = heldout_sets(self.val_sets, self.found)
+        by_format = self.found.dataset_of_format()
+        instructions = {name: by_format[fmt].instruction for name, fmt in instructed.items()
+                        if fmt in by_format}
         return EvalTexts(sets, self._tokenize, self.encoder.tokenizer.pad_token_id,
                          self.encoder.format_query, instructions)
 
@@ -428,9 +422,9 @@ class F2LLMDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called in consumption order (prefetching runs ahead of it): the resume point.
-        if isinstance(batch, dict) and "position" in batch and "stage" in batch:
-            self._consumed = {"epoch": batch["epoch"], "position": batch["position"] + 1}
-            key = (batch["stage"], batch["dataset"], batch["format"], batch["language"])
+        if isinstance(batch, TrainBatch):
+            self._consumed = {"epoch": batch.epoch, "position": batch.position + 1}
+            key = (batch.stage, batch.dataset, batch.format, batch.language)
             self.realised[key] = self.realised.get(key, 0) + 1
         return batch
 

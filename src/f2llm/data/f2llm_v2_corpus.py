@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.f2llm_v2 import DatasetRecipe, resolve_recipes
 from f2llm.data.formats import get_format
-from f2llm.data.gettext_source import TrainingDataset
 from f2llm.data.readers import (
     CORPUS_METADATA_KEY,
     CorpusEntry,
@@ -213,6 +213,14 @@ def download_f2llm_v2(root: str | Path, datasets: Sequence[str] | None = None,
 # Build
 
 
+@dataclass
+class F2LLMV2Corpus(Corpus):
+    """A `Corpus` with each training dataset's recipe (format, language, direction, instruction)
+    as resolved from its name."""
+
+    recipes: list[DatasetRecipe] = field(default_factory=list)
+
+
 def build_f2llm_v2_corpus(
     root: str | Path,
     out_dir: str | Path,
@@ -224,8 +232,8 @@ def build_f2llm_v2_corpus(
     download: bool = False,
     repo_id: str = REPO_ID,
     extra_languages: Collection[str] = (),
-) -> dict[str, Any]:
-    """The datamodule's corpus mapping for the public data under `root`.
+) -> F2LLMV2Corpus:
+    """The datamodule's `Corpus` for the public data under `root`.
 
     `datasets` assigns format / language / language_column / direction / instruction by hand
     (names on no official list need a format); `include` restricts to some datasets;
@@ -267,16 +275,14 @@ def build_f2llm_v2_corpus(
     recipe_of = {r.name: r for r in recipes}
     train = [TrainingDataset(e["name"], corpus_path, e["format"], e["instruction"])
              for e in meta["datasets"]]
-    result: dict[str, Any] = {
-        "train": train, "val": {}, "skip_report": report,
-        "recipes": [recipe_of[e["name"]] for e in meta["datasets"]],
-    }
+    pretokenized = None
     if found.kind == "tokenized":
-        result["pretokenized"] = PretokenizedDocs(
+        pretokenized = PretokenizedDocs(
             out / meta["docs"], meta["eos_id"], meta["max_token_id"],
             [e["name"] for e in meta["datasets"]],
             sorted({e["instruction"] for e in meta["datasets"] if e["instruction"]}))
-    return result
+    return F2LLMV2Corpus(train, skip_report=report, pretokenized=pretokenized,
+                         recipes=[recipe_of[e["name"]] for e in meta["datasets"]])
 
 
 @contextmanager

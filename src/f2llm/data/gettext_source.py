@@ -15,11 +15,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from f2llm.data.corpus import Corpus, TrainingDataset
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,6 @@ _CACHE_VERSION = 3
 # Catalogs built from the same sources under two names (iso_639-3 / iso_639_3) or versions
 # (postgres-15) collapse to one family, so a held-out family is never seen under another name.
 _FAMILY_SUFFIX = re.compile(r"(?P<sep>[-_])\d+(\.\d+)?$")
-
-
-@dataclass(frozen=True)
-class TrainingDataset:
-    """One training dataset on disk: a parquet of records in one of the canonical formats."""
-
-    name: str
-    path: Path
-    format: str
-    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,12 +218,11 @@ def build_gettext_corpus(
     val_min_pairs: int = 64,
     val_max_pairs: int = 256,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> Corpus:
     """Build (or reuse) the embedded corpus under `out_dir`.
 
-    Returns `{"train": [TrainingDataset, ...], "val": {task: parquet}}`: bitext retrieval,
-    component clustering and country/language classification for training, and held-out
-    bitext, clustering and classification sets.
+    Returns the `Corpus`: bitext retrieval, component clustering and country/language
+    classification for training, and held-out bitext, clustering and classification sets.
     """
     from f2llm.data import gettext_tasks as tasks
 
@@ -255,7 +245,7 @@ def build_gettext_corpus(
     ]
     val_paths = {task: out / f"val_{task}.parquet"
                  for task in ("bitext", "clustering", "classification")}
-    result = {"train": train_sets, "val": val_paths, "class_labels": list(tasks.CLASS_LABELS)}
+    result = Corpus(train_sets, dict(val_paths), list(tasks.CLASS_LABELS))
     files = [d.path for d in train_sets] + list(val_paths.values())
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and all(p.exists() for p in files):

@@ -6,9 +6,8 @@ import json
 import logging
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
 
-from f2llm.data.gettext_source import TrainingDataset
+from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.readers import read_corpus, read_manifest, write_corpus
 from f2llm.data.validation import SkipReport
 
@@ -23,11 +22,11 @@ def build_manifest_corpus(
     extra_languages: Collection[str] = (),
     val: Mapping[str, str] | None = None,
     class_labels: list[str] | None = None,
-) -> dict[str, Any]:
+) -> Corpus:
     """Read every dataset of `manifest` (public F2LLM-v2 parquet, JSONL or `datasets` folders)
     into `<out_dir>/corpus.arrow`, reused while the inputs and options are unchanged.
 
-    Returns the datamodule's corpus mapping: training datasets (format and instruction from the
+    Returns the `Corpus`: training datasets (format and instruction from the
     manifest), held-out sets from `val` (task -> parquet, optional) and the skip report, also
     written to `<out_dir>/skip_report.json`. With `on_bad_record: skip` nothing disappears
     silently: every skipped record is counted per file and reason.
@@ -45,7 +44,5 @@ def build_manifest_corpus(
     if report.skipped:
         log.warning("skipped %d bad records (data.on_bad_record=skip):\n%s", report.skipped,
                     report.summary())
-    result: dict[str, Any] = {"train": train, "val": dict(val or {}), "skip_report": report}
-    if class_labels:
-        result["class_labels"] = list(class_labels)
-    return result
+    return Corpus(train, {task: Path(p) for task, p in (val or {}).items()},
+                  list(class_labels or []), report)

@@ -512,7 +512,7 @@ class CorpusEntry:
 
 
 @dataclass
-class Corpus:
+class CorpusFile:
     """A memory-mapped corpus file: datasets one after another, negatives padded with nulls to
     the largest count among them."""
 
@@ -595,14 +595,14 @@ def write_corpus(
     return out
 
 
-def read_corpus(path: str | Path) -> Corpus:
+def read_corpus(path: str | Path) -> CorpusFile:
     """The corpus file written by `write_corpus`, memory-mapped (nothing is copied into RAM)."""
     table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     if CORPUS_METADATA_KEY not in (table.schema.metadata or {}):
         raise ValueError(f"{path} is not a corpus file written by write_corpus")
     meta = json.loads(table.schema.metadata[CORPUS_METADATA_KEY])
     entries = {e["name"]: CorpusEntry(**e) for e in meta["datasets"]}
-    return Corpus(table, entries)
+    return CorpusFile(table, entries)
 
 
 def _write_ipc(path: Path, schema: pa.Schema, items: Iterable[pa.Table | pa.RecordBatch]

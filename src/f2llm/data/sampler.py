@@ -14,7 +14,23 @@ def temperature_probs(sizes: Sequence[int], alpha: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-class LanguageTemperatureSampler:
+class _Resumable:
+    """A sampler's place in its schedule (epoch, position) and seed, saved in checkpoints."""
+
+    epoch: int
+    position: int
+    seed: int
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"checkpoint sampler seed {state['seed']} != configured {self.seed}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class LanguageTemperatureSampler(_Resumable):
     """Yields one rank's share of each global batch; every batch comes from one group.
 
     Temperature sampling (the default): each batch's group is drawn with replacement with
@@ -190,16 +206,8 @@ class LanguageTemperatureSampler:
                 perms[g] = self._group_permutation(g, self.epoch, pass_)
             yield g, self._cut(g, j, perms[g])
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        if state["seed"] != self.seed:
-            raise ValueError(f"checkpoint sampler seed {state['seed']} != configured {self.seed}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
-class StagedSampler:
+class StagedSampler(_Resumable):
     """Training stages one after another, each with its own groups and temperature sampler.
 
     An epoch is every stage's batches in order. The batch at (epoch, position) is a pure
@@ -239,11 +247,3 @@ class StagedSampler:
                 self.position += 1
                 yield {**item, "stage": self.names[s]}
         self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        if state["seed"] != self.seed:
-            raise ValueError(f"checkpoint sampler seed {state['seed']} != configured {self.seed}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])

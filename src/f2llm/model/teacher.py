@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from f2llm.data.collate import pack_by_length
 from f2llm.model.encoder import Encoder, build_encoder
 from f2llm.model.hub import resolve_pretrained
+from f2llm.model.packing import pack_by_length
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from f2llm.objective.contrastive import cosine_logits, hard_negative_loss, inbatch_loss
 from f2llm.objective.distillation import distillation_loss
-from f2llm.objective.gradcache import gradcache_step, split_embeddings
+from f2llm.objective.gradcache import gradcache_step
 from f2llm.objective.matryoshka import (
     matryoshka_dims,
     matryoshka_loss,
@@ -20,5 +20,4 @@ __all__ = [
     "matryoshka_dims",
     "matryoshka_loss",
     "matryoshka_weights",
-    "split_embeddings",
 ]

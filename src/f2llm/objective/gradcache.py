@@ -9,13 +9,16 @@ through it. Loss and parameter gradients equal the plain step's; each text is en
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
 from f2llm.objective.objective import F2LLMObjective
+
+if TYPE_CHECKING:
+    from f2llm.data.batch import TrainBatch
 
 
 class ChunkEncoder(Protocol):
@@ -30,19 +33,6 @@ class ChunkEncoder(Protocol):
 ChunkBackward = Callable[[Tensor, Tensor, bool], None]
 
 
-def split_embeddings(
-    emb: Tensor, batch_size: int, num_negatives: int
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Queries [B, D], positives [B, D] and negatives [B, K, D] (or None) of a batch's texts.
-
-    The datamodule lays the texts out as queries, positives, then the negatives column by
-    column: negative_1 of every query, then negative_2, and so on.
-    """
-    b, k = batch_size, num_negatives
-    negatives = emb[2 * b :].view(k, b, -1).transpose(0, 1) if k else None
-    return emb[:b], emb[b : 2 * b], negatives
-
-
 def _autograd_backward(emb: Tensor, grad: Tensor, last: bool) -> None:
     torch.autograd.backward(emb, grad)
 
@@ -50,15 +40,14 @@ def _autograd_backward(emb: Tensor, grad: Tensor, last: bool) -> None:
 def gradcache_step(
     encoder: ChunkEncoder,
     objective: F2LLMObjective,
-    batch: Mapping[str, Any],
+    batch: TrainBatch,
     backward: ChunkBackward = _autograd_backward,
     teacher: Tensor | None = None,
     proceed: Callable[[Tensor], bool] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Accumulate the batch loss's parameter gradients chunk by chunk; return (loss, logs).
 
-    `batch` is the datamodule's dict (chunks, restore, batch_size, num_negatives, use_inbatch);
-    its token-bounded chunks (`data.max_tokens_per_chunk`) are the GradCache mini-batches.
+    The batch's token-bounded chunks (`data.max_tokens_per_chunk`) are the GradCache mini-batches.
     `teacher` holds the teacher's embeddings of the batch's texts (same order) for KD.
     `proceed(loss)` may veto the backward passes (e.g. a non-finite loss). The loss comes back
     detached. `backward` runs each chunk's backward; a trainer passes one
@@ -67,21 +56,11 @@ def gradcache_step(
     Qwen3 has no dropout (attention_dropout is 0), otherwise each chunk's RNG state would have
     to be saved in the first pass and restored for the second.
     """
-    chunks, restore = batch["chunks"], batch["restore"]
+    chunks, restore = batch.chunks, batch.restore
     with torch.no_grad():
         emb = encoder.forward_chunks(chunks, restore)
     emb = emb.detach().requires_grad_()
-    query, positive, negatives = split_embeddings(emb, batch["batch_size"],
-                                                  batch["num_negatives"])
-    targets = None
-    if teacher is not None:
-        t_query, t_positive, t_negatives = split_embeddings(teacher, batch["batch_size"],
-                                                            batch["num_negatives"])
-        targets = {"query": t_query, "positive": t_positive}
-        if t_negatives is not None:
-            targets["negatives"] = t_negatives
-    loss, logs = objective(query, positive, negatives, use_inbatch=batch["use_inbatch"],
-                           teacher=targets)
+    loss, logs = objective.on_batch(emb, batch, teacher)
     if proceed is not None and not proceed(loss):
         return loss.detach(), logs
     # Under torch.distributed the in-batch term's all_gather sends the other ranks' share of

@@ -23,6 +23,21 @@ def matryoshka_dims(hidden_size: int, min_dim: int = 8) -> list[int]:
     return sorted(dims, reverse=True)
 
 
+def check_matryoshka(dims: Sequence[int] | None, weights: Sequence[float] | None,
+                     hidden_size: int | None = None) -> None:
+    """A ValueError for explicit Matryoshka settings that cannot work: weights without dims of
+    the same length (they pair by position), or dims above the embedding width."""
+    if weights is not None and (dims is None or len(weights) != len(dims)):
+        raise ValueError(f"mrl_weights has {len(weights)} values for "
+                         f"{'no' if dims is None else len(dims)} mrl_dims (they pair by "
+                         "position)")
+    if dims and hidden_size is not None:
+        too_wide = [int(d) for d in dims if int(d) > hidden_size]
+        if too_wide:
+            raise ValueError(f"mrl_dims {list(dims)}: {too_wide} exceed the hidden size "
+                             f"{hidden_size}")
+
+
 def matryoshka_weights(dims: Sequence[int], hidden_size: int) -> list[float]:
     """1 / (n * sqrt(hidden_size / dim)) for the n-th largest dim (1-based).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -10,10 +11,14 @@ from torch import Tensor
 from f2llm.objective.contrastive import hard_negative_loss, inbatch_loss
 from f2llm.objective.distillation import distillation_loss
 from f2llm.objective.matryoshka import (
+    check_matryoshka,
     matryoshka_dims,
     matryoshka_loss,
     matryoshka_weights,
 )
+
+if TYPE_CHECKING:
+    from f2llm.data.batch import TrainBatch
 
 
 class F2LLMObjective:
@@ -32,10 +37,7 @@ class F2LLMObjective:
         kd_weight: float = 1.0,
         gather_inbatch: bool = True,
     ) -> None:
-        if mrl_weights is not None and (
-            mrl_dims is None or len(mrl_weights) != len(mrl_dims)
-        ):
-            raise ValueError("mrl_weights needs mrl_dims of the same length")
+        check_matryoshka(mrl_dims, mrl_weights)
         self.tau = tau
         self.mrl_dims = mrl_dims
         self.mrl_weights = mrl_weights
@@ -103,3 +105,16 @@ class F2LLMObjective:
         logs = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
         logs.update({f"loss@{d}": v for d, v in per_dim.items()})
         return loss, logs
+
+    def on_batch(self, emb: Tensor, batch: TrainBatch, teacher: Tensor | None = None
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of a training batch's embeddings `emb` (in `TrainBatch`'s layout) and, for
+        KD, of the teacher's embeddings of the same texts."""
+        query, positive, negatives = batch.split(emb)
+        targets = None
+        if teacher is not None:
+            t_query, t_positive, t_negatives = batch.split(teacher)
+            targets = {"query": t_query, "positive": t_positive}
+            if t_negatives is not None:
+                targets["negatives"] = t_negatives
+        return self(query, positive, negatives, use_inbatch=batch.use_inbatch, teacher=targets)

@@ -152,10 +152,14 @@ def encoder_importance(
 ) -> Importance:
     """Importance of `encoder.backbone` from calibration texts, tokenized as for embedding."""
     texts = [encoder.format_query(t, instruction) for t in texts]
-    # Length-sorted batches waste less compute on padding; the scores do not depend on grouping.
+    return collect_importance(encoder.backbone, calibration_batches(encoder, texts, batch_size),
+                              progress=progress)
+
+
+def calibration_batches(encoder: Encoder, texts: Sequence[str], batch_size: int = 32
+                        ) -> list[dict[str, Tensor]]:
+    """`texts` tokenized as for embedding, in length-sorted batches: less compute on padding,
+    and the importance scores do not depend on the grouping."""
     ordered = sorted(texts, key=len)
-    batches = [
-        encoder.tokenize(ordered[start : start + batch_size])
-        for start in range(0, len(ordered), batch_size)
-    ]
-    return collect_importance(encoder.backbone, batches, progress=progress)
+    return [encoder.tokenize(ordered[start : start + batch_size])
+            for start in range(0, len(ordered), batch_size)]

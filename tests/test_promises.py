@@ -1,0 +1,146 @@
+"""What the README promises, run as a user runs it: a trained run beats its untrained self on
+held-out data; `callbacks.stages.restart_lr=true` restarts the lr at the stage switch; stage 2
+switches the held-out queries' instructions on; the `mix/*` TensorBoard tags;
+`model.gradient_checkpointing=true` trains the same steps; `optimized_metric` is what a sweeper
+gets back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from f2llm.eval import encoder_embedder, heldout_metrics
+from f2llm.train import build, main, train
+from tests.conftest import (
+    ROOT,
+    TEST_VAL_CATALOGS,
+    TINY_SHAPE,
+    compose_train,
+    tiny_overrides,
+)
+
+
+class ValidationProbe(L.Callback):
+    """Appends (step, instructions on, instructed sets) per held-out evaluation to `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        texts = trainer.datamodule._eval
+        with self.path.open("a") as fh:
+            fh.write(json.dumps([trainer.global_step, texts.instructed,
+                                 sorted(texts.instructions)]) + "\n")
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
+    """`python src/f2llm/train.py <overrides>` from a folder of the user's: two stages of three
+    steps, lr restarted per stage, the mix logged every step."""
+    cwd = tmp_path_factory.mktemp("user")
+    probe = cwd / "probe.jsonl"
+    overrides = [
+        "callbacks.stages.restart_lr=true", "callbacks.data_mix.every_n_steps=1",
+        f"data.corpus.locale_dir={locale_dir}",
+        "data.corpus.val_catalogs=[" + ",".join(TEST_VAL_CATALOGS) + "]",
+        "data.corpus.val_min_pairs=16", "data.corpus.val_max_pairs=32", "data.batch_size=8",
+        "data.stages.0.steps=3", "data.stages.1.steps=3", "trainer.max_steps=6",
+        "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false", "scheduler.warmup_steps=1",
+        *(f"{k}={v}" for k, v in TINY_SHAPE.items()),
+        "+callbacks.probe._target_=tests.test_promises.ValidationProbe",
+        f"+callbacks.probe.path={probe}",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    env.pop("PROJECT_ROOT", None)  # the run folder is under the current folder, as for a user
+    subprocess.run([sys.executable, str(ROOT / "src/f2llm/train.py"), *overrides], cwd=cwd,
+                   env=env, check=True, timeout=900, capture_output=True)
+    (run,) = (cwd / "logs" / "train" / "runs").iterdir()  # the default run folder
+    return run
+
+
+def scalars(run: Path) -> dict[str, dict[int, float]]:
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)}
+            for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_restart_lr_replays_the_schedule_in_stage_2(user_run: Path) -> None:
+    lr = scalars(user_run)["lr-AdamW"]
+    # Warmup of one step, then cosine decay within each stage of three steps.
+    assert lr[1] < lr[0] and lr[2] < lr[1]
+    assert lr[3] == pytest.approx(lr[0]) and lr[4] == pytest.approx(lr[1])
+
+
+@pytest.mark.slow
+def test_mix_tags_are_logged(user_run: Path) -> None:
+    tags = set(scalars(user_run))
+    assert {"mix/format/retrieval", "mix/format/clustering"} <= tags or {
+        "mix/format/retrieval", "mix/format/classification"} <= tags
+    languages = {t.removeprefix("mix/language/") for t in tags if t.startswith("mix/language/")}
+    assert languages and languages <= {"fr", "de", "ru", "es", "ja", "uk", "en"}
+
+
+@pytest.mark.slow
+def test_stage_2_switches_held_out_instructions_on(user_run: Path) -> None:
+    probe = user_run.parents[3] / "probe.jsonl"
+    seen = [json.loads(line) for line in probe.read_text().splitlines()]
+    assert [(step, on) for step, on, _ in seen] == [(3, False), (6, True)]
+    assert seen[-1][2] == ["classification/text", "clustering/text"]
+
+
+@pytest.mark.slow
+def test_a_trained_run_beats_its_untrained_init(tmp_path: Path, locale_dir: Path) -> None:
+    cfg = compose_train(tiny_overrides(tmp_path, locale_dir, **{
+        "data.batch_size": 32, "trainer.max_steps": 40, "data.stages.0.steps": 40,
+        "data.stages.1.steps": 0, "trainer.val_check_interval": 40,
+        "scheduler.warmup_steps": 4, "callbacks.export": None}))
+    with open_dict(cfg):
+        cfg.data.stages = cfg.data.stages[:1]
+    L.seed_everything(cfg.seed, workers=True)
+    untrained = instantiate(cfg.model)  # the init `train` starts from (same seed, same order)
+    corpus = instantiate(cfg.data.corpus)()
+    before = heldout_metrics(encoder_embedder(untrained), untrained.hidden_size, {}, corpus)
+    after = train(cfg)
+    for metric in ("bitext/accuracy@32", "bitext/accuracy@8", "retrieval/ndcg_at_10@32"):
+        assert after[f"val/{metric}"] > before[metric] + 0.03, (metric, before[metric])
+
+
+def test_gradient_checkpointing_trains_the_same_steps(tmp_path: Path, locale_dir: Path) -> None:
+    losses = {}
+    for on in (False, True):
+        cfg = compose_train(tiny_overrides(tmp_path / str(on), locale_dir, **{
+            "model.gradient_checkpointing": on, "trainer.max_steps": 2,
+            "trainer.val_check_interval": 100, "callbacks.export": None,
+            "final_validate": False}))
+        L.seed_everything(cfg.seed, workers=True)
+        module, datamodule, trainer = build(cfg)
+        assert module.encoder.backbone.is_gradient_checkpointing == on
+        trainer.fit(module, datamodule=datamodule)
+        losses[on] = (float(trainer.callback_metrics["train/loss"]),
+                      torch.cat([p.detach().flatten() for p in module.parameters()]))
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-5)
+    torch.testing.assert_close(losses[True][1], losses[False][1], rtol=1e-4, atol=1e-6)
+
+
+def test_optimized_metric_is_returned_to_the_sweeper(cfg_tiny) -> None:
+    with open_dict(cfg_tiny):
+        cfg_tiny.optimized_metric = "val/retrieval/mrr_at_10@16"
+    value = main(cfg_tiny)  # what a Hydra sweeper receives from the task function
+    saved = json.loads((Path(cfg_tiny.paths.output_dir) / "final_metrics.json").read_text())
+    assert value == pytest.approx(saved["val/retrieval/mrr_at_10@16"])
