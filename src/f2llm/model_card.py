@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from f2llm.data.datamodule import DEFAULT_NEGATIVES, USES_INBATCH
+from f2llm.data.formats import FORMATS
 from f2llm.objective.matryoshka import matryoshka_dims, matryoshka_weights
 
 FIGURE = "matryoshka.png"
@@ -179,7 +179,8 @@ def _safetensors_parameters(folder: Path) -> int:
 
 def _objective_terms(cfg: DictConfig, hidden: int) -> list[str]:
     obj, data = cfg.objective, cfg.data
-    negatives = {**DEFAULT_NEGATIVES, **(data.get("num_negatives") or {})}
+    negatives = {**{f.name: f.num_negatives for f in FORMATS.values()},
+                 **(data.get("num_negatives") or {})}
     tau = obj.get("tau", 0.05)
     dims = [int(d) for d in obj.get("mrl_dims") or matryoshka_dims(hidden)]
     weights = list(obj.get("mrl_weights") or matryoshka_weights(dims, hidden))
@@ -188,7 +189,7 @@ def _objective_terms(cfg: DictConfig, hidden: int) -> list[str]:
         terms.append(f"hard-negative InfoNCE over [positive, k hard negatives], τ = {tau}: k = "
                      + ", ".join(f"{k} {fmt}" for fmt, k in negatives.items() if k))
     terms += ["in-batch InfoNCE for "
-             + ", ".join(f for f, uses in USES_INBATCH.items() if uses)
+             + ", ".join(f.name for f in FORMATS.values() if f.use_inbatch)
              + f" batches (each query against every positive of the global batch), τ = {tau}",
              "Matryoshka: each loss at dims " + ", ".join(map(str, dims)) + " with weights "
              + ", ".join(f"{w:.3g}" for w in weights)]
