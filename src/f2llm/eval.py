@@ -29,7 +29,9 @@ from torch import Tensor  # noqa: E402
 from f2llm.evaluation.figure import matryoshka_figure, save_figure  # noqa: E402
 from f2llm.evaluation.heldout import curves, score_heldout  # noqa: E402
 from f2llm.objective.matryoshka import matryoshka_dims  # noqa: E402
+from f2llm.paths import set_project_root  # noqa: E402
 
+set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 log = logging.getLogger("f2llm.eval")
 Embed = Callable[[Sequence[str], str | None], Tensor]
 

@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
+from f2llm.paths import set_project_root  # noqa: E402
 
+set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 log = logging.getLogger("f2llm.train")
 
 
