@@ -18,7 +18,7 @@ from transformers import AutoModel
 
 from f2llm.export import export_sentence_transformers
 from f2llm.train import train
-from tests.conftest import ROOT, compose_train, tiny_overrides
+from tests.conftest import compose_train, tiny_overrides
 from tests.test_model import tiny_encoder
 
 
@@ -67,11 +67,12 @@ def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None
 
 
 @pytest.mark.parametrize("size", ["80m", "160m", "330m"])
-def test_published_recipe_without_network_stops_in_seconds(size: str) -> None:
+def test_published_recipe_without_network_stops_in_seconds(size: str, repo_copy: Path) -> None:
     start = time.monotonic()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "src/f2llm/train.py"),
-                           f"experiment=prune_distill_{size}"], cwd=ROOT, env=env,
+    # In a repository copy: the run folder Hydra makes before the failure lands there.
+    done = subprocess.run([sys.executable, "src/f2llm/train.py",
+                           f"experiment=prune_distill_{size}"], cwd=repo_copy, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "teacher.path=codefuse-ai/F2LLM-v2-0.6B" in done.stderr
