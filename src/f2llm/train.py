@@ -119,7 +119,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
                         for cb in trainer.callbacks)
     if cfg.get("final_validate") and not evaluated_now:
-        metrics.update({k: float(v) for k, v in trainer.validate(module, datamodule)[0].items()})
+        for results in trainer.validate(module, datamodule):  # none without held-out sets
+            metrics.update({k: float(v) for k, v in results.items()})
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
