@@ -8,8 +8,9 @@ fails `test_readme_command`, so no command enters the README untested; a table l
 left the README fails `test_every_table_line_is_in_the_readme`.
 
 What is added to a command, and nothing else: step counts and the validation interval
-(`TWO_STAGES`, `ONE_STAGE`, ...) and the small corpus of tests/conftest.py (`CORPUS`: a few
-languages and catalogs), so a command takes seconds. Never `hydra.*` or `paths.*`.
+(`TWO_STAGES`, `ONE_STAGE`, ...) and, to train.py and eval.py on the gettext data, the small
+corpus of tests/conftest.py (`corpus()`: a few languages and catalogs), so a command takes
+seconds. Never `hydra.*` or `paths.*`.
 Placeholders are filled from the first command's run (`<time>`, `<run>`), from files this module
 writes (`my_data.yaml` from the README's own YAML block, with small data files at the paths it
 names) and for the snippets' elisions (`…/export`, `[...]`).
@@ -61,6 +62,12 @@ def corpus(locale_dir: Path) -> list[str]:
             "data.corpus.val_min_pairs=16", "data.corpus.val_max_pairs=32"]
 
 
+def reads_gettext(argv: list[str]) -> bool:
+    """train.py or eval.py on the embedded gettext corpus (no other `data=`)."""
+    entry = any(a.endswith(("src/f2llm/train.py", "src/f2llm/eval.py")) for a in argv[:2])
+    return entry and all(a == "data=gettext" for a in argv if a.startswith("data="))
+
+
 # --- How each README command is run ----------------------------------------------------------
 
 
@@ -75,12 +82,12 @@ class Result:
 
 @dataclass(frozen=True)
 class Run:
-    """Must exit 0. `extra`: step and validation overrides added; `corpus`: the test corpus is
-    added (gettext commands); `output`: lines it must print; `makes`: files each new run folder
-    must hold (globs); `check`: anything more."""
+    """Must exit 0. `extra`: step and validation overrides added; `corpus`: add the test corpus
+    (None: when `reads_gettext`); `output`: lines it must print; `makes`: files each new run
+    folder must hold (globs); `check`: anything more."""
 
     extra: tuple[str, ...] = ()
-    corpus: bool = True
+    corpus: bool | None = None
     output: tuple[str, ...] = ()
     makes: tuple[str, ...] = ()
     check: Callable[[Result], None] | None = None
@@ -92,7 +99,7 @@ class Fails:
     FAIL_WITHIN_S printing `message`, which the README documents."""
 
     message: str
-    corpus: bool = True
+    corpus: bool | None = None  # as in Run
     extra: tuple[str, ...] = field(default=())
 
 
@@ -181,10 +188,9 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
         Run(makes=("eval_metrics.json",)),
     "tensorboard --logdir logs/train": NotRun("a web server that runs until it is stopped"),
     f"{T} data=manifest data.corpus.manifest=my_data.yaml data.corpus.on_bad_record=skip "
-    "model=f2llm_0_6b model.pretrained=Qwen/Qwen3-0.6B trainer=gpu": Fails(HUB_OFFLINE,
-                                                                          corpus=False),
+    "model=f2llm_0_6b model.pretrained=Qwen/Qwen3-0.6B trainer=gpu": Fails(HUB_OFFLINE),
     f"{T} data=manifest data.corpus.manifest=my_data.yaml data.stages=null":
-        Run(NO_STAGES, corpus=False, output=("train records: 96",),
+        Run(NO_STAGES, output=("train records: 96",),
             makes=("export/modules.json", "data_mix.json")),
     f"{T} experiment=prune_distill_80m model.pretrained=/models/F2LLM-v2-0.6B "
     "teacher.path=/models/F2LLM-v2-0.6B": Fails("/models/F2LLM-v2-0.6B: no such folder"),
@@ -297,7 +303,7 @@ class Session:
             argv = [self.fill(a) for a in command]
             if argv[0] == "python":
                 argv[0] = sys.executable
-            if how.corpus:
+            if how.corpus or (how.corpus is None and reads_gettext(argv)):
                 argv += corpus(self.locale_dir)
             argv += list(how.extra)
         timeout = FAIL_WITHIN_S if isinstance(how, Fails) else RUN_TIMEOUT_S
