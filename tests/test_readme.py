@@ -33,6 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from f2llm.data.formats import get_format
@@ -180,7 +181,8 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} model.lora={{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}":
         Run(TWO_STAGES, makes=TRAINED),
     f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} trainer=gpu": Fails("No supported gpu backend found!"),
+    f"{T} trainer=gpu": (Run(TWO_STAGES, makes=TRAINED) if torch.cuda.is_available()
+                         else Fails("No supported gpu backend found!")),
     f"{E} model_path=logs/train/runs/<time>/export": Run(makes=("eval_metrics.json",),
                                                          output=("bitext/accuracy",)),
     f"{E} model_path=logs/train/runs/<time>": Run(makes=("eval_metrics.json",)),
