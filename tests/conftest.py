@@ -8,7 +8,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib
 import json
+import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +177,68 @@ def good(k: int = 7, **fields: object) -> dict:
     row = {"query": "q", "passage": "p", **{f"negative_{j}": f"n{j}" for j in range(1, k + 1)}}
     row.update(fields)
     return {key: value for key, value in row.items() if value is not ...}
+
+
+# --- The repository as a user has it, and a suite that leaves it clean ---------------------------
+
+# Not in a repository copy: what a fresh clone does not hold (run folders, data, caches).
+_NOT_COPIED_AT_TOP = {".git", "logs", "data", "build", "dist"}
+_NOT_COPIED = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def copy_repository(dest: Path) -> Path:
+    """A copy of this checkout's files at `dest`, as a fresh clone has them: empty `logs/`, no
+    `data/`. Run the user's commands there (cwd=dest) and their runs land in `dest/logs/`."""
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        top = Path(folder) == ROOT
+        return [n for n in names if n in _NOT_COPIED or n.endswith(".egg-info")
+                or (top and n in _NOT_COPIED_AT_TOP)]
+
+    shutil.copytree(ROOT, dest, symlinks=True, ignore=ignore)
+    (dest / "logs").mkdir()
+    return dest
+
+
+@pytest.fixture(scope="session")
+def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One repository copy shared by a session's subprocess tests."""
+    return copy_repository(tmp_path_factory.mktemp("repo") / "f2llm")
+
+
+_SESSION_START = time.time()
+_WATCHED = ("logs", "data")  # git-ignored: `git status` cannot show what a test left there
+
+
+def files_written_since(start: float, root: Path = ROOT) -> list[Path]:
+    """Files under `root`'s logs/ and data/ modified after `start` (older ones, e.g. a corpus
+    cache built before the session, are the user's)."""
+    found = []
+    for top in _WATCHED:
+        for folder, _, names in os.walk(root / top):
+            for name in names:
+                path = Path(folder) / name
+                with contextlib.suppress(FileNotFoundError):
+                    if path.lstat().st_mtime >= start:
+                        found.append(path)
+    return sorted(found)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the suite if a test wrote into the repository's logs/ or data/ (tests write under
+    tmp paths; a user's `make train` running meanwhile would also be reported)."""
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks
+        return
+    left = files_written_since(_SESSION_START)
+    if not left:
+        return
+    shown = "\n".join(f"  {p.relative_to(ROOT)}" for p in left[:50])
+    more = f"\n  ... and {len(left) - 50} more" if len(left) > 50 else ""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = (f"tests wrote {len(left)} file(s) into the repository's logs/ or data/ "
+               f"(write under tmp_path instead):\n{shown}{more}")
+    if reporter is not None:
+        reporter.write_sep("=", "repository not left clean", red=True)
+        reporter.write_line(message)
+    else:
+        print(message, file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

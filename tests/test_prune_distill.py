@@ -18,7 +18,7 @@ from transformers import AutoModel
 
 from f2llm.export import export_sentence_transformers
 from f2llm.train import train
-from tests.conftest import ROOT, compose_train, tiny_encoder, tiny_overrides
+from tests.conftest import compose_train, tiny_encoder, tiny_overrides
 
 
 def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None:
@@ -66,13 +66,12 @@ def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None
 
 
 @pytest.mark.parametrize("size", ["80m", "160m", "330m"])
-def test_published_recipe_without_network_stops_in_seconds(size: str, tmp_path: Path) -> None:
+def test_published_recipe_without_network_stops_in_seconds(size: str, repo_copy: Path) -> None:
     start = time.monotonic()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("PROJECT_ROOT", None)
-    # From a folder of the user's: the run folder it starts goes there, not into the repo.
-    done = subprocess.run([sys.executable, str(ROOT / "src/f2llm/train.py"),
-                           f"experiment=prune_distill_{size}"], cwd=tmp_path, env=env,
+    # In a repository copy: the run folder Hydra makes before the failure lands there.
+    done = subprocess.run([sys.executable, "src/f2llm/train.py",
+                           f"experiment=prune_distill_{size}"], cwd=repo_copy, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "teacher.path=codefuse-ai/F2LLM-v2-0.6B" in done.stderr

@@ -30,7 +30,9 @@ from f2llm.errors import NotFound, one_message  # noqa: E402
 from f2llm.evaluation.figure import matryoshka_figure, save_figure  # noqa: E402
 from f2llm.evaluation.heldout import curves, heldout_sets, read_val_sets, score_heldout  # noqa: E402
 from f2llm.objective.matryoshka import matryoshka_dims  # noqa: E402
+from f2llm.paths import set_project_root  # noqa: E402
 
+set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 log = logging.getLogger("f2llm.eval")
 Embed = Callable[[Sequence[str], str | None], Tensor]
 

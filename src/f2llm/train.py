@@ -26,7 +26,9 @@ from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_check
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
+from f2llm.paths import set_project_root  # noqa: E402
 
+set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 log = logging.getLogger("f2llm.train")
 
 
@@ -118,7 +120,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
                         for cb in trainer.callbacks)
     if cfg.get("final_validate") and not evaluated_now:
-        metrics.update({k: float(v) for k, v in trainer.validate(module, datamodule)[0].items()})
+        for results in trainer.validate(module, datamodule):  # none without held-out sets
+            metrics.update({k: float(v) for k, v in results.items()})
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

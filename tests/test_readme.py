@@ -1,0 +1,415 @@
+"""The README is the test plan: every command in its ```bash blocks and every ```python snippet
+runs as a user types it, from a copy of the repository (its runs land in the copy's logs/).
+
+Each README command must have one line in COMMANDS saying how it is run: `Run` (it must work),
+`Fails` (it needs a network, a GPU or files a user brings: it must stop within 30 s printing a
+message the README documents) or `NotRun` (with the reason). A command the table does not know
+fails `test_readme_command`, so no command enters the README untested; a table line whose command
+left the README fails `test_every_table_line_is_in_the_readme`.
+
+What is added to a command, and nothing else: step counts and the validation interval
+(`TWO_STAGES`, `ONE_STAGE`, ...) and, to train.py and eval.py on the gettext data, the small
+corpus of tests/conftest.py (`corpus()`: a few languages and catalogs), so a command takes
+seconds. Never `hydra.*` or `paths.*`.
+Placeholders are filled from the first command's run (`<time>`, `<run>`), from files this module
+writes (`my_data.yaml` from the README's own YAML block, with small data files at the paths it
+names) and for the snippets' elisions (`…/export`, `[...]`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from f2llm.data.formats import get_format
+from tests.conftest import ROOT, TEST_VAL_CATALOGS, copy_repository
+
+pytestmark = pytest.mark.slow
+
+README = ROOT / "README.md"
+FAIL_WITHIN_S = 30  # a command that cannot work here must say so this fast (issue 14)
+RUN_TIMEOUT_S = 300
+
+# --- What a command may be given beyond what the README says ---------------------------------
+
+TWO_STAGES = ("trainer.max_steps=2", "data.stages.0.steps=1", "data.stages.1.steps=1",
+              "trainer.val_check_interval=2")
+ONE_STAGE = ("trainer.max_steps=1", "data.stages.0.steps=1", "trainer.val_check_interval=1")
+NO_STAGES = ("trainer.max_steps=1", "trainer.val_check_interval=1")  # data.stages=null
+# Resume the first run (2 steps, two stages) and train one step more.
+RESUMED = ("trainer.max_steps=3", "data.stages.0.steps=1", "data.stages.1.steps=2",
+           "trainer.val_check_interval=3")
+
+
+def corpus(locale_dir: Path) -> list[str]:
+    """The gettext corpus of tests/conftest.py: its locale slice and held-out catalogs."""
+    return [f"data.corpus.locale_dir={locale_dir}",
+            f"data.corpus.val_catalogs=[{','.join(TEST_VAL_CATALOGS)}]",
+            "data.corpus.val_min_pairs=16", "data.corpus.val_max_pairs=32"]
+
+
+def reads_gettext(argv: list[str]) -> bool:
+    """train.py or eval.py on the embedded gettext corpus (no other `data=`)."""
+    entry = any(a.endswith(("src/f2llm/train.py", "src/f2llm/eval.py")) for a in argv[:2])
+    return entry and all(a == "data=gettext" for a in argv if a.startswith("data="))
+
+
+# --- How each README command is run ----------------------------------------------------------
+
+
+@dataclass
+class Result:
+    command: str
+    returncode: int
+    output: str
+    seconds: float
+    folders: list[Path]  # run folders it made (logs/<task>/runs/* and multiruns/*)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Must exit 0. `extra`: step and validation overrides added; `corpus`: add the test corpus
+    (None: when `reads_gettext`); `output`: lines it must print; `makes`: files each new run
+    folder must hold (globs); `check`: anything more."""
+
+    extra: tuple[str, ...] = ()
+    corpus: bool | None = None
+    output: tuple[str, ...] = ()
+    makes: tuple[str, ...] = ()
+    check: Callable[[Result], None] | None = None
+
+
+@dataclass(frozen=True)
+class Fails:
+    """Needs what the test machine lacks (a network, a GPU, weights): a non-zero exit within
+    FAIL_WITHIN_S printing `message`, which the README documents."""
+
+    message: str
+    corpus: bool | None = None  # as in Run
+    extra: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class NotRun:
+    reason: str
+
+
+TRAINED = ("final_metrics.json", "export/modules.json", "checkpoints/last.ckpt")
+
+
+def sweep_results(jobs: int) -> Callable[[Result], None]:
+    def check(result: Result) -> None:
+        (sweep,) = result.folders
+        rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
+        assert [r["job"] for r in rows] == list(range(jobs))
+        for row in rows:  # what train.py returned to the sweeper, each job
+            assert 0.0 <= row["val/bitext/accuracy"] <= 1.0
+            final = json.loads((sweep / str(row["job"]) / "final_metrics.json").read_text())
+            assert row["val/bitext/accuracy"] == final["val/bitext/accuracy"]
+    return check
+
+
+def optuna_results(result: Result) -> None:
+    sweep_results(2)(result)
+    (sweep,) = result.folders
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optimizer.lr", "scheduler.warmup_steps", "data.alpha"}
+    returned = [json.loads(line)["val/bitext/accuracy"]
+                for line in (sweep / "results.jsonl").read_text().splitlines()]
+    assert best["best_value"] == max(returned)
+
+
+def stage_switch(result: Result) -> None:
+    (run,) = result.folders
+    assert (run / "checkpoints" / "stage-stage1-end.ckpt").is_file()
+
+
+def pruned(result: Result) -> None:
+    (run,) = result.folders
+    config = json.loads((run / "pruned" / "config.json").read_text())
+    assert config["hidden_size"] == 64  # tiny_half: the 128-wide default cut to half
+
+
+def resumed(result: Result) -> None:
+    (run,) = result.folders
+    # The realised mix is restored with the checkpoint: 2 steps before, one more now.
+    assert json.loads((run / "data_mix.json").read_text())["batches"] == 3
+
+
+HUB_OFFLINE = "is not a local folder and not in the local Hugging Face cache"
+T = "python src/f2llm/train.py"
+E = "python src/f2llm/eval.py"
+
+# One line per README command, in the README's order. The key is the command as the README
+# writes it (continuations joined, comment dropped, shell quotes removed); a ```python snippet is
+# keyed by "python snippet: <its first line>".
+COMMANDS: dict[str, Run | Fails | NotRun] = {
+    "make train": NotRun("installs packages, then runs the 1,600-step default (14 min); its "
+                         "training step is `python src/f2llm/train.py`, run below"),
+    "make test": NotRun("the suite this module is part of"),
+    T: Run(TWO_STAGES, makes=TRAINED, check=stage_switch),
+    f"{T} experiment=gettext_stage1": Run(ONE_STAGE, makes=TRAINED),
+    f"{T} experiment=gettext_stage2 init_from=<run>/checkpoints/stage-stage1-end.ckpt":
+        Run(ONE_STAGE, output=("initialised weights from",), makes=TRAINED),
+    f"{T} trainer.max_steps=300 data.stages.0.steps=300 data.alpha=0.3": Run(TWO_STAGES,
+                                                                             makes=TRAINED),
+    f"{T} -m optimizer.lr=5e-4,1e-3": Run(TWO_STAGES, makes=("0/final_metrics.json",
+                                                              "1/export/modules.json"),
+                                          check=sweep_results(2)),
+    f"{T} -m hparams_search=default_optuna hydra.sweeper.n_trials=2":
+        Run(TWO_STAGES, output=("Best value:",), makes=("optimization_results.yaml",),
+            check=optuna_results),
+    f"{T} ckpt_path=logs/train/runs/<time>": Run(RESUMED, output=("resuming from",),
+                                                  check=resumed),
+    f"{T} optimizer=adamw8bit": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} gradcache=true": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} model.lora={{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}":
+        Run(TWO_STAGES, makes=TRAINED),
+    f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} trainer=gpu": (Run(TWO_STAGES, makes=TRAINED) if torch.cuda.is_available()
+                         else Fails("No supported gpu backend found!")),
+    f"{E} model_path=logs/train/runs/<time>/export": Run(makes=("eval_metrics.json",),
+                                                         output=("bitext/accuracy",)),
+    f"{E} model_path=logs/train/runs/<time>": Run(makes=("eval_metrics.json",)),
+    f"{E} model_path=logs/train/runs/<time>/checkpoints/last.ckpt":
+        Run(makes=("eval_metrics.json",)),
+    "tensorboard --logdir logs/train": NotRun("a web server that runs until it is stopped"),
+    f"{T} data=manifest data.corpus.manifest=my_data.yaml data.corpus.on_bad_record=skip "
+    "model=f2llm_0_6b model.pretrained=Qwen/Qwen3-0.6B trainer=gpu": Fails(HUB_OFFLINE),
+    f"{T} data=manifest data.corpus.manifest=my_data.yaml data.stages=null":
+        Run(NO_STAGES, output=("train records: 96",),
+            makes=("export/modules.json", "data_mix.json")),
+    f"{T} experiment=prune_distill_80m model.pretrained=/models/F2LLM-v2-0.6B "
+    "teacher.path=/models/F2LLM-v2-0.6B": Fails("/models/F2LLM-v2-0.6B: no such folder"),
+    f"{T} experiment=prune_distill_160m": Fails(HUB_OFFLINE),
+    f"{T} experiment=prune_distill_330m": Fails(HUB_OFFLINE),
+    f"{T} experiment=prune_distill_tiny model.pretrained=logs/train/runs/<time>/export":
+        Run(ONE_STAGE, makes=TRAINED, check=pruned),
+    f"{E} model_path=all-MiniLM-L6-v2": Run(makes=("eval_metrics.json",)),
+    "python snippet: import mteb": Fails("Couldn't reach 'mteb/sts22-crosslingual-sts' on the "
+                                         "Hub"),
+    "python snippet: from sentence_transformers import SentenceTransformer": Run(),
+}
+
+
+# --- Reading the README ----------------------------------------------------------------------
+
+_BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
+
+
+def readme_blocks(kind: str) -> list[str]:
+    return [body for lang, body in _BLOCK.findall(README.read_text()) if lang == kind]
+
+
+def readme_commands() -> list[tuple[str, list[str] | str]]:
+    """(key, argv) for each bash command, (key, source) for each python snippet, in order."""
+    found: list[tuple[str, list[str] | str]] = []
+    text = README.read_text()
+    for lang, body in _BLOCK.findall(text):
+        if lang == "bash":
+            for line in body.replace("\\\n", " ").splitlines():
+                argv = shlex.split(line, comments=True)
+                if argv:
+                    found.append((" ".join(argv), argv))
+        elif lang == "python":
+            found.append((f"python snippet: {body.splitlines()[0]}", body))
+    return found
+
+
+def written_in_readme(message: str) -> bool:
+    return " ".join(message.split()) in " ".join(README.read_text().split())
+
+
+# --- Running them ----------------------------------------------------------------------------
+
+
+def user_data(repo: Path) -> None:
+    """`my_data.yaml` from the README's YAML block, and a small dataset at each path it names,
+    in the format it declares (the stored negatives a record of that format needs)."""
+    (block,) = [b for b in readme_blocks("yaml") if b.startswith("# my_data.yaml")]
+    (repo / "my_data.yaml").write_text(block)
+    for entry in yaml.safe_load(block)["datasets"]:
+        n, k = 32, get_format(entry["format"]).num_negatives
+        rows = {"query": [f"{entry['format']} text {i}" for i in range(n)],
+                "passage": [f"positive {i % 4}" for i in range(n)],
+                **{f"negative_{j}": [f"negative {(i + j) % 4}" for i in range(n)]
+                   for j in range(1, k + 1)}}
+        if entry.get("language_column"):
+            rows[entry["language_column"]] = ["en", "fr"] * (n // 2)
+        path = repo / entry["path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".parquet":
+            pq.write_table(pa.table(rows), path)
+        elif path.suffix == ".jsonl":
+            path.write_text("".join(json.dumps(dict(zip(rows, r, strict=True))) + "\n"
+                                    for r in zip(*rows.values(), strict=True)))
+        else:
+            import datasets
+
+            datasets.Dataset.from_dict(rows).save_to_disk(str(path))
+
+
+def run_folders(repo: Path) -> set[Path]:
+    return {p for p in (repo / "logs").glob("*/*runs/*") if p.is_dir()}
+
+
+class Session:
+    """One repository copy; each command runs once (the first run fills `<time>`)."""
+
+    def __init__(self, repo: Path, locale_dir: Path, scratch: Path) -> None:
+        self.repo, self.locale_dir, self.scratch = repo, locale_dir, scratch
+        self.results: dict[str, Result] = {}
+        self.passed: set[str] = set()
+        self.base: Path | None = None
+        self.env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}
+        self.env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        user_data(repo)
+
+    def first_run(self) -> Path:
+        if self.base is None:
+            result = self.run(T, T.split(), COMMANDS[T])
+            assert result.returncode == 0, result.output[-3000:]
+            (self.base,) = result.folders
+        return self.base
+
+    def fill(self, text: str) -> str:
+        if "<time>" in text or "<run>" in text or "…/export" in text:
+            run = self.first_run().relative_to(self.repo).as_posix()
+            text = (text.replace("<run>", run).replace("logs/train/runs/<time>", run)
+                    .replace("…/export", f"{run}/export"))
+        return text.replace("[...]", '["File not found"]')
+
+    def run(self, key: str, command: list[str] | str, how: Run | Fails) -> Result:
+        if key in self.results:
+            return self.results[key]
+        if isinstance(command, str):  # a python snippet
+            script = self.scratch / f"snippet_{len(self.results)}.py"
+            script.write_text(self.fill(command))
+            argv = [sys.executable, str(script)]
+        else:
+            argv = [self.fill(a) for a in command]
+            if argv[0] == "python":
+                argv[0] = sys.executable
+            if how.corpus or (how.corpus is None and reads_gettext(argv)):
+                argv += corpus(self.locale_dir)
+            argv += list(how.extra)
+        timeout = FAIL_WITHIN_S if isinstance(how, Fails) else RUN_TIMEOUT_S
+        before = run_folders(self.repo)
+        start = time.monotonic()
+        try:
+            done = subprocess.run(argv, cwd=self.repo, env=self.env, capture_output=True,
+                                  text=True, timeout=timeout)
+            code, output = done.returncode, done.stdout + done.stderr
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"") + (e.stderr or b"")
+            code, output = -9, (out.decode() if isinstance(out, bytes) else out)
+            output += f"\n[still running after {timeout} s: stopped]"
+        result = Result(key, code, output, time.monotonic() - start,
+                        sorted(run_folders(self.repo) - before))
+        self.results[key] = result
+        return result
+
+    def tidy(self, result: Result) -> None:
+        """Run folders hold ~0.5 GB of checkpoints each: keep only the first run's."""
+        if result.command == T:
+            return
+        for folder in result.folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def summary(self) -> str:
+        rows = ["| command | exit | seconds | key line |", "|---|---|---|---|"]
+        for r in self.results.values():
+            how = COMMANDS[r.command]
+            rows.append(f"| `{r.command}` | {r.returncode} | {r.seconds:.0f} | "
+                        f"{key_line(r.output, getattr(how, 'message', None))} |")
+        return "\n".join(rows)
+
+
+def key_line(output: str, message: str | None = None) -> str:
+    """The line a user looks at: the result of a run, or the message of a failure."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for pattern in (message, "Best value", "held-out bitext accuracy by dim", "bitext/accuracy ",
+                    "train records", "Error"):
+        if not pattern:
+            continue
+        hits = [line for line in lines if pattern in line]
+        if hits:
+            return hits[-1][-160:].replace("|", "/")
+    return (lines[-1][-160:] if lines else "").replace("|", "/")
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path):
+    repo = copy_repository(tmp_path_factory.mktemp("readme") / "f2llm")
+    s = Session(repo, locale_dir, tmp_path_factory.mktemp("snippets"))
+    yield s
+    summary = s.summary()
+    (tmp_path_factory.getbasetemp() / "readme_commands.md").write_text(summary + "\n")
+    print("\nREADME commands:\n" + summary)
+    shutil.rmtree(repo, ignore_errors=True)
+
+
+# --- The tests -------------------------------------------------------------------------------
+
+
+def test_every_table_line_is_in_the_readme() -> None:
+    in_readme = {key for key, _ in readme_commands()}
+    stale = [key for key in COMMANDS if key not in in_readme]
+    assert not stale, f"COMMANDS lines for commands the README no longer has: {stale}"
+
+
+def test_not_run_commands_are_few() -> None:
+    skipped = [key for key, how in COMMANDS.items() if isinstance(how, NotRun)]
+    assert len(skipped) <= 4, skipped
+
+
+@pytest.mark.parametrize("key, command", [pytest.param(k, c, id=k[:100])
+                                          for k, c in readme_commands()])
+def test_readme_command(session: Session, key: str, command: list[str] | str) -> None:
+    how = COMMANDS.get(key)
+    assert how is not None, (
+        f"README command not in tests/test_readme.py COMMANDS (add one line saying how it is "
+        f"run):\n  {key}")
+    if isinstance(how, NotRun):
+        pytest.skip(f"not run: {how.reason}")
+    if key in session.passed:
+        return  # the README repeats a command; it ran and passed above
+    result = session.run(key, command, how)
+    try:
+        if isinstance(how, Fails):
+            assert result.returncode != 0, result.output[-3000:]
+            assert result.returncode != -9, (f"still running after {FAIL_WITHIN_S} s:\n"
+                                             f"{result.output[-3000:]}")
+            assert how.message in result.output, result.output[-3000:]
+            assert written_in_readme(how.message), f"the README does not say {how.message!r}"
+            session.passed.add(key)
+            return
+        assert result.returncode == 0, result.output[-5000:]
+        for line in how.output:
+            assert line in result.output, (line, result.output[-3000:])
+        for pattern in how.makes:
+            for folder in result.folders:
+                assert list(folder.glob(pattern)), (folder, pattern,
+                                                    sorted(p.name for p in folder.iterdir()))
+        if how.makes:
+            assert result.folders, "no run folder under the copy's logs/"
+        if how.check:
+            how.check(result)
+        session.passed.add(key)
+    finally:
+        session.tidy(result)
