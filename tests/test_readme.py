@@ -64,9 +64,12 @@ def corpus(locale_dir: Path) -> list[str]:
 
 
 def reads_gettext(argv: list[str]) -> bool:
-    """train.py or eval.py on the embedded gettext corpus (no other `data=`)."""
+    """train.py or eval.py on the embedded gettext corpus (no other `data=`, no experiment on
+    the public data)."""
     entry = any(a.endswith(("src/f2llm/train.py", "src/f2llm/eval.py")) for a in argv[:2])
-    return entry and all(a == "data=gettext" for a in argv if a.startswith("data="))
+    public = any(a.startswith("experiment=f2llm_v2") for a in argv)
+    return (entry and not public
+            and all(a == "data=gettext" for a in argv if a.startswith("data=")))
 
 
 # --- How each README command is run ----------------------------------------------------------
@@ -92,6 +95,10 @@ class Run:
     output: tuple[str, ...] = ()
     makes: tuple[str, ...] = ()
     check: Callable[[Result], None] | None = None
+    # `<time>` is the run of the README command keyed here (None: the first command's run);
+    # `keep`: a later command reads this command's run folder.
+    time_from: str | None = None
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class Fails:
     message: str
     corpus: bool | None = None  # as in Run
     extra: tuple[str, ...] = field(default=())
+    time_from: str | None = None  # as in Run
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,10 @@ def resumed(result: Result) -> None:
 HUB_OFFLINE = "is not a local folder and not in the local Hugging Face cache"
 T = "python src/f2llm/train.py"
 E = "python src/f2llm/eval.py"
+D = "python scripts/f2llm_v2_data.py"
+M = "python src/f2llm/merge.py run=logs/train/runs/<time> last=3"
+MERGE_RUN = (f"{T} trainer.max_steps=300 data.stages.0.steps=300 "
+             "callbacks.checkpoint.save_top_k=-1 callbacks.checkpoint.every_n_train_steps=100")
 
 # One line per README command, in the README's order. The key is the command as the README
 # writes it (continuations joined, comment dropped, shell quotes removed); a ```python snippet is
@@ -177,7 +189,7 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} ckpt_path=logs/train/runs/<time>": Run(RESUMED, output=("resuming from",),
                                                   check=resumed),
     f"{T} optimizer=adamw8bit": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} gradcache=true": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} module.gradcache=true": Run(TWO_STAGES, makes=TRAINED),
     f"{T} model.lora={{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}":
         Run(TWO_STAGES, makes=TRAINED),
     f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
@@ -190,17 +202,55 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
         Run(makes=("eval_metrics.json",)),
     "tensorboard --logdir logs/train": NotRun("a web server that runs until it is stopped"),
     f"{T} data=manifest data.corpus.manifest=my_data.yaml data.corpus.on_bad_record=skip "
-    "model=f2llm_0_6b model.pretrained=Qwen/Qwen3-0.6B trainer=gpu": Fails(HUB_OFFLINE),
+    "model=f2llm_0_6b model.pretrained=Qwen/Qwen3-0.6B trainer=gpu optimizer=adamw":
+        Fails(HUB_OFFLINE),
     f"{T} data=manifest data.corpus.manifest=my_data.yaml data.stages=null":
         Run(NO_STAGES, output=("train records: 96",),
             makes=("export/modules.json", "data_mix.json")),
     f"{T} experiment=prune_distill_80m model.pretrained=/models/F2LLM-v2-0.6B "
     "teacher.path=/models/F2LLM-v2-0.6B": Fails("/models/F2LLM-v2-0.6B: no such folder"),
+    # The public F2LLM-v2 data: <f2llm_v2_folder> is a synthetic copy this module makes
+    # (`synthetic_folder`), <stage1_run> the first command's run, <synthetic_folder> a new path.
+    f"{D} download --root <f2llm_v2_folder> --datasets msmarco webfaq_deu mmarco_german":
+        Fails("no network here"),
+    f"{D} table data.corpus.root=<f2llm_v2_folder> data.alpha=0.3": Run(output=("msmarco",)),
+    f"{T} experiment=f2llm_v2_stage1 data.corpus.root=<f2llm_v2_folder>": Fails(HUB_OFFLINE),
+    f"{T} experiment=f2llm_v2_stage2 data.corpus.root=<f2llm_v2_folder> "
+    "init_from=<stage1_run>/checkpoints/stage-stage1-end.ckpt": Fails(HUB_OFFLINE),
+    f"{T} experiment=prune_distill_80m data=f2llm_v2 data.corpus.root=<f2llm_v2_folder> "
+    'data.stages=[{name: stage2, datasets: ["*"], instructions: true, steps: 2000}] '
+    "model.pretrained=/models/F2LLM-v2-0.6B teacher.path=/models/F2LLM-v2-0.6B":
+        Fails("/models/F2LLM-v2-0.6B: no such folder"),
+    f"{D} synthetic --root <synthetic_folder> --layout raw": Run(),
+    f"{D} table data.corpus.root=<synthetic_folder>": Run(output=("msmarco",)),
+    f"{T} experiment=f2llm_v2_stage2 data.corpus.root=<synthetic_folder> model=tiny trainer=cpu "
+    "trainer.max_steps=20 data.batch_size=16": Run(("trainer.max_steps=2",),
+                                                   makes=("export/modules.json",
+                                                          "data_mix.json")),
     f"{T} experiment=prune_distill_160m": Fails(HUB_OFFLINE),
     f"{T} experiment=prune_distill_330m": Fails(HUB_OFFLINE),
     f"{T} experiment=prune_distill_tiny model.pretrained=logs/train/runs/<time>/export":
         Run(ONE_STAGE, makes=TRAINED, check=pruned),
     f"{E} model_path=all-MiniLM-L6-v2": Run(makes=("eval_metrics.json",)),
+    # Checkpoint merging: the merges read the run of the line before them, which keeps a
+    # checkpoint at every step here (3 steps: 3 checkpoints to merge).
+    MERGE_RUN: Run(("trainer.max_steps=3", "data.stages.0.steps=3",
+                    "trainer.val_check_interval=3", "callbacks.checkpoint.every_n_train_steps=1"),
+                   makes=TRAINED, keep=True),
+    f"{M} method=soup out=logs/train/runs/<time>/merged_soup":
+        Run(output=("by soup",), time_from=MERGE_RUN),
+    f"{M} method=slerp out=logs/train/runs/<time>/merged_slerp":
+        Run(output=("by slerp",), time_from=MERGE_RUN),
+    f"{E} model_path=logs/train/runs/<time>/merged_slerp":
+        Run(makes=("eval_metrics.json",), time_from=MERGE_RUN),
+    # Mining: my_pairs.parquet is written by this module (`user_data`), the manifest from the
+    # README's YAML block.
+    f"{T.replace('train', 'mine')} model_path=logs/train/runs/<time>/export "
+    "input=my_pairs.parquet language=en out=data/mined/mined.parquet num_negatives=7 "
+    "range_min=2 relative_margin=0.05": Run(),
+    f"{T} data=manifest data.corpus.manifest=data/mined/mined.yaml data.stages=null "
+    "data.num_negatives.retrieval=7 final_validate=false":
+        Run(NO_STAGES, makes=("export/modules.json", "data_mix.json")),
     "python snippet: import mteb": Fails("Couldn't reach 'mteb/sts22-crosslingual-sts' on the "
                                          "Hub"),
     "python snippet: from sentence_transformers import SentenceTransformer": Run(),
@@ -240,7 +290,16 @@ def written_in_readme(message: str) -> bool:
 
 def user_data(repo: Path) -> None:
     """`my_data.yaml` from the README's YAML block, and a small dataset at each path it names,
-    in the format it declares (the stored negatives a record of that format needs)."""
+    in the format it declares (the stored negatives a record of that format needs); the mining
+    example's pairs (`my_pairs.parquet`) and its manifest (from its YAML block)."""
+    (mined,) = [b for b in readme_blocks("yaml") if b.startswith("# data/mined/mined.yaml")]
+    (repo / "data/mined").mkdir(parents=True)
+    (repo / "data/mined/mined.yaml").write_text(mined)
+    words = ["file", "folder", "printer", "network", "window", "archive", "password", "disk"]
+    pairs = [(f"how do I {verb} the {noun}", f"To {verb} the {noun}, open the menu.")
+             for verb in ("open", "remove", "copy", "rename", "share", "find") for noun in words]
+    pq.write_table(pa.table({"query": [q for q, _ in pairs], "passage": [p for _, p in pairs]}),
+                   repo / "my_pairs.parquet")
     (block,) = [b for b in readme_blocks("yaml") if b.startswith("# my_data.yaml")]
     (repo / "my_data.yaml").write_text(block)
     for entry in yaml.safe_load(block)["datasets"]:
@@ -287,12 +346,34 @@ class Session:
             (self.base,) = result.folders
         return self.base
 
-    def fill(self, text: str) -> str:
+    def fill(self, text: str, time_from: str | None = None) -> str:
+        if "<f2llm_v2_folder>" in text:
+            text = text.replace("<f2llm_v2_folder>", str(self.synthetic_folder()))
+        if "<synthetic_folder>" in text:
+            text = text.replace("<synthetic_folder>", str(self.scratch / "synthetic"))
+        if "<stage1_run>" in text:
+            text = text.replace("<stage1_run>", self.first_run().relative_to(self.repo)
+                                .as_posix())
         if "<time>" in text or "<run>" in text or "…/export" in text:
-            run = self.first_run().relative_to(self.repo).as_posix()
+            if time_from is not None:
+                if time_from not in self.results:  # run it first (a -k selection skipped it)
+                    self.run(time_from, dict(readme_commands())[time_from], COMMANDS[time_from])
+                (folder,) = self.results[time_from].folders
+            else:
+                folder = self.first_run()
+            run = folder.relative_to(self.repo).as_posix()
             text = (text.replace("<run>", run).replace("logs/train/runs/<time>", run)
                     .replace("…/export", f"{run}/export"))
         return text.replace("[...]", '["File not found"]')
+
+    def synthetic_folder(self) -> Path:
+        """A small synthetic copy of the public data (real dataset names), made once."""
+        folder = self.scratch / "f2llm_v2"
+        if not folder.exists():
+            subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "synthetic", "--root",
+                            str(folder), "--layout", "raw"], cwd=self.repo, env=self.env,
+                           check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
+        return folder
 
     def run(self, key: str, command: list[str] | str, how: Run | Fails) -> Result:
         if key in self.results:
@@ -302,7 +383,7 @@ class Session:
             script.write_text(self.fill(command))
             argv = [sys.executable, str(script)]
         else:
-            argv = [self.fill(a) for a in command]
+            argv = [self.fill(a, how.time_from) for a in command]
             if argv[0] == "python":
                 argv[0] = sys.executable
             if how.corpus or (how.corpus is None and reads_gettext(argv)):
@@ -326,7 +407,7 @@ class Session:
 
     def tidy(self, result: Result) -> None:
         """Run folders hold ~0.5 GB of checkpoints each: keep only the first run's."""
-        if result.command == T:
+        if result.command == T or getattr(COMMANDS[result.command], "keep", False):
             return
         for folder in result.folders:
             shutil.rmtree(folder, ignore_errors=True)
