@@ -143,11 +143,11 @@ def main() -> None:
     cache = args.out / "teacher_cache"
     by_activation = "callbacks.pruning.hidden=method"  # the experiments' default is prefix
     runs = {
-        "stage 2, no KD": ["teacher=null", by_activation],
+        "stage 2, no KD": ["~teacher", by_activation],
         "stage 2, KD, cold cache": [f"teacher.cache_dir={cache}", by_activation],
         "stage 2, KD, warm cache": [f"teacher.cache_dir={cache}", by_activation],
         "stage 2, KD, online teacher": ["teacher.mode=online", by_activation],
-        "stage 2, prefix hidden, no KD": ["teacher=null", "callbacks.pruning.hidden=prefix"],
+        "stage 2, prefix hidden, no KD": ["~teacher", "callbacks.pruning.hidden=prefix"],
         "stage 2, prefix hidden, KD, warm cache": [f"teacher.cache_dir={cache}",
                                                     "callbacks.pruning.hidden=prefix"],
     }
@@ -214,7 +214,7 @@ def timing_rounds(export: Path, args: argparse.Namespace) -> None:
     cache = args.out / "teacher_cache"
     if cache.exists():
         shutil.rmtree(cache)
-    runs = {"no KD": ["teacher=null"], "KD, warm cache": [f"teacher.cache_dir={cache}"]}
+    runs = {"no KD": ["~teacher"], "KD, warm cache": [f"teacher.cache_dir={cache}"]}
     # Fill the cache: every text of these batches seen once.
     _train_with(compose_cfg(export, args.out / "fill", base + runs["KD, warm cache"]), StepTimer())
     times: dict[str, list[float]] = {name: [] for name in runs}

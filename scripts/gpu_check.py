@@ -604,7 +604,7 @@ def prune_section(shape: Shape, base_data: list[str], work: Path, result: dict[s
               f"callbacks.pruning.calibration_texts={shape.prune_calibration}",
               "callbacks.pruning.save_dir=null", "optimizer=adamw", *shape.prune_overrides]
     teacher = [f"teacher.path={teacher_dir}", f"teacher.cache_dir={work / 'teacher_cache'}"]
-    modes = {"no_kd": ["teacher=null"], "online": [*teacher, "teacher.mode=online"],
+    modes = {"no_kd": ["~teacher"], "online": [*teacher, "teacher.mode=online"],
              "cached_fill": [*teacher, "teacher.mode=cached"],
              "cached": [*teacher, "teacher.mode=cached"]}
     prune["kd"] = {}

@@ -18,7 +18,9 @@ from f2llm.export import export_sentence_transformers
 from tests.conftest import CONFIGS, ROOT, compose_train, tiny_encoder, tiny_overrides
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-HUB_NAMES = ["codefuse-ai/F2LLM-v2-0.6B"]  # every hub name an experiment names
+# Every hub name an experiment names: the published 0.6B (prune -> distill) and the base Qwen3
+# (the public-data recipe).
+HUB_NAMES = ["codefuse-ai/F2LLM-v2-0.6B", "Qwen/Qwen3-0.6B"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -62,6 +64,9 @@ tmp, locale, local = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 out = {}
 for experiment in sys.argv[4:]:
     overrides = [o for o in tiny_overrides(tmp / experiment, locale) if ".shape." not in o]
+    if experiment.startswith("f2llm_v2"):  # the public data: a folder instead of gettext
+        overrides = [o for o in overrides if not o.startswith("data.corpus.")]
+        overrides.append(f"data.corpus.root={tmp}")
     cfg = compose_train(overrides, experiment=experiment)
     with open_dict(cfg):
         if cfg.get("teacher") and not cfg.model.get("pretrained"):
@@ -101,4 +106,6 @@ def test_every_experiment_builds_its_model_and_teacher(tmp_path: Path, locale_di
     assert kd == {e for e in EXPERIMENTS if e.startswith("prune_distill")}
     for experiment in kd:
         assert built[experiment]["teacher_width"] >= built[experiment]["width"]
-    assert {built[e]["pretrained"] for e in kd} == {*HUB_NAMES, str(checkpoint)}
+    assert {built[e]["pretrained"] for e in kd} == {"codefuse-ai/F2LLM-v2-0.6B", str(checkpoint)}
+    for experiment in ("f2llm_v2_stage1", "f2llm_v2_stage2"):  # from the base Qwen3
+        assert built[experiment]["pretrained"] == "Qwen/Qwen3-0.6B", experiment

@@ -30,7 +30,7 @@ from f2llm.data.readers import read_corpus
 from f2llm.data.validation import DataValidationError, check_language_code
 from f2llm.model.encoder import QUERY_TEMPLATE
 from f2llm.model.tokenizer import load_tokenizer
-from tests.conftest import CONFIGS, ROOT, compose_train
+from tests.conftest import CONFIGS, ROOT, compose_train, copy_repository
 
 NAMES = list(EXAMPLE_NAMES)
 EXPECTED = {  # dataset -> (format, language) as a run must show them
@@ -290,7 +290,8 @@ def test_a_tokenizer_other_than_the_datas_is_a_clear_error(tmp_path: Path, token
     check_tokenizer(tokenizer, 151643, 150000)
     # As a user meets it: the training command stops before any step.
     root = write_synthetic(tmp_path / "tok", "tokenized", ["msmarco"], 8, tokenizer=tokenizer)
-    done = _train(tmp_path, root, ["trainer.max_steps=2", f"model.tokenizer={tmp_path / 'other'}"])
+    done = _train(tmp_path / "f2llm", root,
+                  ["trainer.max_steps=2", f"model.tokenizer={tmp_path / 'other'}"])
     assert done.returncode != 0
     assert "made with the Qwen3 tokenizer" in done.stderr, done.stderr[-2000:]
 
@@ -349,8 +350,10 @@ def test_model_override_leaves_no_hub_name_behind(tmp_path: Path) -> None:
 
 
 def _train(cwd: Path, root: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    # The command as the user types it, run from `cwd` (so data/ and logs/ land there).
-    cmd = [sys.executable, str(ROOT / "src/f2llm/train.py"), "experiment=f2llm_v2_stage2",
+    # The command as the user types it, in a copy of the repository at `cwd` (its data/ and
+    # logs/ are the copy's).
+    copy_repository(cwd)
+    cmd = [sys.executable, "src/f2llm/train.py", "experiment=f2llm_v2_stage2",
            f"data.corpus.root={root}", "model=tiny", "trainer=cpu", "trainer.max_steps=20",
            "data.batch_size=16", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -362,16 +365,17 @@ def _train(cwd: Path, root: Path, extra: list[str]) -> subprocess.CompletedProce
 def test_done_when_command_trains_offline(tmp_path: Path, tokenizer, layout: str) -> None:
     root = write_synthetic(tmp_path / layout, layout, NAMES, 64,
                            tokenizer=tokenizer if layout == "tokenized" else None)
-    done = _train(tmp_path, root, [])
+    repo = tmp_path / "f2llm"
+    done = _train(repo, root, [])
     assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    (run,) = (repo / "logs" / "train" / "runs").iterdir()
     mix = json.loads((run / "data_mix.json").read_text())
     assert mix["batches"] == 20
     drawn = mix["batches_by_stage_dataset_format_language"]
     assert len({row[1] for row in drawn}) >= 5
     for stage, dataset, fmt, language, _ in drawn:
         assert stage == "stage2" and (fmt, language) == EXPECTED[dataset], dataset
-    assert (tmp_path / "data" / "f2llm_v2").is_dir()
+    assert (repo / "data" / "f2llm_v2").is_dir()
     assert (run / "export" / "modules.json").exists()
 
 
@@ -392,6 +396,6 @@ def test_datamodule_serves_stored_ids_and_decodes_them_for_calibration(tmp_path:
     assert texts and all(isinstance(t, str) for t in texts)
     assert any(t.startswith("Instruct: ") for t in texts)  # stage-2 queries, decoded
     batch = next(iter(data.train_dataloader()))
-    assert batch["batch_size"] == 4
-    ids = [row for chunk in batch["chunks"] for row in chunk["input_ids"].tolist()]
+    assert batch.batch_size == 4
+    ids = [row for chunk in batch.chunks for row in chunk["input_ids"].tolist()]
     assert all(tokenizer.pad_token_id in row for row in ids)  # every text ends with EOS

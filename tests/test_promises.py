@@ -22,10 +22,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from f2llm.eval import encoder_embedder, heldout_metrics
 from f2llm.train import build, main, train
 from tests.conftest import (
-    ROOT,
     TEST_VAL_CATALOGS,
     TINY_SHAPE,
     compose_train,
+    copy_repository,
     tiny_overrides,
 )
 
@@ -47,9 +47,9 @@ class ValidationProbe(L.Callback):
 
 @pytest.fixture(scope="module")
 def user_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
-    """`python src/f2llm/train.py <overrides>` from a folder of the user's: two stages of three
-    steps, lr restarted per stage, the mix logged every step."""
-    cwd = tmp_path_factory.mktemp("user")
+    """`python src/f2llm/train.py <overrides>` in a copy of the repository, as a user runs it:
+    two stages of three steps, lr restarted per stage, the mix logged every step."""
+    cwd = copy_repository(tmp_path_factory.mktemp("user") / "f2llm")
     probe = cwd / "probe.jsonl"
     overrides = [
         "callbacks.stages.restart_lr=true", "callbacks.data_mix.every_n_steps=1",
@@ -63,10 +63,11 @@ def user_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path
         "+callbacks.probe._target_=tests.test_promises.ValidationProbe",
         f"+callbacks.probe.path={probe}",
     ]
+    # The copy's code first (the probe callback is imported from the copy's tests/).
     env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    env.pop("PROJECT_ROOT", None)  # the run folder is under the current folder, as for a user
-    subprocess.run([sys.executable, str(ROOT / "src/f2llm/train.py"), *overrides], cwd=cwd,
+           "PYTHONPATH": os.pathsep.join([str(cwd / "src"), str(cwd)])}
+    env.pop("PROJECT_ROOT", None)
+    subprocess.run([sys.executable, "src/f2llm/train.py", *overrides], cwd=cwd,
                    env=env, check=True, timeout=900, capture_output=True)
     (run,) = (cwd / "logs" / "train" / "runs").iterdir()  # the default run folder
     return run

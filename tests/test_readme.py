@@ -193,7 +193,7 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} model.lora={{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}":
         Run(TWO_STAGES, makes=TRAINED),
     f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} trainer=gpu": (Run(TWO_STAGES, makes=TRAINED) if torch.cuda.is_available()
+    f"{T} trainer=gpu optimizer=adamw": (Run(TWO_STAGES, makes=TRAINED) if torch.cuda.is_available()
                          else Fails("No supported gpu backend found!")),
     f"{E} model_path=logs/train/runs/<time>/export": Run(makes=("eval_metrics.json",),
                                                          output=("bitext/accuracy",)),

@@ -80,7 +80,7 @@ def test_soak_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
     # soak must still stop its run with SIGINT.
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts/soak.py"), "--minutes", "1", "--warmup-minutes",
-         "0.4", "--window-minutes", "0.25", "--interval", "1", "--grace", "30", "--out", str(out),
+         "0.4", "--window-minutes", "0.25", "--interval", "1", "--grace", "90", "--out", str(out),
          "--",
          *overrides],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,

@@ -84,13 +84,14 @@ def test_unknown_experiment_is_hydras_message_without_a_trace(clone: Path) -> No
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("In 'train': Could not find 'experiment/no_such_experiment'")
-    assert "Available options in 'experiment':\n\tgettext_stage1" in done.stderr
+    assert "Available options in 'experiment':\n" in done.stderr
+    assert "\n\tgettext_stage1\n" in done.stderr
 
 
 def test_failed_config_check_is_one_message(clone: Path) -> None:
     done = run_cli(clone, "train", "objective.mrl_dims=[256,64]", timeout=120)
-    one_message(done, "Error: objective.mrl_dims [256, 64]: [256] exceed the model's hidden "
-                      "size 128 (model=tiny)")
+    one_message(done, "Error: objective.mrl_dims [256, 64]: [256] exceed the hidden size 128 "
+                      "(model=tiny)")
 
 
 def test_data_validation_error_is_one_message(clone: Path, tmp_path: Path,

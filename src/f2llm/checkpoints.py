@@ -52,7 +52,10 @@ def newest_loadable(folder: str | Path, setting: str = "ckpt_path") -> Path:
     A checkpoint that is a folder (FSDP's sharded format) is taken as is: Lightning reads it.
     """
     folder = Path(folder)
-    found = sorted(folder.glob("*.ckpt"), key=saved_at, reverse=True)
+    # At equal times (file times tick coarsely) last.ckpt is the newer: Lightning writes it
+    # after the step's own checkpoint.
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: (saved_at(p), p.name == "last.ckpt"),
+                   reverse=True)
     if not found:
         raise NotFound(f"{setting}={folder}: no .ckpt files in {folder}")
     damaged: list[Path] = []
