@@ -415,10 +415,17 @@ class F2LLMDataModule(L.LightningDataModule):
                           collate_fn=_identity)
 
     def update_eval_instructions(self) -> None:
-        """Queries carry instructions in evaluation when the current stage trains with them."""
-        if getattr(self, "_eval", None) is not None and self.sampler is not None:
-            position = min(self.sampler.position, len(self.sampler) - 1)
-            self._eval.instructed = self.stage_at(max(position - 1, 0)).instructions
+        """Queries carry instructions in evaluation when the stage trained last trains with them.
+
+        That stage is the last consumed batch's: the sampler runs ahead of it (the loop and the
+        loader workers prefetch), and `trainer.validate` after fit calls `setup` again, which
+        rebuilds the sampler at position 0, i.e. stage 1. Before any batch (a resumed run's
+        first validation) the sampler's restored position says it."""
+        if getattr(self, "_eval", None) is None or self.sampler is None:
+            return
+        consumed = (self._consumed or {}).get("position", self.sampler.position)
+        position = min(max(consumed - 1, 0), len(self.sampler) - 1)
+        self._eval.instructed = self.stage_at(position).instructions
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called in consumption order (prefetching runs ahead of it): the resume point.
