@@ -9,11 +9,14 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import contextlib
+import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -56,6 +59,18 @@ def locale_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.symlink_to(src)
     return root
+
+
+def load_script(name: str) -> ModuleType:
+    """`scripts/<name>.py` as a module, with scripts/ on `sys.path` as `python scripts/<name>.py`
+    has it (the scripts import their shared `_common`)."""
+    folder = str(ROOT / "scripts")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_overrides(tmp: Path, locale: Path, **extra: object) -> list[str]:
@@ -203,6 +218,52 @@ def copy_repository(dest: Path) -> Path:
 def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One repository copy shared by a session's subprocess tests."""
     return copy_repository(tmp_path_factory.mktemp("repo") / "f2llm")
+
+
+# --- The entry points as a user types them: `python src/f2llm/<script>.py ...` in a repository
+# copy, no `hydra.*` or `paths.*` overrides; only steps, validation interval and the test corpus.
+
+def small_run(locale: Path, steps: int = 4, **extra: object) -> list[str]:
+    """Step-count, validation-interval and test-corpus overrides (and `extra`)."""
+    values: dict[str, object] = {
+        "data.corpus.locale_dir": locale,
+        "data.corpus.val_catalogs": "[" + ",".join(TEST_VAL_CATALOGS) + "]",
+        "data.corpus.val_min_pairs": 16, "data.corpus.val_max_pairs": 32,
+        "data.batch_size": 8, "trainer.max_steps": steps, "trainer.val_check_interval": 2,
+        "trainer.enable_progress_bar": "false", **TINY_SHAPE, **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """This environment as a user's shell has it: offline, no project-root or Hydra overrides."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"PROJECT_ROOT", "HYDRA_FULL_ERROR"}}
+    return {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
+
+
+def run_cli(repo: Path, script: str, *args: str, timeout: int = 600, **env: str
+            ) -> subprocess.CompletedProcess[str]:
+    """`python src/f2llm/<script>.py <args>` run from `repo`."""
+    return subprocess.run([sys.executable, f"src/f2llm/{script}.py", *args], cwd=repo,
+                          env=user_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def run_folders(repo: Path, task: str = "train") -> list[Path]:
+    """The copy's run folders of `task` (train, eval), oldest first."""
+    return sorted((repo / "logs" / task / "runs").glob("*"))
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
+    """A repository copy holding one short run of the default, made once per test session:
+    4 steps in two stages (a checkpoint at the switch, step 2, and `last.ckpt`), validated at
+    step 3 and once more after fit (final_validate), so the last metrics come after fit."""
+    repo = copy_repository(tmp_path_factory.mktemp("trained") / "f2llm")
+    done = run_cli(repo, "train", *small_run(locale_dir, **{
+        "data.stages.0.steps": 2, "trainer.val_check_interval": 3}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return repo
 
 
 _SESSION_START = time.time()

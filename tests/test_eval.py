@@ -1,4 +1,5 @@
-"""eval.py scores an export and a checkpoint of the same run identically, on all four tasks."""
+"""eval.py scores an export and a checkpoint of the same run identically, on all four tasks, and
+as the run's own final validation did."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from f2llm.eval import evaluate, format_table
 from f2llm.train import train
-from tests.conftest import CONFIGS, ROOT, TEST_VAL_CATALOGS
+from tests.conftest import CONFIGS, ROOT, TEST_VAL_CATALOGS, run_cli, run_folders, small_run
 
 
 def eval_cfg(model_path: Path, out: Path, train_cfg: DictConfig) -> DictConfig:
@@ -45,3 +46,23 @@ def test_eval_export_and_checkpoint_agree(cfg_tiny: DictConfig, tmp_path: Path) 
     table = format_table(by_export).splitlines()
     assert table[0].split()[1:] == ["8", "16", "32"]
     assert any(line.startswith("classification/accuracy") for line in table)
+
+
+@pytest.mark.slow
+def test_final_validation_equals_eval_py_on_the_export(trained_repo: Path,
+                                                        locale_dir: Path) -> None:
+    """The run ends in stage 2 (instructions on) and validates once more after fit, where
+    `trainer.validate` sets the datamodule up again: its clustering and classification queries
+    must still get the stage-2 instructions, as eval.py gives them from the export's prompts."""
+    (run,) = run_folders(trained_repo)
+    final = json.loads((run / "final_metrics.json").read_text())
+    corpus = [a for a in small_run(locale_dir) if a.startswith("data.corpus.")]
+    before = set(run_folders(trained_repo, "eval"))
+    done = run_cli(trained_repo, "eval", f"model_path={run / 'export'}", *corpus)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder,) = set(run_folders(trained_repo, "eval")) - before
+    by_eval = json.loads((folder / "eval_metrics.json").read_text())["metrics"]
+    for task in ("bitext", "retrieval", "clustering", "classification"):
+        assert any(k.startswith(f"{task}/") for k in by_eval), task
+    for key, value in by_eval.items():
+        assert final[f"val/{key}"] == pytest.approx(value, abs=1e-4), key

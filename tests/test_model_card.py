@@ -11,12 +11,12 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from f2llm.model_card import read_front_matter
-from tests.cli_runs import run_folders, trained_repo
+from tests.conftest import run_folders
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
-    return run_folders(trained_repo(tmp_path_factory, locale_dir))[0]
+def run(trained_repo: Path) -> Path:
+    return run_folders(trained_repo)[0]
 
 
 def card_table(text: str) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Errors a user can fix read as one message, not a traceback; damaged files are named, and a
 run folder or the teacher cache carries on past them. Every case runs the command as a user
-types it, from a copy of the repository (tests/cli_runs.py)."""
+types it, from a copy of the repository (conftest's `run_cli`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from f2llm.export import export_sentence_transformers
-from tests.cli_runs import repo_copy, run_cli, run_folders, small_run, trained_repo
-from tests.test_model import tiny_encoder
+from tests.conftest import copy_repository, run_cli, run_folders, small_run, tiny_encoder
 
 HUB_MESSAGE = ("Error: teacher.path=codefuse-ai/F2LLM-v2-0.6B is not a local folder and not in "
                "the local Hugging Face cache, and HF_HUB_OFFLINE is set. Download it where there "
@@ -41,12 +40,12 @@ def truncate(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository copy for the commands that stop before any work."""
-    return repo_copy(tmp_path_factory.mktemp("clone_errors"))
+    return copy_repository(tmp_path_factory.mktemp("clone_errors") / "f2llm")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
-    return trained_repo(tmp_path_factory, locale_dir)
+def trained(trained_repo: Path) -> Path:
+    return trained_repo
 
 
 def test_a_wrapped_user_error_is_one_message_too(capsys: pytest.CaptureFixture[str]) -> None:
