@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import shutil
 import statistics
 import time
@@ -42,28 +41,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
+from _common import ROOT, StepTimer, alternating_rounds, compose_train, machine
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 from f2llm.data import F2LLMDataModule
 from f2llm.eval import encoder_embedder, heldout_metrics
 from f2llm.pruning import encoder_importance, prune_backbone
 from f2llm.train import train
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class StepTimer(L.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, *args) -> None:
-        self.times.append(time.perf_counter())
-
-    def ms_per_step(self, skip: int = 20) -> float:
-        t = self.times[skip:]
-        return 1000 * (t[-1] - t[0]) / (len(t) - 1)
 
 
 def stage2_overrides(steps: int) -> list[str]:
@@ -78,14 +62,9 @@ def folder(run_name: str) -> str:
 
 
 def compose_cfg(export: Path, out: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=prune_distill_tiny", f"model.pretrained={export}",
-            f"paths.root_dir={ROOT}", f"paths.output_dir={out}", "callbacks.progress=null",
-            "trainer.enable_progress_bar=false", *overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    return compose_train(["experiment=prune_distill_tiny", f"model.pretrained={export}",
+                          "callbacks.progress=null", "trainer.enable_progress_bar=false",
+                          *overrides], out)
 
 
 def main() -> None:
@@ -133,7 +112,7 @@ def main() -> None:
                            ("activation", "prefix")):
         student = copy.deepcopy(teacher_encoder)
         importance = encoder_importance(student, texts) if method == "activation" else None
-        prune_backbone(student.backbone, target, importance, method, hidden)
+        prune_backbone(student.backbone, target, importance, method=method, hidden=hidden)
         name = f"{method}{', prefix hidden' if hidden == 'prefix' else ''}"
         rows[f"pruned, {name}, no training"] = heldout_metrics(
             encoder_embedder(student), student.hidden_size, instructions, found)
@@ -163,8 +142,7 @@ def main() -> None:
         rows[name] = metrics
         if args.json:  # so far, in case a later run fails
             args.json.write_text(json.dumps({"scores": rows, "ms_per_step": times}, indent=2))
-    result = {"date": str(date.today()), "machine": f"{platform.processor() or platform.machine()}"
-              f", {os.cpu_count()} CPUs, torch {torch.__version__}",
+    result = {"date": str(date.today()), "machine": f"{machine()}, torch {torch.__version__}",
               "steps": args.steps, "scores": rows, "ms_per_step": times}
     if args.seeds:
         by_seed: dict[str, dict[int, dict]] = {name: {} for name in QUALITY_RUNS}
@@ -217,16 +195,21 @@ def timing_rounds(export: Path, args: argparse.Namespace) -> None:
     runs = {"no KD": ["~teacher"], "KD, warm cache": [f"teacher.cache_dir={cache}"]}
     # Fill the cache: every text of these batches seen once.
     _train_with(compose_cfg(export, args.out / "fill", base + runs["KD, warm cache"]), StepTimer())
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.timing_rounds):
-        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
-        for name in order:
-            timer = StepTimer()
-            out = args.out / f"round{r}" / folder(name)
-            _train_with(compose_cfg(export, out, base + runs[name]), timer)
-            times[name].append(timer.ms_per_step())
-        print(f"round {r}: " + ", ".join(f"{n} {t[-1]:.1f} ms/step" for n, t in times.items()),
-              flush=True)
+    rounds = iter(range(2 * args.timing_rounds))  # two runs per round, in alternating order
+
+    def timed(name: str) -> float:
+        timer = StepTimer()
+        out = args.out / f"round{next(rounds) // 2}" / folder(name)
+        _train_with(compose_cfg(export, out, base + runs[name]), timer)
+        return timer.ms_per_step()
+
+    def report(r: int, name: str, times: dict[str, list[float]]) -> None:
+        if all(len(t) == r + 1 for t in times.values()):  # the round's second run
+            print(f"round {r}: " + ", ".join(f"{n} {t[-1]:.1f} ms/step"
+                                             for n, t in times.items()), flush=True)
+
+    times = alternating_rounds({name: (lambda n=name: timed(n)) for name in runs},
+                               args.timing_rounds, report)
     ratios = [kd / plain for kd, plain in zip(times["KD, warm cache"], times["no KD"], strict=True)]
     result = {"date": str(date.today()), "steps": args.steps, "ms_per_step": times,
               "ratios": ratios, "median_ratio": statistics.median(ratios)}

@@ -33,8 +33,7 @@ from tests.conftest import compose_train, tiny_overrides
 class PairMatching(HeldoutTask):
     """Each left text's partner is the nearest right text (cosine), at every dim."""
 
-    name = "pairs"
-    val_set = "pairs"  # reads Corpus.val["pairs"]: columns left, right
+    name = "pairs"  # and reads Corpus.val["pairs"] (no val_set: the name): columns left, right
     sets = ("pairs/left", "pairs/right")
     instructed = {"pairs/left": "retrieval"}  # noqa: RUF012  queries: the retrieval instruction
     main_metric = "accuracy"
@@ -98,6 +97,10 @@ def test_the_four_tasks_and_the_toy_are_registered() -> None:
                               "clustering": "v_measure", "classification": "accuracy",
                               "pairs": "accuracy"}
     assert TASKS["retrieval"].sets == TASKS["bitext"].sets  # retrieval reuses bitext's embeddings
+    # A task reads the held-out set named after it unless it names one; a subclass inherits it.
+    assert {name: task.val_set for name, task in TASKS.items()} == {
+        "bitext": "bitext", "retrieval": "bitext", "clustering": "clustering",
+        "classification": "classification", "pairs": "pairs"}
 
 
 def test_a_manifest_corpus_with_only_bitext_held_out_evaluates(tmp_path: Path) -> None:

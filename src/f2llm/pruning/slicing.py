@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,13 @@ KEPT = ("head_dim", "num_key_value_heads", "vocab_size")
 Method = Literal["activation", "first_k"]
 # How hidden channels are chosen: by the method, or the first ones (see plan_pruning).
 Hidden = Literal["method", "prefix"]
+
+
+class Choice(TypedDict, total=False):
+    """How `plan_pruning` chooses (its keyword arguments), passed on by `prune_backbone`."""
+
+    method: Method
+    hidden: Hidden
 
 
 @dataclass
@@ -245,22 +252,17 @@ def apply_plan(backbone: PreTrainedModel, plan: PruningPlan) -> PreTrainedModel:
     return backbone
 
 
-def prune_backbone(
-    backbone: PreTrainedModel,
-    target: Mapping[str, Any],
-    importance: Importance | None = None,
-    method: Method = "activation",
-    hidden: Hidden = "method",
-) -> PreTrainedModel:
-    """Prune `backbone` in place to `target`; 'first_k' keeps the first k of everything.
+def prune_backbone(backbone: PreTrainedModel, target: Mapping[str, Any],
+                   importance: Importance | None = None, **choice: Unpack[Choice]
+                   ) -> PreTrainedModel:
+    """Prune `backbone` in place to `target`: `plan_pruning` on its config, then `apply_plan`.
 
     `importance` (from `collect_importance` on this backbone) is needed for 'activation' and
-    unused by 'first_k'. `hidden`: see `plan_pruning`.
+    unused by 'first_k'; `choice` (method, hidden) is `plan_pruning`'s.
     """
     if not hasattr(backbone, "layers"):
         raise TypeError(f"expected a Qwen3Model-like backbone, got {type(backbone).__name__}")
-    plan = plan_pruning(backbone.config, target, importance, method, hidden)
-    return apply_plan(backbone, plan)
+    return apply_plan(backbone, plan_pruning(backbone.config, target, importance, **choice))
 
 
 def step_targets(
@@ -300,5 +302,5 @@ def prune_in_steps(
         importance = None
         if method == "activation":
             importance = collect_importance(backbone, batches, progress=progress)
-        prune_backbone(backbone, target, importance, method, hidden)
+        prune_backbone(backbone, target, importance, method=method, hidden=hidden)
     return backbone

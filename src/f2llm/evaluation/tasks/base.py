@@ -19,6 +19,7 @@ class HeldoutTask:
 
     - `name`: the metrics' prefix (`val/<name>/<metric>@<dim>`);
     - `val_set`: the `Corpus.val` entry it reads (the task is skipped when the corpus has none);
+      unset, the task's `name` (a subclass inherits its parent's);
     - `sets`: the names of the text sets it embeds, e.g. "bitext/source" (tasks naming the same
       set share its embeddings);
     - `instructed`: set name -> training format whose dataset's instruction that set's texts
@@ -27,7 +28,7 @@ class HeldoutTask:
     """
 
     name: str
-    val_set: str
+    val_set: str | None = None
     sets: tuple[str, ...]
     instructed: ClassVar[Mapping[str, str]] = {}
     main_metric: str
@@ -47,6 +48,8 @@ TASKS: dict[str, HeldoutTask] = {}
 
 def register(cls: type[HeldoutTask]) -> type[HeldoutTask]:
     """Class decorator: add the task to `TASKS` under its `name`."""
+    if cls.val_set is None:
+        cls.val_set = cls.name
     task = cls()
     if task.name in TASKS and type(TASKS[task.name]) is not cls:
         raise ValueError(f"two held-out tasks named {task.name!r}: {type(TASKS[task.name])} "

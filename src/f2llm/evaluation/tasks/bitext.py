@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 @register
 class BitextMining(HeldoutTask):
     name = "bitext"
-    val_set = "bitext"
     sets = ("bitext/source", "bitext/target")
     main_metric = "accuracy"
 

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 @register
 class LabelClassification(HeldoutTask):
     name = "classification"
-    val_set = "classification"
     sets = ("classification/text", "classification/labels")
     instructed: ClassVar[Mapping[str, str]] = {"classification/text": "classification"}
     main_metric = "accuracy"

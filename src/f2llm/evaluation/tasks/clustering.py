@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 @register
 class ComponentClustering(HeldoutTask):
     name = "clustering"
-    val_set = "clustering"
     sets = ("clustering/text",)
     instructed: ClassVar[Mapping[str, str]] = {"clustering/text": "clustering"}
     main_metric = "v_measure"
