@@ -16,53 +16,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import TRAINING_STEPS_ONLY, StepTimer, alternating_rounds, compose_train, machine
+
 SKIP = 20  # warm-up steps left out of the timing
 
 
 def run_overrides(steps: int) -> list[str]:
     return [f"trainer.max_steps={steps}", f"data.stages.0.steps={steps}",
-            f"trainer.val_check_interval={steps + 1}", "final_validate=false",
-            "callbacks.matryoshka_eval=null", "callbacks.export=null",
-            "callbacks.checkpoint=null", "callbacks.progress=null", "callbacks.lr_monitor=null",
-            "trainer.enable_progress_bar=false", "~logger"]
+            f"trainer.val_check_interval={steps + 1}", *TRAINING_STEPS_ONLY]
 
 
 def child(overrides: list[str]) -> None:
     """One timed run in this process; prints {"ms_per_step": ...} as the last line."""
-    import lightning as L
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
     import f2llm.train as entry
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        out = tempfile.mkdtemp(prefix="bench_ab_")
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={out}",
-                                          *overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    ends: list[float] = []
-
-    class StepEnds(L.Callback):
-        def on_train_batch_end(self, *args) -> None:
-            ends.append(time.perf_counter())
-
-    entry.train(cfg, callbacks=[StepEnds()])
-    timed = ends[SKIP:]
-    print(json.dumps({"ms_per_step": 1000 * (timed[-1] - timed[0]) / (len(timed) - 1)}))
+    cfg = compose_train(overrides, tempfile.mkdtemp(prefix="bench_ab_"))
+    timer = StepTimer()
+    entry.train(cfg, callbacks=[timer])
+    print(json.dumps({"ms_per_step": timer.ms_per_step(SKIP)}))
 
 
 def timed_run(setting: str, common: list[str], steps: int) -> float:
@@ -88,15 +69,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps <= SKIP + 1:
         ap.error(f"--steps must be above {SKIP + 1}: the first {SKIP} steps are warm-up")
-    ms: dict[str, list[float]] = {"A": [], "B": []}
-    for r in range(args.rounds):
-        for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
-            setting = args.a if name == "A" else args.b
-            ms[name].append(timed_run(setting, args.common, args.steps))
-            print(f"round {r}: {name} ({setting}) {ms[name][-1]:.1f} ms/step", flush=True)
+    settings = {"A": args.a, "B": args.b}
+    ms = alternating_rounds(
+        {name: (lambda s=setting: timed_run(s, args.common, args.steps))
+         for name, setting in settings.items()}, args.rounds,
+        lambda r, name, ms: print(f"round {r}: {name} ({settings[name]}) {ms[name][-1]:.1f} "
+                                  "ms/step", flush=True))
     ratios = [b / a for a, b in zip(ms["A"], ms["B"], strict=True)]
     result = {"date": datetime.now(UTC).isoformat(timespec="minutes"),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+              "machine": machine(),
               "a": args.a, "b": args.b, "common": args.common, "steps": args.steps,
               "ms_per_step": ms, "ratios": ratios, "median_ratio": statistics.median(ratios)}
     if args.json:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -35,26 +34,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
+from _common import TRAINING_STEPS_ONLY, StepTimer, compose_train, machine
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from f2llm.data.batch import TrainBatch
 from f2llm.train import build
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        # No Hydra run here, so no run folder: anything the build writes goes to a temporary one.
-        scratch = tempfile.mkdtemp(prefix="bench_loader_")
-        cfg = compose(
-            "train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={scratch}", *overrides]
-        )
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+# No Hydra run here, so no run folder: anything a build writes goes to a temporary one.
+SCRATCH = "bench_loader_"
 
 
 def loader_batches(cfg, n: int, start: int) -> tuple[float, list[TrainBatch]]:
@@ -82,31 +70,20 @@ def padding_fractions(batches: list[TrainBatch]) -> tuple[float, float]:
     return packed / (real + packed), longest / (real + longest)
 
 
-class StepTimes(L.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, *args) -> None:
-        self.times.append(time.perf_counter())
-
-
-def model_step_seconds(cfg, steps: int, warmup: int = 5) -> float:
-    """Mean seconds per training step (loader included) after `warmup` steps."""
+def model_step_seconds(overrides: list[str], stage: int, steps: int, warmup: int = 5) -> float:
+    """Mean seconds per training step (loader included) after `warmup` steps of stage
+    `stage`, training steps only."""
+    cfg = compose_train([*overrides, *TRAINING_STEPS_ONLY], tempfile.mkdtemp(prefix=SCRATCH))
     with open_dict(cfg):
         cfg.trainer.max_steps = steps + warmup
         cfg.trainer.val_check_interval = None
-        cfg.trainer.limit_val_batches = 0
-        cfg.trainer.enable_checkpointing = False
-        cfg.trainer.enable_progress_bar = False
-        cfg.callbacks = None
-        cfg.logger = None
-        cfg.final_validate = False
+        if stage:  # the model's steps come from the same stage as the loader's batches
+            cfg.data.stages = list(cfg.data.stages)[stage:]
     module, datamodule, trainer = build(cfg)
-    timer = StepTimes()
+    timer = StepTimer()
     trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=datamodule)
-    t = timer.times[warmup - 1 :]
-    return (t[-1] - t[0]) / (len(t) - 1)
+    return timer.ms_per_step(warmup - 1) / 1000
 
 
 def main() -> None:
@@ -123,22 +100,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
 
-    cfg = compose_cfg(args.overrides)
+    cfg = compose_train(args.overrides, tempfile.mkdtemp(prefix=SCRATCH))
     start = sum(int(s["steps"]) for s in list(cfg.data.stages or [])[: args.stage])
     L.seed_everything(cfg.seed)
     loader_s, batches = loader_batches(cfg, args.batches, start)
     per_batch = loader_s / args.batches
     packed, longest = padding_fractions(batches)
     formats = sorted({b.format for b in batches})
-    if start:  # the model's steps come from the same stage as the loader's batches
-        with open_dict(cfg):
-            cfg.data.stages = list(cfg.data.stages)[args.stage :]
-    per_step = model_step_seconds(cfg, args.steps)
+    per_step = model_step_seconds(args.overrides, args.stage, args.steps)
     model_only = per_step - per_batch
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": f"{machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "command": "python scripts/bench_loader.py " + shlex.join(sys.argv[1:]),
         "stage": args.stage,
         "formats": formats,

@@ -48,7 +48,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -66,12 +65,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
+from _common import (
+    ROOT,
+    TRAINING_STEPS_ONLY,
+    compose_train,
+    cpu_name,  # noqa: F401  (gpu_check.py reads bench.cpu_name)
+    machine,
+)
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
 GRADCACHE_BATCH, PLAIN_BATCH = 2048, 64
 GRADCACHE_WARMUP, GRADCACHE_STEPS = 1, 2
 MIB = 2**20
@@ -81,18 +85,10 @@ MIB = 2**20
 
 def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
     """The training config of `overrides`, stripped to what a timed training loop needs."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}",
-                                          f"paths.output_dir={output_dir}", *overrides])
+    cfg = compose_train([*TRAINING_STEPS_ONLY, *overrides], output_dir)
     with open_dict(cfg):
-        cfg.pop("hydra", None)
-        # No validation, checkpoints, exports, loggers or progress bars: training steps only.
+        # The bare step, timed against sentence-transformers' own: no callbacks at all.
         cfg.callbacks = None
-        cfg.logger = None
-        cfg.trainer.limit_val_batches = 0
-        cfg.trainer.enable_checkpointing = False
-        cfg.trainer.enable_progress_bar = False
-        cfg.trainer.enable_model_summary = False
         cfg.trainer.max_epochs = -1  # max_steps decides
     return cfg
 
@@ -450,16 +446,6 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def flops_str(flops_per_s: float) -> str:
     if flops_per_s >= 1e12:
         return f"{flops_per_s / 1e12:.1f} TFLOP/s"
@@ -541,7 +527,7 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "command": shlex.join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
@@ -553,8 +539,6 @@ def main() -> None:
         cfg = compose_cfg(args.overrides, work / "run")
         check_config(cfg)
         device = device_of(cfg)
-        if device.type == "cuda":
-            result["machine"] += f", {torch.cuda.get_device_name(device)}"
         result["device"] = str(device)
         result["config"] = describe(cfg)
         if not args.skip_st and (cfg.model.get("lora") or cfg.get("teacher")):

@@ -21,13 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import lightning as L
 import pyarrow.parquet as pq
 import torch
-from hydra import compose, initialize_config_dir
+from _common import ROOT, compose_train
 from hydra.utils import instantiate
 
 from f2llm.evaluation import bitext_accuracy_by_dim, mean_over_languages
 from f2llm.objective import matryoshka_dims
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def minilm_path() -> Path:
@@ -53,9 +51,7 @@ def main() -> None:
     args = ap.parse_args()
 
     val = pq.read_table(args.val).to_pydict()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["paths.root_dir=" + str(ROOT),
-                                                      "paths.output_dir=/tmp"])
+    cfg = compose_train([], "/tmp")
     L.seed_everything(args.seed)  # same draw as train.py, which seeds before building the model
     untrained = instantiate(cfg.model)
     hidden = untrained.hidden_size

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from _common import compose_train
 from hydra.utils import instantiate
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def realised_language_shares(overrides: list[str], batches: int) -> tuple[Counter, Counter]:
     """(records drawn per language over `batches` batches, records stored per language)."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", *overrides])
+    cfg = compose_train(overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     stored: Counter = Counter()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -32,7 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, compose_train, machine
+
 LONG_STAGE_STEPS = 1_000_000  # outlasts any soak; the cosine schedule needs a finite horizon
 SOAK_OVERRIDES = ["callbacks.checkpoint.every_n_train_steps=50",
                   "trainer.val_check_interval=300", "trainer.check_val_every_n_epoch=null"]
@@ -45,11 +45,8 @@ MIB = 1024 * 1024
 def length_overrides(user: list[str]) -> list[str]:
     """Overrides that keep the composed run (with the user's overrides) going past the soak:
     its last stage gets `LONG_STAGE_STEPS` steps and `trainer.max_steps` the stages' sum."""
-    from hydra import compose, initialize_config_dir
-
     plain = [o for o in user if not o.lstrip("+~").startswith("hydra.")]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=plain)
+    cfg = compose_train(plain)
     steps = [s.get("steps") for s in (cfg.data.get("stages") or [])]
     if steps and all(s is not None for s in steps):
         # Steps on every stage: the run ends with them (config_checks refuses a longer
@@ -258,31 +255,6 @@ def plot(times_s: list[float], rss: list[float], result: dict[str, Any], warmup_
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} CPUs"
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        text += f", {pages / 1024**3:.0f} GiB RAM"
-    except (ValueError, OSError):
-        pass
-    try:
-        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=10).stdout.split("\n")
-        if any(gpus):
-            text += ", " + ", ".join(g for g in gpus if g)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"{text}, {platform.platform()}"
 
 
 def _minutes(span: tuple[float, float]) -> str:

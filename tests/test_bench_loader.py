@@ -3,7 +3,6 @@ belong in BENCHMARKS.md, from the embedded default)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,14 +12,7 @@ import numpy as np
 import torch
 
 from f2llm.data.batch import TrainBatch
-from tests.conftest import ROOT, tiny_overrides
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_loader", ROOT / "scripts/bench_loader.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import ROOT, load_script, tiny_overrides
 
 
 def chunk(lengths: list[int]) -> dict[str, torch.Tensor]:
@@ -31,7 +23,7 @@ def chunk(lengths: list[int]) -> dict[str, torch.Tensor]:
 
 
 def test_padding_fractions_packed_vs_padded_to_the_longest() -> None:
-    bench = load_script()
+    bench = load_script("bench_loader")
     # One batch, texts of 1, 2 and 5 tokens packed as [1, 2] and [5]: 1 pad token of 9.
     # Padded to the longest (5): 4 + 3 = 7 pad tokens of 15.
     batch = TrainBatch([chunk([1, 2]), chunk([5])], torch.arange(3), batch_size=1,

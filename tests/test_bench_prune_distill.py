@@ -3,22 +3,13 @@ training, covered by test_prune_distill; its numbers belong in BENCHMARKS.md).""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
-from tests.conftest import ROOT
-
-
-def load_script():
-    path = ROOT / "scripts/bench_prune_distill.py"
-    spec = importlib.util.spec_from_file_location("bench_prune_distill", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_script
 
 
 def test_seed_summary_pairs_kd_with_no_kd_seed_by_seed() -> None:
-    bench = load_script()
+    bench = load_script("bench_prune_distill")
 
     def scores(bitext: float) -> dict[str, float]:
         return {k: bitext if k == "bitext/accuracy" else 0.5 for k in bench.METRICS}
@@ -43,12 +34,12 @@ def test_seed_summary_pairs_kd_with_no_kd_seed_by_seed() -> None:
 
 def test_lookup_timing_reads_back_every_text_it_stored() -> None:
     # lookup_ms itself asserts that every key hits the cache a later run would open.
-    ms = load_script().lookup_ms(64, repeats=1)
+    ms = load_script("bench_prune_distill").lookup_ms(64, repeats=1)
     assert ms > 0 and math.isfinite(ms)
 
 
 def test_interleaved_timing_trains_each_batch_with_and_without_kd_in_alternating_order() -> None:
-    bench = load_script()
+    bench = load_script("bench_prune_distill")
     twice = bench.Twice(["a", "b"])
     assert list(twice) == ["a", "a", "b", "b"] and len(twice) == 4
 

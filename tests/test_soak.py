@@ -4,7 +4,6 @@ numbers belong in BENCHMARKS.md, from a 30-minute soak)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import signal
 import subprocess
@@ -14,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, load_script, tiny_overrides
 
 
 def load_soak():
-    spec = importlib.util.spec_from_file_location("soak", ROOT / "scripts" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("soak")
 
 
 soak = load_soak()

@@ -1,0 +1,107 @@
+"""What the scripts share: the composed training config, the "training steps only" overrides,
+a step timer, A/B rounds in alternating order, and the machine's description.
+
+The scripts import it as `_common` (Python puts scripts/ first on the path of
+`python scripts/<name>.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Training steps only: no held-out evaluation, checkpoints, export, loggers, progress bars or
+# model summary. The callbacks that shape the run (stages, pruning) or only count (throughput,
+# data mix) stay, so the steps timed are the steps the run trains.
+TRAINING_STEPS_ONLY = [
+    "final_validate=false", "callbacks.matryoshka_eval=null", "callbacks.export=null",
+    "callbacks.checkpoint=null", "callbacks.progress=null", "callbacks.lr_monitor=null",
+    "~logger", "++trainer.limit_val_batches=0", "++trainer.enable_checkpointing=false",
+    "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
+]
+
+
+def compose_train(overrides: Sequence[str], output_dir: str | Path | None = None) -> DictConfig:
+    """`configs/train.yaml` with `overrides`, as `python src/f2llm/train.py` composes it, minus
+    the `hydra` node (no Hydra run here). A script that trains passes `output_dir` (a folder
+    of its own, e.g. a temporary one), so nothing lands in the repository's logs/."""
+    from hydra import compose, initialize_config_dir
+
+    out = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", *out, *overrides])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+class StepTimer(L.Callback):
+    """The time at the end of every training step (from `time.perf_counter`)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.times.append(time.perf_counter())
+
+    def ms_per_step(self, skip: int = 20) -> float:
+        """Mean ms per step from the end of step `skip` to the end of the last one."""
+        t = self.times[skip:]
+        if len(t) < 2:
+            raise ValueError(f"{len(self.times)} steps timed: need more than {skip + 1}")
+        return 1000 * (t[-1] - t[0]) / (len(t) - 1)
+
+
+def alternating_rounds(runs: dict[str, Callable[[], float]], rounds: int,
+                       report: Callable[[int, str, dict[str, list[float]]], None] | None = None
+                       ) -> dict[str, list[float]]:
+    """Each of the two `runs` (name -> a measurement, e.g. ms/step) once per round, in
+    alternating order (A then B, B then A, ...) so that the machine's drift cancels in the
+    per-round ratios. `report(round, name, values so far)` after each measurement."""
+    if len(runs) != 2:
+        raise ValueError(f"two runs to alternate, got {list(runs)}")
+    values: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            values[name].append(runs[name]())
+            if report is not None:
+                report(r, name, values)
+    return values
+
+
+def cpu_name() -> str:
+    """The CPU model (/proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """CPU model, CPU count, memory, GPUs (nvidia-smi) and OS: where a number was measured."""
+    text = f"{cpu_name()}, {os.cpu_count()} CPUs"
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        text += f", {pages / 1024**3:.0f} GiB RAM"
+    except (ValueError, OSError):
+        pass
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10).stdout.split("\n")
+        if any(gpus):
+            text += ", " + ", ".join(g for g in gpus if g)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"{text}, {platform.platform()}"
