@@ -3,11 +3,13 @@ as the run's own final validation did."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from f2llm.eval import evaluate, format_table
@@ -66,3 +68,25 @@ def test_final_validation_equals_eval_py_on_the_export(trained_repo: Path,
         assert any(k.startswith(f"{task}/") for k in by_eval), task
     for key, value in by_eval.items():
         assert final[f"val/{key}"] == pytest.approx(value, abs=1e-4), key
+
+
+def test_held_out_instructions_follow_the_last_trained_batch(cfg_tiny: DictConfig) -> None:
+    """Stage 2's instructions stay on for a validation after its batches, also once `setup` has
+    rebuilt the sampler at position 0 (stage 1), as `trainer.validate` after fit does."""
+    with open_dict(cfg_tiny):
+        cfg_tiny.data.stages[0].steps = 2
+    datamodule = instantiate(cfg_tiny.data)
+    datamodule.attach_encoder(instantiate(cfg_tiny.model))
+    datamodule.setup("fit")
+    datamodule.val_dataloader()
+    trained = []
+    for batch in itertools.islice(datamodule.train_dataloader(), 3):
+        trained.append(datamodule.on_before_batch_transfer(batch, 0).stage)
+        datamodule.update_eval_instructions()
+        assert datamodule._eval.instructed == (trained[-1] == "stage2"), trained
+    assert trained == ["stage1", "stage1", "stage2"]
+    datamodule.setup("validate")
+    assert datamodule.sampler.position == 0
+    datamodule.val_dataloader()
+    datamodule.update_eval_instructions()
+    assert datamodule._eval.instructed

@@ -161,4 +161,4 @@ def test_a_registered_task_runs_in_training_and_in_eval(tmp_path: Path, locale_d
     again = heldout_metrics(embed, width, instructions, corpus, dims)
     for d in dims:
         assert again[f"pairs/accuracy@{d}"] == pytest.approx(metrics[f"val/pairs/accuracy@{d}"],
-                                                             abs=0.05)
+                                                             abs=1e-4)
