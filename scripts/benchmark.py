@@ -85,7 +85,8 @@ MIB = 2**20
 
 def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
     """The training config of `overrides`, stripped to what a timed training loop needs."""
-    cfg = compose_train([*TRAINING_STEPS_ONLY, *overrides], output_dir)
+    # After the user's overrides, so that they may set what is then turned off.
+    cfg = compose_train([*overrides, *TRAINING_STEPS_ONLY], output_dir)
     with open_dict(cfg):
         # The bare step, timed against sentence-transformers' own: no callbacks at all.
         cfg.callbacks = None
