@@ -197,6 +197,66 @@ def test_concurrent_builders_wait_for_one_build(tmp_path: Path) -> None:
     assert sum("reusing the F2LLM-v2 corpus" in log for log in logs) == 1
 
 
+def _with_language_column(root: Path, layout: str, name: str) -> None:
+    # A per-record language column: several groups in one dataset.
+    path = root / (f"{name}.parquet" if layout == "raw" else f"{name}_query.parquet")
+    table = pq.read_table(path)
+    languages = ["fr", "en", "de"] * (table.num_rows // 3) + ["fr"] * (table.num_rows % 3)
+    pq.write_table(table.append_column("language", pa.array(languages)), path)
+
+
+@pytest.mark.parametrize("layout", ["raw", "tokenized"])
+def test_group_indices_are_stored_with_the_corpus_and_read_at_startup(
+        tmp_path: Path, tokenizer, layout: str, caplog: pytest.LogCaptureFixture) -> None:
+    from hydra.utils import instantiate
+
+    from f2llm.data.corpus import group_rows
+
+    names = ["msmarco", "unpc_ar2en", "paracrawl_en-sw", "banking77", "mela"]
+    root = write_synthetic(tmp_path / layout, layout, names, 30,
+                           tokenizer=tokenizer if layout == "tokenized" else None)
+    _with_language_column(root, layout, "msmarco")
+    caplog.set_level("INFO")
+    found = build_f2llm_v2_corpus(root, tmp_path / "data" / "f2llm_v2")
+    assert "wrote the group indices" in caplog.text
+    index = found.groups.path
+    stamp = index.stat().st_mtime_ns
+    caplog.clear()
+    # A run on the built corpus: the datamodule of `train.py`, as the experiment composes it.
+    cfg = compose_train([f"data.corpus.root={root}", "model=tiny", "trainer=cpu",
+                         f"paths.data_dir={tmp_path / 'data'}", "data.batch_size=4",
+                         "data.num_workers=0"], experiment="f2llm_v2_stage2")
+    data = instantiate(cfg.data)
+    data.attach_encoder(instantiate(cfg.model))
+    data.setup("fit")
+    assert "reusing the F2LLM-v2 corpus" in caplog.text
+    assert "group indices read from" in caplog.text
+    assert "wrote the group indices" not in caplog.text  # read, not recomputed
+    assert index.stat().st_mtime_ns == stamp
+    assert data.found.groups.path == index
+    # Equal to the computation at startup they replace, for every grouping they serve.
+    sampler = data.sampler.samplers[0]
+    served = dict(zip(sampler.keys, sampler.groups, strict=True))
+    assert len(served) == len(names) + 2  # msmarco has three languages
+    for name in names:
+        table = data.tables[name]
+        for columns in (["language", "direction"], ["language"], ["direction"]):
+            stored = data.found.groups.rows(name, columns)
+            computed = group_rows(table, columns)
+            assert stored.keys() == computed.keys(), (name, columns)
+            for key, rows in computed.items():
+                np.testing.assert_array_equal(stored[key], rows)
+                if columns == ["language", "direction"]:
+                    np.testing.assert_array_equal(served[f"{name}/{key}"], rows)
+    assert data.found.groups.rows("msmarco", ["format"]) is None  # not stored: computed
+    # A changed file rebuilds the corpus and its index (the fingerprint covers both).
+    write_synthetic(root, layout, ["mela"], 12, seed=3,
+                    tokenizer=tokenizer if layout == "tokenized" else None)
+    rebuilt = build_f2llm_v2_corpus(root, tmp_path / "data" / "f2llm_v2")
+    assert index.stat().st_mtime_ns != stamp
+    assert [len(r) for r in rebuilt.groups.rows("mela", ["language"]).values()] == [12]
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["per-dataset corpus", "corpus.parquet"])
 def test_tokenized_layout_keeps_the_token_ids(tmp_path: Path, tokenizer, shared: bool) -> None:
     root = write_synthetic(tmp_path / "tok", "tokenized", NAMES, 16, tokenizer=tokenizer,
@@ -333,6 +393,28 @@ def test_dry_run_prints_the_table_and_group_probabilities(tmp_path: Path) -> Non
 
 # ---------------------------------------------------------------------------------------------
 # The experiments and the `Done when` command
+
+
+@pytest.mark.parametrize("data", ["f2llm_v2", "gettext"])
+def test_prune_distill_takes_any_data_group_without_a_stages_override(
+        tmp_path: Path, locale_dir: Path, data: str) -> None:
+    """`experiment=prune_distill_80m data=f2llm_v2 data.corpus.root=<folder>` (the README line)
+    trains stage 2 on every dataset of the folder; the gettext default keeps its three."""
+    from hydra.utils import instantiate
+
+    if data == "f2llm_v2":
+        root = write_synthetic(tmp_path / "raw", "raw", NAMES, 8)
+        overrides, expected = ["data=f2llm_v2", f"data.corpus.root={root}"], set(NAMES)
+    else:
+        overrides = [f"data.corpus.locale_dir={locale_dir}", "data.corpus.val_min_pairs=4"]
+        expected = {"gettext_bitext", "gettext_domains", "gettext_names"}
+    cfg = compose_train([*overrides, f"paths.data_dir={tmp_path / 'data'}"],
+                        experiment="prune_distill_80m")
+    module = instantiate(cfg.data)
+    module.setup("fit")
+    (stage,) = module.stages.values()
+    assert (stage.name, stage.instructions, stage.steps) == ("stage2", True, 2000)
+    assert set(stage.datasets) == expected == set(module.datasets)
 
 
 def test_model_override_leaves_no_hub_name_behind(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ Layouts (both as in github.com/codefuse-ai/CodeFuse-Embeddings, F2LLM/, commit 1
 The build streams parquet batches (bounded memory: one batch of one file at a time, plus one
 dataset's doc-id index in the tokenized layout), runs once per output folder under a lock file
 (other ranks and runs wait, then reuse it) and is reused while its fingerprint (file names,
-sizes, mtimes, recipes, options) is unchanged. Reading a built corpus memory-maps it.
+sizes, mtimes, recipes, options) is unchanged. Reading a built corpus memory-maps it, and
+the record indices of every (dataset, language, direction) group, stored next to it
+(`groups.arrow`, `corpus.StoredGroups`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from f2llm.data.corpus import Corpus, TrainingDataset
+from f2llm.data.corpus import Corpus, StoredGroups, TrainingDataset
 from f2llm.data.f2llm_v2 import DatasetRecipe, resolve_recipes
 from f2llm.data.formats import get_format
 from f2llm.data.readers import (
@@ -45,6 +47,7 @@ from f2llm.data.readers import (
     _source_columns,
     canonical_schema,
     check_spec,
+    read_corpus,
 )
 from f2llm.data.validation import (
     EMPTY_FILE,
@@ -64,7 +67,7 @@ REPO_ID = "codefuse-ai/F2LLM-v2"
 DOWNLOAD_COMMAND = ("python scripts/f2llm_v2_data.py download --root <folder> "
                     "[--datasets msmarco webfaq_deu ...]")
 DANGLING_DOC_ID = "dangling doc id"
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 # A per-record language column is used where the name states no language.
 LANGUAGE_COLUMNS = ("language", "lang")
 # Qwen3's special tokens at these ids (tokenizer_config.json of the Qwen3 models): a tokenizer
@@ -274,6 +277,13 @@ def build_f2llm_v2_corpus(
                      corpus_path, sum(e["num_rows"] for e in meta["datasets"]),
                      len(meta["datasets"]), time.perf_counter() - start)
         report.update(meta["report"])
+        # Each group's record indices, written once next to the corpus (covered by its
+        # fingerprint) and memory-mapped by every run: startup does no per-record work.
+        groups = StoredGroups(out / "groups.arrow")
+        if groups.fingerprint() != fingerprint:
+            records = read_corpus(corpus_path)
+            groups = StoredGroups.write(groups.path, ((e["name"], records.dataset(e["name"]))
+                                                      for e in meta["datasets"]), fingerprint)
     (out / "skip_report.json").write_text(json.dumps(report.to_dict(), indent=2))
     recipe_of = {r.name: r for r in recipes}
     train = [TrainingDataset(e["name"], corpus_path, e["format"], e["instruction"])
@@ -284,7 +294,7 @@ def build_f2llm_v2_corpus(
             out / meta["docs"], meta["eos_id"], meta["max_token_id"],
             [e["name"] for e in meta["datasets"]],
             sorted({e["instruction"] for e in meta["datasets"] if e["instruction"]}))
-    return F2LLMV2Corpus(train, skip_report=report, pretokenized=pretokenized,
+    return F2LLMV2Corpus(train, skip_report=report, pretokenized=pretokenized, groups=groups,
                          recipes=[recipe_of[e["name"]] for e in meta["datasets"]])
 
 
