@@ -161,6 +161,25 @@ def test_raw_layout_streams_into_the_canonical_corpus(tmp_path: Path) -> None:
     assert set(corpus.dataset("unpc_ar2en").column("direction").to_pylist()) == {"ar->en"}
 
 
+@pytest.mark.parametrize("type_", [pa.string(), pa.large_string()])
+def test_the_blank_check_of_the_ingest_equals_arrows_whole_string_check(type_) -> None:
+    import pyarrow.compute as pc
+
+    from f2llm.data.validation import _blank
+
+    rng = np.random.default_rng(0)
+    alphabet = ["a", " ", "\t", "\n", "\u3000", "\u00a0", "é", "", "\x01", "z ", "日"]
+    values = ["".join(rng.choice(alphabet, size=rng.integers(0, 4))) for _ in range(4000)]
+    values = [None if rng.random() < 0.1 else v for v in values]
+    column = pa.array(values, type=type_)
+    for arr in (column, column.slice(7, 3000),
+                pa.chunked_array([column.slice(0, 100), column.slice(100)])):
+        expected = pc.or_(pc.equal(pc.utf8_length(arr), 0), pc.utf8_is_space(arr))
+        expected = expected.fill_null(False).to_numpy(zero_copy_only=False)
+        assert expected.any() and (~expected).any()
+        np.testing.assert_array_equal(_blank(arr), expected)
+
+
 def test_raw_queries_that_carry_an_instruction_get_none(tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", ["msmarco", "banking77"], 6)
     table = pq.read_table(root / "msmarco.parquet")
