@@ -335,6 +335,57 @@ def test_a_dangling_doc_id_names_file_row_and_field(tmp_path: Path, tokenizer) -
     assert read_corpus(found.train[0].path).datasets["msmarco"].num_rows == 11
 
 
+@pytest.mark.parametrize(("nulled", "field", "reason"), [
+    (["passage_input_ids"], "passage_input_ids", "missing field: absent or null"),
+    # retrieval needs 7 negatives: a row storing 6 is too few, named at its first absent one
+    ([f"negative_{j}_input_ids" for j in range(7, 25)], "negative_7_input_ids",
+     "6 stored, retrieval needs 7"),
+    (["negative_2_input_ids"], "negative_2_input_ids", "numbered without gaps"),
+], ids=["passage", "too few negatives", "a gap"])
+def test_a_bad_tokenized_record_names_file_row_and_field(
+        tmp_path: Path, tokenizer, nulled: list[str], field: str, reason: str) -> None:
+    root = write_synthetic(tmp_path / "tok", "tokenized", ["msmarco", "mela"], 12,
+                           tokenizer=tokenizer)
+    path = root / "msmarco_query.parquet"
+    table = pq.read_table(path)
+    for column in nulled:
+        refs = table.column(column).to_pylist()
+        refs[5] = None
+        table = table.set_column(table.schema.get_field_index(column), column, pa.array(refs))
+    pq.write_table(table, path)
+    with pytest.raises(DataValidationError) as e:
+        build_f2llm_v2_corpus(root, tmp_path / "out")
+    message = str(e.value)
+    assert str(path) in message and "row 5" in message and f"'{field}'" in message, message
+    assert reason in message, message
+    found = build_f2llm_v2_corpus(root, tmp_path / "out", on_bad_record="skip")
+    assert found.skip_report.skipped == 1
+    corpus = read_corpus(found.train[0].path)
+    assert corpus.datasets["msmarco"].num_rows == 11
+    assert corpus.datasets["msmarco"].num_negatives == 24  # the bad row is not counted
+
+
+def test_tokenized_rows_may_store_fewer_negatives_than_the_file_has_columns(
+        tmp_path: Path, tokenizer) -> None:
+    root = write_synthetic(tmp_path / "tok", "tokenized", ["msmarco", "mela"], 12,
+                           tokenizer=tokenizer)
+    path = root / "msmarco_query.parquet"
+    table = pq.read_table(path)
+    for j in range(10, 25):  # row 3 stores 9 negatives: enough, and the fewest any row has
+        column = f"negative_{j}_input_ids"
+        refs = table.column(column).to_pylist()
+        refs[3] = None
+        table = table.set_column(table.schema.get_field_index(column), column, pa.array(refs))
+    pq.write_table(table, path)
+    found = build_f2llm_v2_corpus(root, tmp_path / "out")
+    corpus = read_corpus(found.train[0].path)
+    assert corpus.datasets["msmarco"].num_negatives == 9
+    entry = corpus.datasets["msmarco"]
+    rows = corpus.table.slice(entry.offset, entry.num_rows)  # every stored negative column
+    assert rows.column("negative_9")[3].is_valid and not rows.column("negative_10")[3].is_valid
+    assert rows.column("negative_24")[4].is_valid
+
+
 def test_a_bad_raw_record_names_file_row_and_field(tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", ["webfaq_deu", "banking77"], 12)
     path = root / "banking77.parquet"
