@@ -210,6 +210,7 @@ def _warn_unchecked() -> None:
     log.warning("%s is missing: three-letter language codes are accepted unchecked", ISO_CODES_DIR)
 
 
+@functools.cache  # a union of ~8k codes: once, not per checked code
 def known_language_codes() -> frozenset[str]:
     """The base language codes checked against: ISO 639-1 (embedded) and, where the iso-codes
     package is installed, every ISO 639-2/639-3/639-5 code."""
