@@ -78,9 +78,6 @@ _CORPUS_FILE = "corpus.parquet"
 # Rows per streamed batch. Parquet is read with buffered streams (no pre-buffering of whole
 # row groups), so memory is bounded by this, not by a file's row-group size.
 BATCH_ROWS = 8192
-# The tokenized layout's record files in larger batches: each batch hashes its dataset's doc
-# ids once (`_doc_rows`), and a row is a list of ids plus 25 short strings.
-TOKENIZED_BATCH_ROWS = 65536
 # Queries starting with this carry their instruction (`Instruct: {task}\nQuery: {text}`).
 INSTRUCTED_PREFIX = "Instruct:"
 
@@ -520,8 +517,6 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
                      fingerprint: str) -> dict[str, Any]:
     docs_path = out / "docs.arrow"
     ranges, eos, max_id = _write_docs(layout, recipes, docs_path)
-    docs = pa.ipc.open_file(pa.memory_map(str(docs_path), "r")).read_all()
-    doc_ids = docs.column("doc_id")
     plans = []
     for r in recipes:
         path = layout.files[r.name]
@@ -555,14 +550,12 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
         for r, path, fmt, need, k, _ in plans:
             start, stop = ranges.get(r.name, (0, 0))
             corpus_file = layout.corpus_files.get(r.name, layout.shared_corpus)
-            # One dataset's doc ids, hashed by Arrow (C++), never as Python objects.
-            value_set = doc_ids.slice(start, stop - start).combine_chunks()
+            value_set = _dataset_doc_ids(docs_path, start, stop)
             refs = ["passage_input_ids", *(f"negative_{j}_input_ids" for j in range(1, k + 1))]
             columns = ["query_input_ids", *refs,
                        *([r.language_column] if r.language_column else [])]
             kept, row, fewest = 0, 0, k
-            for batch in _parquet(path).iter_batches(batch_size=TOKENIZED_BATCH_ROWS,
-                                                     columns=columns):
+            for batch in _parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
                 n = batch.num_rows
                 rows = np.arange(row, row + n)
                 row += n
@@ -616,7 +609,8 @@ def _check_records(batch: pa.RecordBatch, query: pa.Array, refs: Sequence[str], 
     names the first bad row's file, row and field, `skip` counts each bad row once."""
     dangling = (where < 0) & ~absent
     stored = ~absent[1:]  # null negatives are absent: rows may store fewer
-    count = np.cumprod(stored, axis=0).sum(axis=0)
+    # Leading stored negatives: the first absent one's position, or all of them.
+    count = np.where(absent[1:].any(axis=0), absent[1:].argmax(axis=0), len(refs) - 1)
 
     def negative(i: int) -> str:
         return f"negative_{count[i] + 1}_input_ids"
@@ -654,9 +648,9 @@ def _doc_rows(batch: pa.RecordBatch, refs: Sequence[str], value_set: pa.Array, p
     """(row within `value_set` of each doc id of the `refs` columns, -1 where absent or not
     found; mask of absent ids), both of shape (len(refs), rows).
 
-    The columns are concatenated and looked up in one `index_in` call: Arrow hashes
-    `value_set` once per call, which dominated when it ran per column (25 per batch)."""
-    columns = []
+    All columns go through one `index_in` call: Arrow hashes `value_set` once per call, which
+    dominated when it ran per column (25 per batch)."""
+    columns = []  # looked up as one chunked array: one hash table per batch, no concatenation
     for ref in refs:
         column = batch.column(ref)
         if pa.types.is_dictionary(column.type):
@@ -666,11 +660,20 @@ def _doc_rows(batch: pa.RecordBatch, refs: Sequence[str], value_set: pa.Array, p
             raise DataValidationError(path, WRONG_TYPE, f"the column holds {column.type}, "
                                       "expected doc ids", first_row, ref)
         columns.append(column.cast(pa.string()))
-    ids = pa.concat_arrays(columns)
-    absent = ids.is_null().to_numpy(zero_copy_only=False)
+    ids = pa.chunked_array(columns, pa.string())
+    absent = ids.is_null().to_numpy()
     found = pc.fill_null(pc.index_in(ids, value_set=value_set), -1).to_numpy()
     shape = (len(refs), batch.num_rows)
     return found.reshape(shape), absent.reshape(shape)
+
+
+def _dataset_doc_ids(docs_path: Path, start: int, stop: int) -> pa.Array:
+    """A copy of the doc ids in rows [start, stop) of `docs.arrow` (hashed by Arrow, never Python
+    objects). The file is mapped for this alone: pages of other datasets' ids do not pile up
+    in the build's resident memory."""
+    with pa.memory_map(str(docs_path), "r") as source:
+        ids = pa.ipc.open_file(source).read_all().column("doc_id").slice(start, stop - start)
+        return pa.concat_arrays(ids.chunks) if ids.num_chunks else pa.array([], pa.string())
 
 
 def _write_docs(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path
