@@ -268,6 +268,7 @@ def test_group_indices_are_stored_with_the_corpus_and_read_at_startup(
                 if columns == ["language", "direction"]:
                     np.testing.assert_array_equal(served[f"{name}/{key}"], rows)
     assert data.found.groups.rows("msmarco", ["format"]) is None  # not stored: computed
+    assert data.found.groups.rows("no_such_dataset", ["language"]) is None
     # A changed file rebuilds the corpus and its index (the fingerprint covers both).
     write_synthetic(root, layout, ["mela"], 12, seed=3,
                     tokenizer=tokenizer if layout == "tokenized" else None)

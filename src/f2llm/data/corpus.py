@@ -154,11 +154,13 @@ class StoredGroups:
 
     def rows(self, dataset: str, columns: Sequence[str]) -> dict[str, np.ndarray] | None:
         """What `group_rows(<dataset's records>, columns)` gives, from the stored index; None
-        when `columns` asks for a column the index is not keyed by (or names none)."""
-        if not columns or not set(columns) <= set(GROUP_COLUMNS):
+        when `columns` asks for a column the index is not keyed by (or names none), or the
+        index has no such dataset."""
+        stored = self._load().get(dataset)
+        if stored is None or not columns or not set(columns) <= set(GROUP_COLUMNS):
             return None
         merged: dict[str, list[np.ndarray]] = {}
-        for language, direction, rows in self._load().get(dataset, []):
+        for language, direction, rows in stored:
             value = {"language": language, "direction": direction}
             merged.setdefault("/".join(value[c] for c in columns), []).append(rows)
         # Several stored groups under one key (a coarser grouping): their rows in file order,
