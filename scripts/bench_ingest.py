@@ -9,8 +9,11 @@ fresh processes measures
 - the corpus build (`build_f2llm_v2_corpus`): rows/s and peak RSS,
 - a rebuild call on the built corpus (reuse by fingerprint),
 - time from process start to the first training step of `experiment=f2llm_v2_stage2
-  model=tiny trainer=cpu` on the built corpus (imports, model, corpus reuse, grouping, first
-  batch).
+  model=tiny trainer=cpu` on the built corpus (imports, model, corpus reuse, stored group
+  indices, first batch).
+The machine may be shared: plain read and build alternate (`--repeats` rounds), each timed in
+wall and CPU seconds (the process's, all threads) with the load average before it, and
+`--baseline-src <folder>` adds a build by another checkout's `src` in every round (A/B).
 Prints one JSON line per measurement and a summary table.
 """
 
@@ -59,7 +62,8 @@ def child(kind: str, folder: str, out: str) -> None:
         from f2llm.data.f2llm_v2_corpus import build_f2llm_v2_corpus
         from f2llm.data.readers import read_corpus
     import_rss = peak_rss_mib()
-    start = time.perf_counter()
+    load = os.getloadavg()[0]
+    start, cpu = time.perf_counter(), time.process_time()
     if kind == "plain_read":
         rows = 0
         for path in sorted(Path(folder).rglob("*.parquet")):
@@ -74,9 +78,10 @@ def child(kind: str, folder: str, out: str) -> None:
         result = {"rows": rows}
     else:
         raise SystemExit(f"unknown child {kind}")
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     print(json.dumps({**result, "seconds": seconds, "rows_per_s": result["rows"] / seconds,
-                      "import_rss_mib": import_rss, "peak_rss_mib": peak_rss_mib()}))
+                      "cpu_s": cpu, "load": load, "import_rss_mib": import_rss,
+                      "peak_rss_mib": peak_rss_mib()}))
 
 
 def first_step_child(folder: str, out: str, run_dir: str, t0: float) -> None:
@@ -106,8 +111,10 @@ def first_step_child(folder: str, out: str, run_dir: str, t0: float) -> None:
     train(cfg, callbacks=[FirstStep()])
 
 
-def run_child(args: list[str], timeout: int = 7200) -> dict:
+def run_child(args: list[str], timeout: int = 7200, src: Path | None = None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
     if done.returncode != 0:
@@ -133,6 +140,10 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=20_000,
                         help="distinct texts per dataset (passages and negatives share them, as "
                              "the deduplicated documents of the tokenized layout)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of plain read / build, alternating (the machine is shared)")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="another checkout's src folder: its build in every round (A/B)")
     args = parser.parse_args()
     from f2llm.data.f2llm_v2_synthetic import write_synthetic
 
@@ -152,8 +163,19 @@ def main() -> None:
             disk = sum(p.stat().st_size for p in folder.rglob("*.parquet"))
             row = {"layout": layout, "records": per * len(names), "datasets": len(names),
                    "parquet_mib": disk / 2**20, "write_synthetic_s": written}
-            row["plain_read"] = run_child(["--child", "plain_read", str(folder), str(out)])
-            row["build"] = run_child(["--child", "build", str(folder), str(out)])
+            rounds: dict[str, list[dict]] = {"plain_read": [], "build": [], "baseline": []}
+            for _ in range(args.repeats):
+                rounds["plain_read"].append(run_child(["--child", "plain_read", str(folder),
+                                                       str(out)]))
+                if args.baseline_src is not None:
+                    shutil.rmtree(out, ignore_errors=True)
+                    rounds["baseline"].append(run_child(["--child", "build", str(folder),
+                                                         str(out)], src=args.baseline_src))
+                shutil.rmtree(out, ignore_errors=True)
+                rounds["build"].append(run_child(["--child", "build", str(folder), str(out)]))
+            row["rounds"] = rounds
+            # The fastest round of each (the least disturbed by the neighbours).
+            row.update({k: min(v, key=lambda m: m["seconds"]) for k, v in rounds.items() if v})
             row["reuse"] = run_child(["--child", "reuse", str(folder), str(out)])
             row["corpus_mib"] = sum(p.stat().st_size for p in out.rglob("*.arrow")) / 2**20
             t0 = time.time()
@@ -172,12 +194,19 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
     print()
     print(f"{'layout':<10}{'records':>10}{'plain rows/s':>14}{'ingest rows/s':>15}{'ratio':>7}"
-          f"{'peak RSS MiB':>14}{'reuse s':>9}{'first step s':>14}")
+          f"{'cpu ratio':>10}{'baseline':>9}{'peak RSS MiB':>14}{'reuse s':>9}"
+          f"{'first step s':>14}{'load':>6}")
     for r in results:
-        ratio = r["build"]["rows_per_s"] / r["plain_read"]["rows_per_s"]
-        print(f"{r['layout']:<10}{r['records']:>10,}{r['plain_read']['rows_per_s']:>14,.0f}"
-              f"{r['build']['rows_per_s']:>15,.0f}{ratio:>7.2f}{r['build']['peak_rss_mib']:>14,.0f}"
-              f"{r['reuse']['seconds']:>9.2f}{r['first_step']['first_step_s']:>14.1f}")
+        plain, build = r["plain_read"], r["build"]
+        ratio = build["rows_per_s"] / plain["rows_per_s"]
+        base = (f"{r['baseline']['rows_per_s'] / plain['rows_per_s']:>9.2f}" if "baseline" in r
+                else f"{'-':>9}")
+        loads = [m["load"] for v in r["rounds"].values() for m in v]
+        print(f"{r['layout']:<10}{r['records']:>10,}{plain['rows_per_s']:>14,.0f}"
+              f"{build['rows_per_s']:>15,.0f}{ratio:>7.2f}{plain['cpu_s'] / build['cpu_s']:>10.2f}"
+              f"{base}{max(m['peak_rss_mib'] for m in r['rounds']['build']):>14,.0f}"
+              f"{r['reuse']['seconds']:>9.2f}{r['first_step']['first_step_s']:>14.1f}"
+              f"{min(loads):>3.0f}-{max(loads):<2.0f}")
 
 
 if __name__ == "__main__":

@@ -161,6 +161,25 @@ def test_raw_layout_streams_into_the_canonical_corpus(tmp_path: Path) -> None:
     assert set(corpus.dataset("unpc_ar2en").column("direction").to_pylist()) == {"ar->en"}
 
 
+@pytest.mark.parametrize("type_", [pa.string(), pa.large_string()])
+def test_the_blank_check_of_the_ingest_equals_arrows_whole_string_check(type_) -> None:
+    import pyarrow.compute as pc
+
+    from f2llm.data.validation import _blank
+
+    rng = np.random.default_rng(0)
+    alphabet = ["a", " ", "\t", "\n", "\u3000", "\u00a0", "é", "", "\x01", "z ", "日"]
+    values = ["".join(rng.choice(alphabet, size=rng.integers(0, 4))) for _ in range(4000)]
+    values = [None if rng.random() < 0.1 else v for v in values]
+    column = pa.array(values, type=type_)
+    for arr in (column, column.slice(7, 3000),
+                pa.chunked_array([column.slice(0, 100), column.slice(100)])):
+        expected = pc.or_(pc.equal(pc.utf8_length(arr), 0), pc.utf8_is_space(arr))
+        expected = expected.fill_null(False).to_numpy(zero_copy_only=False)
+        assert expected.any() and (~expected).any()
+        np.testing.assert_array_equal(_blank(arr), expected)
+
+
 def test_raw_queries_that_carry_an_instruction_get_none(tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", ["msmarco", "banking77"], 6)
     table = pq.read_table(root / "msmarco.parquet")
@@ -195,6 +214,67 @@ def test_concurrent_builders_wait_for_one_build(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs), logs
     assert sum("built the F2LLM-v2 corpus" in log for log in logs) == 1
     assert sum("reusing the F2LLM-v2 corpus" in log for log in logs) == 1
+
+
+def _with_language_column(root: Path, layout: str, name: str) -> None:
+    # A per-record language column: several groups in one dataset.
+    path = root / (f"{name}.parquet" if layout == "raw" else f"{name}_query.parquet")
+    table = pq.read_table(path)
+    languages = ["fr", "en", "de"] * (table.num_rows // 3) + ["fr"] * (table.num_rows % 3)
+    pq.write_table(table.append_column("language", pa.array(languages)), path)
+
+
+@pytest.mark.parametrize("layout", ["raw", "tokenized"])
+def test_group_indices_are_stored_with_the_corpus_and_read_at_startup(
+        tmp_path: Path, tokenizer, layout: str, caplog: pytest.LogCaptureFixture) -> None:
+    from hydra.utils import instantiate
+
+    from f2llm.data.corpus import group_rows
+
+    names = ["msmarco", "unpc_ar2en", "paracrawl_en-sw", "banking77", "mela"]
+    root = write_synthetic(tmp_path / layout, layout, names, 30,
+                           tokenizer=tokenizer if layout == "tokenized" else None)
+    _with_language_column(root, layout, "msmarco")
+    caplog.set_level("INFO")
+    found = build_f2llm_v2_corpus(root, tmp_path / "data" / "f2llm_v2")
+    assert "wrote the group indices" in caplog.text
+    index = found.groups.path
+    stamp = index.stat().st_mtime_ns
+    caplog.clear()
+    # A run on the built corpus: the datamodule of `train.py`, as the experiment composes it.
+    cfg = compose_train([f"data.corpus.root={root}", "model=tiny", "trainer=cpu",
+                         f"paths.data_dir={tmp_path / 'data'}", "data.batch_size=4",
+                         "data.num_workers=0"], experiment="f2llm_v2_stage2")
+    data = instantiate(cfg.data)
+    data.attach_encoder(instantiate(cfg.model))
+    data.setup("fit")
+    assert "reusing the F2LLM-v2 corpus" in caplog.text
+    assert "group indices read from" in caplog.text
+    assert "wrote the group indices" not in caplog.text  # read, not recomputed
+    assert index.stat().st_mtime_ns == stamp
+    assert data.found.groups.path == index
+    # Equal to the computation at startup they replace, for every grouping they serve.
+    sampler = data.sampler.samplers[0]
+    served = dict(zip(sampler.keys, sampler.groups, strict=True))
+    assert len(served) == len(names) + 2  # msmarco has three languages
+    for name in names:
+        table = data.tables[name]
+        for columns in (["language", "direction"], ["language"], ["direction"]):
+            stored = data.found.groups.rows(name, columns)
+            computed = group_rows(table, columns)
+            assert stored.keys() == computed.keys(), (name, columns)
+            for key, rows in computed.items():
+                np.testing.assert_array_equal(stored[key], rows)
+                if columns == ["language", "direction"]:
+                    np.testing.assert_array_equal(served[f"{name}/{key}"], rows)
+    assert data.found.groups.rows("msmarco", ["format"]) is None  # not stored: computed
+    assert data.found.groups.rows("no_such_dataset", ["language"]) is None
+    # A changed file rebuilds the corpus and its index (the fingerprint covers both).
+    write_synthetic(root, layout, ["mela"], 12, seed=3,
+                    tokenizer=tokenizer if layout == "tokenized" else None)
+    rebuilt = build_f2llm_v2_corpus(root, tmp_path / "data" / "f2llm_v2")
+    assert index.stat().st_mtime_ns != stamp
+    assert [len(r) for r in rebuilt.groups.rows("mela", ["language"]).values()] == [12]
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-dataset corpus", "corpus.parquet"])
@@ -254,6 +334,57 @@ def test_a_dangling_doc_id_names_file_row_and_field(tmp_path: Path, tokenizer) -
     found = build_f2llm_v2_corpus(root, tmp_path / "out", on_bad_record="skip")
     assert found.skip_report.skipped == 1
     assert read_corpus(found.train[0].path).datasets["msmarco"].num_rows == 11
+
+
+@pytest.mark.parametrize(("nulled", "field", "reason"), [
+    (["passage_input_ids"], "passage_input_ids", "missing field: absent or null"),
+    # retrieval needs 7 negatives: a row storing 6 is too few, named at its first absent one
+    ([f"negative_{j}_input_ids" for j in range(7, 25)], "negative_7_input_ids",
+     "6 stored, retrieval needs 7"),
+    (["negative_2_input_ids"], "negative_2_input_ids", "numbered without gaps"),
+], ids=["passage", "too few negatives", "a gap"])
+def test_a_bad_tokenized_record_names_file_row_and_field(
+        tmp_path: Path, tokenizer, nulled: list[str], field: str, reason: str) -> None:
+    root = write_synthetic(tmp_path / "tok", "tokenized", ["msmarco", "mela"], 12,
+                           tokenizer=tokenizer)
+    path = root / "msmarco_query.parquet"
+    table = pq.read_table(path)
+    for column in nulled:
+        refs = table.column(column).to_pylist()
+        refs[5] = None
+        table = table.set_column(table.schema.get_field_index(column), column, pa.array(refs))
+    pq.write_table(table, path)
+    with pytest.raises(DataValidationError) as e:
+        build_f2llm_v2_corpus(root, tmp_path / "out")
+    message = str(e.value)
+    assert str(path) in message and "row 5" in message and f"'{field}'" in message, message
+    assert reason in message, message
+    found = build_f2llm_v2_corpus(root, tmp_path / "out", on_bad_record="skip")
+    assert found.skip_report.skipped == 1
+    corpus = read_corpus(found.train[0].path)
+    assert corpus.datasets["msmarco"].num_rows == 11
+    assert corpus.datasets["msmarco"].num_negatives == 24  # the bad row is not counted
+
+
+def test_tokenized_rows_may_store_fewer_negatives_than_the_file_has_columns(
+        tmp_path: Path, tokenizer) -> None:
+    root = write_synthetic(tmp_path / "tok", "tokenized", ["msmarco", "mela"], 12,
+                           tokenizer=tokenizer)
+    path = root / "msmarco_query.parquet"
+    table = pq.read_table(path)
+    for j in range(10, 25):  # row 3 stores 9 negatives: enough, and the fewest any row has
+        column = f"negative_{j}_input_ids"
+        refs = table.column(column).to_pylist()
+        refs[3] = None
+        table = table.set_column(table.schema.get_field_index(column), column, pa.array(refs))
+    pq.write_table(table, path)
+    found = build_f2llm_v2_corpus(root, tmp_path / "out")
+    corpus = read_corpus(found.train[0].path)
+    assert corpus.datasets["msmarco"].num_negatives == 9
+    entry = corpus.datasets["msmarco"]
+    rows = corpus.table.slice(entry.offset, entry.num_rows)  # every stored negative column
+    assert rows.column("negative_9")[3].is_valid and not rows.column("negative_10")[3].is_valid
+    assert rows.column("negative_24")[4].is_valid
 
 
 def test_a_bad_raw_record_names_file_row_and_field(tmp_path: Path) -> None:
@@ -333,6 +464,28 @@ def test_dry_run_prints_the_table_and_group_probabilities(tmp_path: Path) -> Non
 
 # ---------------------------------------------------------------------------------------------
 # The experiments and the `Done when` command
+
+
+@pytest.mark.parametrize("data", ["f2llm_v2", "gettext"])
+def test_prune_distill_takes_any_data_group_without_a_stages_override(
+        tmp_path: Path, locale_dir: Path, data: str) -> None:
+    """`experiment=prune_distill_80m data=f2llm_v2 data.corpus.root=<folder>` (the README line)
+    trains stage 2 on every dataset of the folder; the gettext default keeps its three."""
+    from hydra.utils import instantiate
+
+    if data == "f2llm_v2":
+        root = write_synthetic(tmp_path / "raw", "raw", NAMES, 8)
+        overrides, expected = ["data=f2llm_v2", f"data.corpus.root={root}"], set(NAMES)
+    else:
+        overrides = [f"data.corpus.locale_dir={locale_dir}", "data.corpus.val_min_pairs=4"]
+        expected = {"gettext_bitext", "gettext_domains", "gettext_names"}
+    cfg = compose_train([*overrides, f"paths.data_dir={tmp_path / 'data'}"],
+                        experiment="prune_distill_80m")
+    module = instantiate(cfg.data)
+    module.setup("fit")
+    (stage,) = module.stages.values()
+    assert (stage.name, stage.instructions, stage.steps) == ("stage2", True, 2000)
+    assert set(stage.datasets) == expected == set(module.datasets)
 
 
 def test_model_override_leaves_no_hub_name_behind(tmp_path: Path) -> None:

@@ -218,7 +218,6 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} experiment=f2llm_v2_stage2 data.corpus.root=<f2llm_v2_folder> "
     "init_from=<stage1_run>/checkpoints/stage-stage1-end.ckpt": Fails(HUB_OFFLINE),
     f"{T} experiment=prune_distill_80m data=f2llm_v2 data.corpus.root=<f2llm_v2_folder> "
-    'data.stages=[{name: stage2, datasets: ["*"], instructions: true, steps: 2000}] '
     "model.pretrained=/models/F2LLM-v2-0.6B teacher.path=/models/F2LLM-v2-0.6B":
         Fails("/models/F2LLM-v2-0.6B: no such folder"),
     f"{D} synthetic --root <synthetic_folder> --layout raw": Run(),

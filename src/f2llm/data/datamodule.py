@@ -12,12 +12,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
 from f2llm.data.batch import EvalBatch, TrainBatch
-from f2llm.data.corpus import Corpus, TrainingDataset
+from f2llm.data.corpus import Corpus, TrainingDataset, group_rows
 from f2llm.data.formats import FORMATS
 from f2llm.data.readers import read_corpus
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler
@@ -41,21 +40,6 @@ def memory_mapped_table(parquet_path: str | Path, cache_dir: str | Path | None =
             writer.write_table(table, max_chunksize=64_000)
         tmp.replace(arrow)
     return pa.ipc.open_file(pa.memory_map(str(arrow), "r")).read_all()
-
-
-def group_rows(table: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
-    """Row indices per distinct value of `columns` (joined with "/"), e.g. "fr/en->xx"."""
-    # A column some datasets lack (e.g. `direction`) is null there: group those rows under "".
-    parts = [pc.fill_null(table.column(c).combine_chunks(), "") for c in columns]
-    key = parts[0]
-    for part in parts[1:]:
-        key = pc.binary_join_element_wise(key, part, "/")
-    encoded = key.dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    names = encoded.dictionary.to_pylist()
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    return {names[i]: order[bounds[i] : bounds[i + 1]] for i in range(len(names))}
 
 
 def take_rows(table: pa.Table, indices: np.ndarray, columns: list[str]) -> dict[str, list]:
@@ -300,9 +284,12 @@ class F2LLMDataModule(L.LightningDataModule):
                 raise ValueError(f"dataset {name!r} ({self.datasets[name].path}) stores {have} "
                                  f"negatives per record; num_negatives asks for {k}")
         self.group_dataset, self.group_language, groups = {}, {}, {}
+        stored = self.found.groups  # written with the corpus: no per-record work here
         for name, table in self.tables.items():
             columns = [c for c in self.group_by if c in table.schema.names]
-            for key, rows in group_rows(table, columns).items():
+            rows_of = stored.rows(name, columns) if stored is not None else None
+            for key, rows in (rows_of if rows_of is not None else
+                              group_rows(table, columns)).items():
                 group = f"{name}/{key}"
                 groups[group] = rows
                 self.group_dataset[group] = name

@@ -13,7 +13,9 @@ Layouts (both as in github.com/codefuse-ai/CodeFuse-Embeddings, F2LLM/, commit 1
 The build streams parquet batches (bounded memory: one batch of one file at a time, plus one
 dataset's doc-id index in the tokenized layout), runs once per output folder under a lock file
 (other ranks and runs wait, then reuse it) and is reused while its fingerprint (file names,
-sizes, mtimes, recipes, options) is unchanged. Reading a built corpus memory-maps it.
+sizes, mtimes, recipes, options) is unchanged. Reading a built corpus memory-maps it, and
+the record indices of every (dataset, language, direction) group, stored next to it
+(`groups.arrow`, `corpus.StoredGroups`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from f2llm.data.corpus import Corpus, TrainingDataset
+from f2llm.data.corpus import Corpus, StoredGroups, TrainingDataset
 from f2llm.data.f2llm_v2 import DatasetRecipe, resolve_recipes
 from f2llm.data.formats import get_format
 from f2llm.data.readers import (
@@ -45,6 +47,7 @@ from f2llm.data.readers import (
     _source_columns,
     canonical_schema,
     check_spec,
+    read_corpus,
 )
 from f2llm.data.validation import (
     EMPTY_FILE,
@@ -64,7 +67,7 @@ REPO_ID = "codefuse-ai/F2LLM-v2"
 DOWNLOAD_COMMAND = ("python scripts/f2llm_v2_data.py download --root <folder> "
                     "[--datasets msmarco webfaq_deu ...]")
 DANGLING_DOC_ID = "dangling doc id"
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 # A per-record language column is used where the name states no language.
 LANGUAGE_COLUMNS = ("language", "lang")
 # Qwen3's special tokens at these ids (tokenizer_config.json of the Qwen3 models): a tokenizer
@@ -271,6 +274,13 @@ def build_f2llm_v2_corpus(
                      corpus_path, sum(e["num_rows"] for e in meta["datasets"]),
                      len(meta["datasets"]), time.perf_counter() - start)
         report.update(meta["report"])
+        # Each group's record indices, written once next to the corpus (covered by its
+        # fingerprint) and memory-mapped by every run: startup does no per-record work.
+        groups = StoredGroups(out / "groups.arrow")
+        if groups.fingerprint() != fingerprint:
+            records = read_corpus(corpus_path)
+            groups = StoredGroups.write(groups.path, ((e["name"], records.dataset(e["name"]))
+                                                      for e in meta["datasets"]), fingerprint)
     (out / "skip_report.json").write_text(json.dumps(report.to_dict(), indent=2))
     recipe_of = {r.name: r for r in recipes}
     train = [TrainingDataset(e["name"], corpus_path, e["format"], e["instruction"])
@@ -281,7 +291,7 @@ def build_f2llm_v2_corpus(
             out / meta["docs"], meta["eos_id"], meta["max_token_id"],
             [e["name"] for e in meta["datasets"]],
             sorted({e["instruction"] for e in meta["datasets"] if e["instruction"]}))
-    return F2LLMV2Corpus(train, skip_report=report, pretokenized=pretokenized,
+    return F2LLMV2Corpus(train, skip_report=report, pretokenized=pretokenized, groups=groups,
                          recipes=[recipe_of[e["name"]] for e in meta["datasets"]])
 
 
@@ -507,8 +517,6 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
                      fingerprint: str) -> dict[str, Any]:
     docs_path = out / "docs.arrow"
     ranges, eos, max_id = _write_docs(layout, recipes, docs_path)
-    docs = pa.ipc.open_file(pa.memory_map(str(docs_path), "r")).read_all()
-    doc_ids = docs.column("doc_id")
     plans = []
     for r in recipes:
         path = layout.files[r.name]
@@ -542,66 +550,37 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
         for r, path, fmt, need, k, _ in plans:
             start, stop = ranges.get(r.name, (0, 0))
             corpus_file = layout.corpus_files.get(r.name, layout.shared_corpus)
-            # One dataset's doc ids, hashed by Arrow (C++), never as Python objects.
-            value_set = doc_ids.slice(start, stop - start).combine_chunks()
+            value_set = _dataset_doc_ids(docs_path, start, stop)
             refs = ["passage_input_ids", *(f"negative_{j}_input_ids" for j in range(1, k + 1))]
             columns = ["query_input_ids", *refs,
                        *([r.language_column] if r.language_column else [])]
             kept, row, fewest = 0, 0, k
-            # Doc-id columns read as dictionaries: each distinct id is looked up once per batch.
-            reader = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False,
-                                    read_dictionary=refs)
-            cache: dict[str, tuple[pa.Array, pa.Array]] = {}
-            for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            for batch in _parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
                 n = batch.num_rows
                 rows = np.arange(row, row + n)
                 row += n
                 query = _id_lists(batch.column("query_input_ids"), path, "query_input_ids",
                                   row - n)
-                bad = np.zeros(n, dtype=bool)
-                problems: list[tuple[np.ndarray, str, str, str]] = []
-                empty = _empty_ids(query)
-                problems.append((empty, MISSING_FIELD, "query_input_ids", "null or no token ids"))
-                resolved = []
-                for j, ref in enumerate(refs):
-                    column = batch.column(ref)
-                    where, absent = _doc_rows(column, value_set, path, ref, row - n, cache)
-                    dangling = where.is_null().to_numpy(zero_copy_only=False) & ~absent
-                    if j < need:
-                        problems.append((absent, MISSING_FIELD, ref, "absent or null"))
-                    problems.append((dangling, DANGLING_DOC_ID, ref,
-                                     f"not a doc_id of {corpus_file}"))
-                    resolved.append(pc.add(where.cast(pa.int64()), pa.scalar(start, pa.int64())))
-                    if j >= need and absent.any():
-                        fewest = min(fewest, j)
-                for mask, reason, field, detail in problems:
-                    if not mask.any():
-                        continue
-                    new = mask & ~bad
-                    if mode == "raise":
-                        i = int(np.argmax(mask))
-                        if detail.startswith("not a doc_id"):
-                            value = batch.column(field)[i].as_py()
-                            detail = f"{value!r} is {detail}"
-                        raise DataValidationError(path, reason, detail, int(rows[i]), field)
-                    if new.any():
-                        examples = [f"row {int(rows[i])}, field {field!r}"
-                                    for i in np.flatnonzero(new)[: report.max_examples]]
-                        report.add(str(path), reason, int(new.sum()), examples)
-                    bad |= mask
+                # Every reference of the batch resolved by one hash lookup (C++), as a
+                # (k + 1, n) matrix of rows in docs.arrow: -1 where absent or dangling.
+                where, absent = _doc_rows(batch, refs, value_set, path, row - n)
+                bad, count = _check_records(batch, query, refs, where, absent, fmt.name, need,
+                                            corpus_file, path, rows, mode, report)
                 report.add_records(str(path), n)
-                m = int((~bad).sum())
+                keep = ~bad
+                m = int(keep.sum())
                 if m == 0:
                     continue
-                keep = pa.array(~bad) if m < n else None
-
-                def kept_rows(a: pa.Array, keep: pa.Array | None = keep) -> pa.Array:
-                    return a if keep is None else a.filter(keep)
-
-                language = (kept_rows(batch.column(r.language_column).cast(pa.string()))
-                            if r.language_column else _constant(r.language, m))
-                arrays = [kept_rows(query), *(kept_rows(a) for a in resolved)]
-                arrays += [pa.nulls(m, pa.int64()) for _ in range(width - k)]
+                fewest = min(fewest, int(count[keep].min()))
+                language = (batch.column(r.language_column).cast(pa.string())
+                            if r.language_column else _constant(r.language, n))
+                if m < n:
+                    mask = pa.array(keep)
+                    query, language = query.filter(mask), language.filter(mask)
+                    where = where[:, keep]
+                resolved = [pa.array(where[j].astype(np.int64) + start, mask=where[j] < 0)
+                            for j in range(k + 1)]
+                arrays = [query, *resolved, *(pa.nulls(m, pa.int64()) for _ in range(width - k))]
                 arrays += [_constant(r.name, m), language, _constant(fmt.name, m),
                            _constant(r.instruction, m), _constant(r.direction, m)]
                 writer.write(pa.RecordBatch.from_arrays(arrays, schema=schema))
@@ -620,27 +599,81 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
         raise
 
 
-def _doc_rows(column: pa.Array, value_set: pa.Array, path: Path, field: str, first_row: int,
-              cache: dict[str, tuple[pa.Array, pa.Array]]) -> tuple[pa.Array, np.ndarray]:
-    """(row of each doc id within `value_set`, null where absent or dangling; mask of absent).
+def _check_records(batch: pa.RecordBatch, query: pa.Array, refs: Sequence[str], where: np.ndarray,
+                   absent: np.ndarray, fmt: str, need: int, corpus_file: Path, path: Path,
+                   rows: np.ndarray, mode: str, report: SkipReport
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of bad records, leading stored negatives per record) of one tokenized batch.
 
-    A dictionary column's ids are looked up once per dictionary: batches of one parquet column
-    chunk share it (`cache[field]` keeps the last one and its rows; comparing is a memcmp)."""
-    dictionary = pa.types.is_dictionary(column.type)
-    value_type = column.type.value_type if dictionary else column.type
-    if not (pa.types.is_string(value_type) or pa.types.is_large_string(value_type)
-            or pa.types.is_integer(value_type)):
-        raise DataValidationError(path, WRONG_TYPE, f"the column holds {value_type}, expected "
-                                  "doc ids", first_row, field)
-    absent = column.is_null().to_numpy(zero_copy_only=False)
-    if dictionary:
-        cached = cache.get(field)
-        if cached is None or not cached[0].equals(column.dictionary):
-            values = column.dictionary.cast(pa.string())
-            cached = cache[field] = (column.dictionary,
-                                     pc.index_in(values, value_set=value_set))
-        return cached[1].take(column.indices), absent
-    return pc.index_in(column.cast(pa.string()), value_set=value_set), absent
+    Every check is a whole-batch mask; a row is located only when its check fails: `raise`
+    names the first bad row's file, row and field, `skip` counts each bad row once."""
+    dangling = (where < 0) & ~absent
+    stored = ~absent[1:]  # null negatives are absent: rows may store fewer
+    # Leading stored negatives: the first absent one's position, or all of them.
+    count = np.where(absent[1:].any(axis=0), absent[1:].argmax(axis=0), len(refs) - 1)
+
+    def negative(i: int) -> str:
+        return f"negative_{count[i] + 1}_input_ids"
+
+    problems = [  # (mask, reason, field of row i, detail of row i)
+        (_empty_ids(query), MISSING_FIELD, lambda _: "query_input_ids",
+         lambda _: "null or no token ids"),
+        (absent[0], MISSING_FIELD, lambda _: refs[0], lambda _: "absent or null"),
+        *((dangling[j], DANGLING_DOC_ID, lambda _, f=ref: f,
+           lambda i, f=ref: f"{batch.column(f)[i].as_py()!r} is not a doc_id of {corpus_file}")
+          for j, ref in enumerate(refs)),
+        (stored.sum(axis=0) > count, MISSING_FIELD, negative,
+         lambda _: "a later negative is present; negatives are numbered without gaps"),
+        (count < need, TOO_FEW_NEGATIVES, negative,
+         lambda i: f"{count[i]} stored, {fmt} needs {need}"),
+    ]
+    bad = np.zeros(len(rows), dtype=bool)
+    for mask, reason, field_of, detail in problems:
+        if not mask.any():
+            continue
+        if mode == "raise":
+            i = int(np.argmax(mask))
+            raise DataValidationError(path, reason, detail(i), int(rows[i]), field_of(i))
+        new = mask & ~bad
+        if new.any():
+            examples = [f"row {int(rows[i])}, field {field_of(i)!r}"
+                        for i in np.flatnonzero(new)[: report.max_examples]]
+            report.add(str(path), reason, int(new.sum()), examples)
+        bad |= mask
+    return bad, count
+
+
+def _doc_rows(batch: pa.RecordBatch, refs: Sequence[str], value_set: pa.Array, path: Path,
+              first_row: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row within `value_set` of each doc id of the `refs` columns, -1 where absent or not
+    found; mask of absent ids), both of shape (len(refs), rows).
+
+    All columns go through one `index_in` call: Arrow hashes `value_set` once per call, which
+    dominated when it ran per column (25 per batch)."""
+    columns = []  # looked up as one chunked array: one hash table per batch, no concatenation
+    for ref in refs:
+        column = batch.column(ref)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                or pa.types.is_integer(column.type)):
+            raise DataValidationError(path, WRONG_TYPE, f"the column holds {column.type}, "
+                                      "expected doc ids", first_row, ref)
+        columns.append(column.cast(pa.string()))
+    ids = pa.chunked_array(columns, pa.string())
+    absent = ids.is_null().to_numpy()
+    found = pc.fill_null(pc.index_in(ids, value_set=value_set), -1).to_numpy()
+    shape = (len(refs), batch.num_rows)
+    return found.reshape(shape), absent.reshape(shape)
+
+
+def _dataset_doc_ids(docs_path: Path, start: int, stop: int) -> pa.Array:
+    """A copy of the doc ids in rows [start, stop) of `docs.arrow` (hashed by Arrow, never Python
+    objects). The file is mapped for this alone: pages of other datasets' ids do not pile up
+    in the build's resident memory."""
+    with pa.memory_map(str(docs_path), "r") as source:
+        ids = pa.ipc.open_file(source).read_all().column("doc_id").slice(start, stop - start)
+        return pa.concat_arrays(ids.chunks) if ids.num_chunks else pa.array([], pa.string())
 
 
 def _write_docs(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path

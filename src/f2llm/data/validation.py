@@ -210,6 +210,7 @@ def _warn_unchecked() -> None:
     log.warning("%s is missing: three-letter language codes are accepted unchecked", ISO_CODES_DIR)
 
 
+@functools.cache  # a union of ~8k codes: once, not per checked code
 def known_language_codes() -> frozenset[str]:
     """The base language codes checked against: ISO 639-1 (embedded) and, where the iso-codes
     package is installed, every ISO 639-2/639-3/639-5 code."""
@@ -280,8 +281,33 @@ def _invalid_utf8_rows(chunk: pa.Array) -> list[int]:
 
 def _blank(values: pa.ChunkedArray) -> np.ndarray:
     """Mask of empty or whitespace-only strings (nulls are not blank)."""
-    blank = pc.or_(pc.equal(pc.utf8_length(values), 0), pc.utf8_is_space(values))
-    return blank.fill_null(False).to_numpy()
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    return np.concatenate([_blank_chunk(c) for c in chunks] or [np.zeros(0, dtype=bool)])
+
+
+def _blank_chunk(chunk: pa.Array) -> np.ndarray:
+    # Only a string that is empty or starts with an ASCII space/control byte or a non-ASCII
+    # byte can be blank: the first bytes are read from the buffers (numpy, no copy), and
+    # utf8_is_space, which scans whole strings, runs on those candidates alone.
+    n = len(chunk)
+    _, offsets_buf, data_buf = chunk.buffers()
+    width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=width)[chunk.offset : chunk.offset + n + 1]
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    first = np.zeros(n, dtype=np.uint8)
+    if data_buf is not None and len(data_buf):
+        data = np.frombuffer(data_buf, dtype=np.uint8)
+        first[lengths > 0] = data[starts[lengths > 0]]
+    maybe = (lengths == 0) | (first <= 0x20) | (first >= 0x80)
+    if chunk.null_count:
+        maybe &= chunk.is_valid().to_numpy(zero_copy_only=False)
+    blank = np.zeros(n, dtype=bool)
+    where = np.flatnonzero(maybe)
+    if len(where):
+        some = chunk.take(pa.array(where))
+        blank[where] = pc.or_(pc.equal(pc.utf8_length(some), 0), pc.utf8_is_space(some)
+                              ).fill_null(False).to_numpy(zero_copy_only=False)
+    return blank
 
 
 @dataclass
