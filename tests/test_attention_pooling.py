@@ -153,8 +153,8 @@ def test_pruning_a_bidirectional_model_keeps_it_bidirectional(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_training_with_the_options_on_as_a_user_types_it(tmp_path: Path,
-                                                         locale_dir: Path) -> None:
+def test_training_with_the_options_on_as_a_user_types_it(
+        tmp_path: Path, locale_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`python src/f2llm/train.py model.attention=bidirectional model.pooling=mean` on the
     tests' slice, in a repository copy; then the run's export, its checkpoint (eval.py's two
     loaders) and `merge.py` of its checkpoints all embed the trained model the same."""
@@ -166,7 +166,9 @@ def test_training_with_the_options_on_as_a_user_types_it(tmp_path: Path,
               "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1",
               "model.shape.num_hidden_layers=1", "model.shape.hidden_size=32",
               "model.shape.intermediate_size=64", "model.shape.head_dim=16"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # A user's shell has no PROJECT_ROOT (importing f2llm.eval set it to this checkout here).
+    env = {**{k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"},
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [sys.executable, "src/f2llm/train.py", "model.attention=bidirectional",
            "model.pooling=mean", *slice_]
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
@@ -179,6 +181,8 @@ def test_training_with_the_options_on_as_a_user_types_it(tmp_path: Path,
     assert "bidirectional attention" in card and "mean pooling" in card
 
     texts = ["Open file", "Ouvrir le fichier", "Datei öffnen"]
+    # As eval.py run in the copy would: its paths (the corpus for instructions) are the copy's.
+    monkeypatch.setenv("PROJECT_ROOT", str(repo))
     from_export, _, _ = load_embedder(export)
     from_ckpt, _, _ = load_embedder(run / "checkpoints" / "last.ckpt")
     torch.testing.assert_close(from_export(texts, None), torch.nn.functional.normalize(
