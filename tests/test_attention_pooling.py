@@ -124,9 +124,9 @@ def test_an_explicit_option_overrides_the_folder(tmp_path: Path) -> None:
 
 
 def test_unknown_options_and_foreign_pooling_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="model.attention"):
+    with pytest.raises(ValueError, match=r"model\.attention"):
         tiny_encoder(attention="sideways")
-    with pytest.raises(ValueError, match="model.pooling"):
+    with pytest.raises(ValueError, match=r"model\.pooling"):
         tiny_encoder(pooling="max")
     folder = export_sentence_transformers(tiny_encoder(), tmp_path / "export")
     config = folder / "1_Pooling" / "config.json"
