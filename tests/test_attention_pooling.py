@@ -50,6 +50,22 @@ def test_only_bidirectional_lets_an_early_token_see_a_later_one(
     assert (first_a - first_b).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_the_training_path_with_gradient_checkpointing(attention: str) -> None:
+    """Train mode, checkpointed layers, token embeddings passed in: the first position's state
+    (and its gradient) reaches a later token only when bidirectional."""
+    enc = tiny_encoder(attention=attention, gradient_checkpointing=True).train()
+    ids = torch.tensor([[1, 2, 3, 4, 0], [1, 2, 3, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]] * 2)
+    embeds = enc.backbone.get_input_embeddings()(ids)
+    hidden = enc.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    hidden[:, 0].sum().backward()
+    sees_later = bool((hidden[0, 0] - hidden[1, 0]).abs().max() > 1e-3)
+    later_grad = enc.backbone.get_input_embeddings().weight.grad[9].abs().sum().item()
+    assert sees_later is (attention == "bidirectional")
+    assert (later_grad > 0) is (attention == "bidirectional")
+
+
 def test_the_default_is_the_recipe_causal_last_token() -> None:
     enc = tiny_encoder()
     assert (enc.attention, enc.pooling) == ("causal", "last")
