@@ -66,6 +66,22 @@ def test_the_training_path_with_gradient_checkpointing(attention: str) -> None:
     assert (later_grad > 0) is (attention == "bidirectional")
 
 
+def test_with_one_layer_the_last_token_is_the_same_either_way() -> None:
+    """Why the A/B's bidirectional+last equals causal+last on the 1-layer default (BENCHMARKS.md):
+    the last token attends to every token in both, and a single layer's keys and values are the
+    token embeddings alone. From two layers on, earlier tokens' states differ, and so does it."""
+    def last_token(attention: str, layers: int) -> torch.Tensor:
+        enc = tiny_encoder(attention=attention)
+        enc.backbone.layers = enc.backbone.layers[:layers]
+        enc.backbone.config.num_hidden_layers = layers
+        enc.backbone.config.layer_types = enc.backbone.config.layer_types[:layers]
+        return enc.encode(TEXTS)
+
+    torch.testing.assert_close(last_token("bidirectional", 1), last_token("causal", 1),
+                               atol=1e-6, rtol=0)
+    assert (last_token("bidirectional", 2) - last_token("causal", 2)).abs().max() > 1e-3
+
+
 def test_the_default_is_the_recipe_causal_last_token() -> None:
     enc = tiny_encoder()
     assert (enc.attention, enc.pooling) == ("causal", "last")
