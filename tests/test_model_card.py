@@ -120,6 +120,11 @@ def test_card_facts_from_config_mix_and_metrics(tmp_path: Path, locale_dir: Path
     assert "pt_BR 50.0%, sr@latin 30.0%, de 20.0%" in text
     assert "in-batch InfoNCE for retrieval batches" in text
     assert 'prompt_name="query"' in text
+    assert "- causal attention, last-token (EOS) pooling, then Normalize" in text
+    bi = export_sentence_transformers(tiny_encoder(attention="bidirectional", pooling="mean"),
+                                      tmp_path / "bidirectional")
+    assert "- bidirectional attention, mean pooling, then Normalize" in build_model_card(
+        bi, run, hub, metrics, steps=10).render()
 
     local = compose_train(tiny_overrides(tmp_path, locale_dir,
                                          **{"model.pretrained": str(export)}))

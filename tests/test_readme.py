@@ -250,6 +250,7 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} data=manifest data.corpus.manifest=data/mined/mined.yaml data.stages=null "
     "data.num_negatives.retrieval=7 final_validate=false":
         Run(NO_STAGES, makes=("export/modules.json", "data_mix.json")),
+    f"{T} model.attention=bidirectional model.pooling=mean": Run(TWO_STAGES, makes=TRAINED),
     "python snippet: import mteb": Fails("Couldn't reach 'mteb/sts22-crosslingual-sts' on the "
                                          "Hub"),
     "python snippet: from sentence_transformers import SentenceTransformer": Run(),

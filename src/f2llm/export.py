@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from f2llm.model import Encoder
+from f2llm.model.encoder import POOLING_MODES
 
 # Written in the long-standing module format that every sentence-transformers release reads.
 _MODULES = [
@@ -29,13 +30,15 @@ def export_sentence_transformers(
     model_card: str | None = None,
     task_instructions: dict[str, str] | None = None,
 ) -> Path:
-    """Write weights, tokenizer (EOS-appending), last-token pooling, Normalize and prompts.
+    """Write weights, tokenizer (EOS-appending), the encoder's pooling, Normalize and prompts.
 
     `query_instruction` becomes the "query" prompt; `task_instructions` add named prompts
     (e.g. `encode(texts, prompt_name="gettext_domains")`).
 
     The tokenizer's post-processor appends EOS, so `SentenceTransformer(path)` and
     `AutoTokenizer` + `AutoModel` both see exactly the token sequences used in training.
+    Bidirectional attention needs no custom code: config.json carries `is_causal: false`,
+    which transformers' Qwen3 honours on load (`f2llm.model.encoder.set_attention`).
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,14 +53,13 @@ def export_sentence_transformers(
     _write_json(out / "modules.json", _MODULES)
     _write_json(out / "sentence_bert_config.json",
                 {"max_seq_length": encoder.max_length, "do_lower_case": False})
+    modes = ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+             "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
+             "pooling_mode_lasttoken")
+    # include_prompt: the instruction's tokens count in the mean, as they did in training.
     _write_json(out / "1_Pooling" / "config.json", {
         "word_embedding_dimension": encoder.hidden_size,
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": False,
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": True,
+        **{mode: mode == POOLING_MODES[encoder.pooling] for mode in modes},
         "include_prompt": True,
     })
     (out / "2_Normalize").mkdir(exist_ok=True)

@@ -15,12 +15,14 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig
 
 from f2llm.data.formats import FORMATS
+from f2llm.model.encoder import attention_of, folder_pooling
 from f2llm.objective.matryoshka import matryoshka_dims, matryoshka_weights
 
 FIGURE = "matryoshka.png"
@@ -63,6 +65,8 @@ class ModelCard:
     init_folder: str | None = None  # a local folder the weights started from
     teacher: str | None = None
     figure: str | None = None
+    attention: str = "causal"  # or "bidirectional" (config.json `is_causal`)
+    pooling: str = "last"  # or "mean" (the folder's Pooling module)
 
     def front_matter(self) -> dict[str, Any]:
         codes = sorted({_BASE_CODE.split(code)[0].lower() for code in self.languages} - {""})
@@ -91,7 +95,7 @@ class ModelCard:
         s = self.shape
         lines = ["---", yaml.safe_dump(self.front_matter(), sort_keys=False).strip(), "---", "",
                  f"# {self.name}: a text-embedding model trained with f2llm", "",
-                 "The F2LLM-v2 recipe: last-token pooling of a Qwen3 decoder, InfoNCE with hard "
+                 "The F2LLM-v2 recipe: a Qwen3 decoder as the embedder, InfoNCE with hard "
                  "and in-batch negatives, Matryoshka losses. Embeddings are normalised; compare "
                  "them by cosine similarity.", "",
                  "## Model", "",
@@ -101,8 +105,9 @@ class ModelCard:
                  f"{s.get('num_attention_heads')} query / {s.get('num_key_value_heads')} key-value "
                  f"heads of dim {s.get('head_dim')}, vocabulary {s.get('vocab_size')}",
                  f"- {self.parameters:,} parameters",
-                 f"- last-token (EOS) pooling, then Normalize; max sequence length "
-                 f"{self.max_seq_length} tokens"]
+                 f"- {self.attention} attention, "
+                 f"{'last-token (EOS)' if self.pooling == 'last' else 'mean'} pooling, then "
+                 f"Normalize; max sequence length {self.max_seq_length} tokens"]
         if self.base_model or self.init_folder:
             lines.append(f"- started from `{self.base_model or self.init_folder}`")
         if self.teacher:
@@ -240,7 +245,8 @@ def build_model_card(export_dir: str | Path, run_dir: str | Path, cfg: DictConfi
         init_folder=str(pretrained) if local else (str(cfg.init_from) if cfg.get("init_from")
                                                    else None),
         teacher=str(teacher.path) if teacher and teacher.get("path") else None,
-        figure=figure)
+        figure=figure, attention=attention_of(SimpleNamespace(**shape_cfg)),
+        pooling=folder_pooling(export_dir) or "last")
 
 
 def write_model_card(export_dir: str | Path, run_dir: str | Path, cfg: DictConfig,

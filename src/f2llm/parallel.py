@@ -87,7 +87,8 @@ def gathered_encoder(encoder: Encoder) -> Encoder | None:
     # The backbone's own class is unchanged (only its layers and the encoder are FSDP units).
     plain = type(backbone)(backbone.config)
     plain.load_state_dict(weights)
-    return Encoder(plain.float(), encoder.tokenizer, encoder.max_length, encoder.query_template)
+    return Encoder(plain.float(), encoder.tokenizer, encoder.max_length, encoder.query_template,
+                   encoder.pooling)
 
 
 class FSDP2Strategy(ModelParallelStrategy):

@@ -3,9 +3,12 @@
 from f2llm.model.encoder import (
     QUERY_TEMPLATE,
     Encoder,
+    attention_of,
     build_backbone,
     build_encoder,
+    folder_pooling,
     last_token_pool,
+    mean_pool,
     qwen3_config,
 )
 from f2llm.model.tokenizer import append_eos, bundled_qwen3_tokenizer, load_tokenizer
@@ -14,10 +17,13 @@ __all__ = [
     "QUERY_TEMPLATE",
     "Encoder",
     "append_eos",
+    "attention_of",
     "build_backbone",
     "build_encoder",
     "bundled_qwen3_tokenizer",
+    "folder_pooling",
     "last_token_pool",
     "load_tokenizer",
+    "mean_pool",
     "qwen3_config",
 ]

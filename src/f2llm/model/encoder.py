@@ -1,7 +1,15 @@
-"""The embedding model: a Qwen3 decoder, EOS-terminated inputs, last-token pooling."""
+"""The embedding model: a Qwen3 decoder, EOS-terminated inputs, last-token pooling.
+
+Two options go beyond the recipe (issue 18): bidirectional attention (`attention:
+bidirectional`, as LLM2Vec arXiv:2404.05961, GritLM arXiv:2402.09906, NV-Embed arXiv:2405.17428
+and KaLM-Embedding-V2 arXiv:2506.20923 use on decoder backbones; like KaLM-Embedding-V2 we only
+remove the causal mask, with no adaptation step) and masked mean pooling (`pooling: mean`,
+KaLM-Embedding-V2's pairing). The defaults are the recipe's: causal, last token.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,47 @@ from f2llm.model.hub import resolve_pretrained
 from f2llm.model.tokenizer import DEFAULT_EOS, load_tokenizer
 
 QUERY_TEMPLATE = "Instruct: {task}\nQuery: {text}"
+ATTENTIONS = ("causal", "bidirectional")
+# Our pooling names -> the sentence-transformers Pooling mode that computes the same thing.
+POOLING_MODES = {"last": "pooling_mode_lasttoken", "mean": "pooling_mode_mean_tokens"}
+
+
+def set_attention(config: Any, attention: str) -> None:
+    """Make a backbone's attention causal or bidirectional through its config.
+
+    transformers' Qwen3 honours `config.is_causal = False` with no custom code (tested with
+    5.24): `create_causal_mask` then returns the bidirectional padding mask (masking_utils) and
+    `merge_with_config_defaults` passes `is_causal=False` down to the sdpa / flash-attention
+    kernels. The flag is saved in config.json, so an exported folder loads bidirectional under
+    plain `AutoModel` and `SentenceTransformer` as well.
+    """
+    if attention not in ATTENTIONS:
+        raise ValueError(f"model.attention must be one of {ATTENTIONS}, got {attention!r}")
+    config.is_causal = attention == "causal"
+
+
+def attention_of(config: Any) -> str:
+    """'causal' or 'bidirectional', as a backbone config says (absent flag: causal)."""
+    return "causal" if getattr(config, "is_causal", True) else "bidirectional"
+
+
+def folder_pooling(folder: str | Path) -> str | None:
+    """The pooling a sentence-transformers folder declares ('last' or 'mean'); None if it has
+    no Pooling module. Any other mode (cls, max, ...) is refused: our encoder cannot embed so."""
+    folder = Path(folder)
+    modules = folder / "modules.json"
+    if not modules.exists():
+        return None
+    for module in json.loads(modules.read_text()):
+        if module.get("type", "").endswith("models.Pooling"):
+            config = json.loads((folder / module["path"] / "config.json").read_text())
+            modes = sorted(k for k, v in config.items() if k.startswith("pooling_mode_") and v)
+            ours = [name for name, mode in POOLING_MODES.items() if [mode] == modes]
+            if not ours:
+                raise ValueError(f"{folder}: pooling {modes} is not one of f2llm's "
+                                 f"({', '.join(POOLING_MODES)})")
+            return ours[0]
+    return None
 
 
 def qwen3_config(**shape: Any) -> Qwen3Config:
@@ -33,8 +82,25 @@ def build_backbone(
     pretrained: str | Path | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    attention: str | None = None,
 ) -> PreTrainedModel:
-    """Random init from `shape`, or `from_pretrained` of a hub name or local folder."""
+    """Random init from `shape`, or `from_pretrained` of a hub name or local folder.
+
+    `attention` ('causal' | 'bidirectional') sets the backbone's attention; None keeps what
+    the folder's config.json says (causal for a random init and for any Qwen3 checkpoint).
+    """
+    model = _backbone(shape, pretrained, attn_implementation, trust_remote_code)
+    if attention is not None:
+        set_attention(model.config, attention)
+    return model
+
+
+def _backbone(
+    shape: Mapping[str, Any] | None,
+    pretrained: str | Path | None,
+    attn_implementation: str,
+    trust_remote_code: bool,
+) -> PreTrainedModel:
     if pretrained:
         # AutoModel strips a causal-LM checkpoint down to its decoder (Qwen3Model).
         model = AutoModel.from_pretrained(
@@ -71,6 +137,16 @@ def last_token_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean of the real tokens' hidden states (EOS included, padding excluded), as
+    sentence-transformers' `pooling_mode_mean_tokens` computes it."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+POOLERS = {"last": last_token_pool, "mean": mean_pool}
+
+
 class Encoder(nn.Module):
     """Texts -> raw (unnormalised) embeddings of size `hidden_size`."""
 
@@ -80,12 +156,21 @@ class Encoder(nn.Module):
         tokenizer: PreTrainedTokenizerBase,
         max_length: int = 512,
         query_template: str = QUERY_TEMPLATE,
+        pooling: str = "last",
     ) -> None:
         super().__init__()
+        if pooling not in POOLERS:
+            raise ValueError(f"model.pooling must be one of {tuple(POOLERS)}, got {pooling!r}")
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.query_template = query_template
+        self.pooling = pooling
+
+    @property
+    def attention(self) -> str:
+        """'causal' or 'bidirectional' (the backbone config's `is_causal`)."""
+        return attention_of(self.backbone.config)
 
     @property
     def hidden_size(self) -> int:
@@ -125,7 +210,7 @@ class Encoder(nn.Module):
             attention_mask=attention_mask,
             position_ids=position_ids,
         ).last_hidden_state
-        return last_token_pool(hidden, attention_mask)
+        return POOLERS[self.pooling](hidden, attention_mask)
 
     def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor) -> Tensor:
         """Embeddings of length-sorted chunks, returned in the batch's original text order.
@@ -182,6 +267,8 @@ def build_encoder(
     trust_remote_code: bool = False,
     lora: Mapping[str, Any] | None = None,
     compile: bool = False,
+    attention: str | None = None,
+    pooling: str | None = None,
 ) -> Encoder:
     """Build the encoder a `configs/model/*.yaml` describes.
 
@@ -190,11 +277,19 @@ def build_encoder(
     32, target_modules: [q_proj, k_proj, v_proj, o_proj]}`) trains low-rank adapters only.
     `compile` runs each decoder layer through `torch.compile` (regional: the layers share one
     compiled graph, so compiling costs one layer's time, not the model's).
+    `attention` ('causal' | 'bidirectional') and `pooling` ('last' | 'mean'): None takes the
+    pretrained folder's (its config.json `is_causal`, its sentence-transformers Pooling
+    module), else the recipe's causal attention and last-token pooling.
     """
     if attn_implementation == "auto":
         attn_implementation = default_attention()
     del name  # the config's label, used in logs and run names
-    backbone = build_backbone(shape, pretrained, attn_implementation, trust_remote_code)
+    backbone = build_backbone(shape, pretrained, attn_implementation, trust_remote_code,
+                              attention)
+    if pooling is None:
+        # A local folder's Pooling module (an export of ours, any sentence-transformers folder).
+        local = Path(str(pretrained)).expanduser() if pretrained else None
+        pooling = (folder_pooling(local) if local and local.is_dir() else None) or "last"
     if gradient_checkpointing:
         backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -208,4 +303,4 @@ def build_encoder(
         backbone = get_peft_model(backbone, LoraConfig(**dict(lora)))
     # A pretrained folder carries its own tokenizer unless one is named.
     tok = load_tokenizer(tokenizer or pretrained, eos_token, trust_remote_code)
-    return Encoder(backbone, tok, max_length)
+    return Encoder(backbone, tok, max_length, pooling=pooling)
