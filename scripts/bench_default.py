@@ -77,12 +77,14 @@ def main() -> None:
                   for k, m in models.items()}
     wall = {k: {p: [] for p in PARTS} for k in models}
     cpu = {k: {p: [] for p in PARTS} for k in models}
+    losses: dict[str, list[float]] = {k: [] for k in models}
 
     def step(name: str, batch) -> None:
         m, opt = models[name], optimizers[name]
         marks = [(time.perf_counter(), time.process_time())]
         emb = m.encoder.forward_chunks(batch.chunks, batch.restore)
         loss, _ = m.objective.on_batch(emb, batch, None)
+        losses[name].append(float(loss))
         marks.append((time.perf_counter(), time.process_time()))
         loss.backward()
         marks.append((time.perf_counter(), time.process_time()))
@@ -101,6 +103,9 @@ def main() -> None:
     result = {"rows_trained": {"A": vocab, "B": int(keep.numel())},
               "threads": torch.get_num_threads(), "overrides": args.overrides,
               "load_average": os.getloadavg(),
+              # The two train the same model: their losses agree to float rounding.
+              "max_loss_difference": max(abs(a - b) for a, b in zip(*losses.values(),
+                                                                     strict=True)),
               "wall_ms_median": {k: {p: statistics.median(v[p]) for p in PARTS}
                                  for k, v in wall.items()},
               "cpu_ms_median": {k: {p: statistics.median(v[p]) for p in PARTS}
@@ -116,7 +121,8 @@ def main() -> None:
                  else result["cpu_ms_median"][k][p])
             row.append(f"{w:.1f} / {c:.1f}")
         print(f"| {p} | {row[0]} | {row[1]} |")
-    print(f"load average {result['load_average']}")
+    print(f"(step: the sum of the parts' medians) load average {result['load_average']}; "
+          f"largest loss difference A - B {result['max_loss_difference']:.2e}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 
