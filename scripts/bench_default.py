@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=2, help="warm-up steps left out")
     ap.add_argument("--keep", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: torch's choice); 1 makes CPU time a clean measure "
+                         "of work on a loaded machine (no threads spinning at barriers)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
@@ -45,6 +48,9 @@ def main() -> None:
     from omegaconf import open_dict
 
     import f2llm.train as entry
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from f2llm.model.vocab import training_token_ids, trim_input_embeddings
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -84,7 +90,7 @@ def main() -> None:
         marks = [(time.perf_counter(), time.process_time())]
         emb = m.encoder.forward_chunks(batch.chunks, batch.restore)
         loss, _ = m.objective.on_batch(emb, batch, None)
-        losses[name].append(float(loss))
+        losses[name].append(float(loss.detach()))
         marks.append((time.perf_counter(), time.process_time()))
         loss.backward()
         marks.append((time.perf_counter(), time.process_time()))
