@@ -97,6 +97,31 @@ def test_token_outside_the_vocabulary_is_refused() -> None:
         trim_input_embeddings(enc.backbone, torch.tensor([0, 10**7]))
 
 
+def test_training_token_ids_cover_every_batch_of_both_stages(cfg_tiny: DictConfig) -> None:
+    """The kept ids include every id the run's batches hold, in the default's two stages
+    (the second with instructions, which changes how a query's first word tokenizes)."""
+    from hydra.utils import instantiate
+
+    from f2llm.model.vocab import training_token_ids
+
+    cfg = cfg_tiny.copy()
+    with open_dict(cfg):
+        cfg.data.stages = [
+            {"name": "s1", "datasets": ["gettext_bitext"], "instructions": False, "steps": 3},
+            {"name": "s2", "datasets": ["gettext_bitext", "gettext_domains", "gettext_names"],
+             "instructions": True, "steps": 6}]
+    encoder = instantiate(cfg.model)
+    dm = instantiate(cfg.data)
+    dm.attach_encoder(encoder)
+    dm.prepare_data()
+    dm.setup("fit")
+    keep = set(training_token_ids(dm).tolist())
+    drawn = {i for batch in dm.train_dataloader() for chunk in batch.chunks
+             for i in chunk["input_ids"].reshape(-1).tolist()}
+    assert drawn <= keep
+    assert len(keep) < encoder.backbone.get_input_embeddings().num_embeddings
+
+
 @pytest.mark.slow
 def test_train_with_vocab_trim_gives_the_untrimmed_model(cfg_tiny: DictConfig,
                                                          tmp_path: Path) -> None:

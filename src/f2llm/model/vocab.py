@@ -120,14 +120,10 @@ def training_token_ids(datamodule: Any, batch_texts: int = 8192) -> Tensor:
 
     pretokenized = datamodule.found.pretokenized
     tokenizer = datamodule.encoder.tokenizer
-    extra = [i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None]
-    seen = set(extra)
-
-    def add(texts: list[str]) -> None:
-        for start in range(0, len(texts), batch_texts):
-            for ids in datamodule._tokenize(texts[start:start + batch_texts]):
-                seen.update(ids)
-
+    seen = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+    # Every distinct text once, over all stages and columns (in bitext each text is the query
+    # of one direction and the passage of the other).
+    parts: list[pa.Array] = []
     for stage in datamodule.stages.values():
         for name in stage.datasets:
             if pretokenized is not None and name in pretokenized.datasets:
@@ -135,13 +131,20 @@ def training_token_ids(datamodule: Any, batch_texts: int = 8192) -> Tensor:
                     f"vocabulary trimming reads texts; dataset {name!r} is stored tokenized")
             spec, table = datamodule.datasets[name], datamodule.tables[name]
             k = datamodule.num_negatives[spec.format]
-            others = ["passage", *(f"negative_{j + 1}" for j in range(k))]
-            columns = [table.column(c) for c in others]
-            add(pc.unique(pa.chunked_array([c for col in columns for c in col.chunks]))
-                .to_pylist())
             instruction = spec.instruction if stage.instructions else None
-            queries = pc.unique(table.column("query")).to_pylist()
-            add([datamodule.encoder.format_query(q, instruction) for q in queries])
+            columns = ["passage", *(f"negative_{j + 1}" for j in range(k))]
+            if instruction is None:
+                columns.append("query")
+            else:
+                queries = pc.unique(table.column("query")).to_pylist()
+                parts.append(pa.array([datamodule.encoder.format_query(q, instruction)
+                                       for q in queries], pa.large_string()))
+            parts += [pc.cast(chunk, pa.large_string()) for c in columns
+                      for chunk in table.column(c).chunks]
+    texts = pc.unique(pa.chunked_array(parts, pa.large_string())).to_pylist()
+    for start in range(0, len(texts), batch_texts):
+        for ids in datamodule._tokenize(texts[start:start + batch_texts]):
+            seen.update(ids)
     return torch.tensor(sorted(seen), dtype=torch.long)
 
 
