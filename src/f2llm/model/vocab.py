@@ -1,9 +1,10 @@
 """Training only the embedding rows of tokens that occur in the training data.
 
-A small model with the real Qwen3 vocabulary spends much of each step on its 151,936-row
-token embedding: a dense vocabulary-sized gradient and an AdamW update of every row, while the
-training corpus uses only some of the rows ("Load What You Need", Abdaoui et al. 2020, trims a
-multilingual vocabulary to the tokens a corpus uses). `TrimmedEmbedding` trains the used rows as
+A small model with the real Qwen3 vocabulary spends part of each step on its 151,936-row token
+embedding (about 11 % for the embedded default, BENCHMARKS.md): a dense vocabulary-sized
+gradient and an AdamW update of every row, while the training corpus uses only some of the
+rows ("Load What You Need", Abdaoui et al. 2020, trims a multilingual vocabulary to the tokens a
+corpus uses). `TrimmedEmbedding` trains the used rows as
 one small parameter and keeps the others as a buffer; `full_weight` re-expands to the whole
 vocabulary, so an export is an ordinary full-vocabulary model.
 
@@ -26,7 +27,10 @@ from torch.utils.hooks import RemovableHandle
 
 
 class TrimmedEmbedding(nn.Module):
-    """An `nn.Embedding` of the full vocabulary whose trainable rows are `keep` only."""
+    """An `nn.Embedding` of the full vocabulary whose trainable rows are `keep` only.
+
+    `weight` is a computed copy of the full table: code that writes into an embedding's
+    weight in place (pruning's slicing) needs `untrim_input_embeddings` first."""
 
     def __init__(self, full: nn.Embedding, keep: Tensor) -> None:
         super().__init__()
