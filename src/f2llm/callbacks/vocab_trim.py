@@ -76,6 +76,12 @@ class TrimVocabulary(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.enabled or stage != "fit" or self.trimmed is not None:
             return
+        from f2llm.callbacks.pruning import StructuredPruning
+
+        if any(isinstance(cb, StructuredPruning) for cb in trainer.callbacks):
+            # Pruning slices the embedding table in place; a trimmed one has no such table.
+            raise ValueError("callbacks.vocab_trim cannot be combined with pruning: "
+                             "set callbacks.vocab_trim.enabled=false")
         backbone = pl_module.encoder.backbone
         ids = self._token_ids(trainer.datamodule)
         self.trimmed = trim_input_embeddings(backbone, ids)
