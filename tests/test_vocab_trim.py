@@ -143,3 +143,15 @@ def test_train_with_vocab_trim_gives_the_untrimmed_model(cfg_tiny: DictConfig,
     assert len(cached) == 1
     ids = torch.load(cached[0])
     assert 0 < ids.numel() < 151_936
+
+
+def test_trim_vocabulary_refuses_pruning() -> None:
+    from types import SimpleNamespace
+
+    from f2llm.callbacks import StructuredPruning, TrimVocabulary
+
+    trainer = SimpleNamespace(callbacks=[object.__new__(StructuredPruning)])
+    module = SimpleNamespace(encoder=tiny_encoder())
+    with pytest.raises(ValueError, match="cannot be combined with pruning"):
+        TrimVocabulary().setup(trainer, module, "fit")
+    assert not isinstance(module.encoder.backbone.get_input_embeddings(), TrimmedEmbedding)
