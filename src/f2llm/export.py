@@ -8,6 +8,7 @@ from pathlib import Path
 
 from f2llm.model import Encoder
 from f2llm.model.encoder import POOLING_MODES
+from f2llm.model.vocab import TrimmedEmbedding, untrim_input_embeddings
 
 # Written in the long-standing module format that every sentence-transformers release reads.
 _MODULES = [
@@ -47,6 +48,10 @@ def export_sentence_transformers(
         # LoRA: export plain weights with the adapters merged in (on a copy: training's
         # adapters stay as they are).
         backbone = copy.deepcopy(backbone).merge_and_unload()
+    if isinstance(backbone.get_input_embeddings(), TrimmedEmbedding):
+        # Trained with a trimmed vocabulary: the export is the full one (on a copy).
+        backbone = copy.deepcopy(backbone)
+        untrim_input_embeddings(backbone)
     backbone.config.architectures = [type(backbone).__name__]
     backbone.save_pretrained(out, safe_serialization=True)
     encoder.tokenizer.save_pretrained(out)

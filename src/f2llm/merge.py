@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from f2llm.export import export_sentence_transformers  # noqa: E402
+from f2llm.model.vocab import untrimmed_state  # noqa: E402
 
 log = logging.getLogger("f2llm.merge")
 State = Mapping[str, Tensor]
@@ -137,7 +138,9 @@ def last_checkpoints(run: Path, last: int) -> list[tuple[int, Path]]:
 def encoder_weights(ckpt: Path) -> dict[str, Tensor]:
     """The encoder's tensors of a Lightning checkpoint (optimiser state never read)."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    return {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    # A run trained with a trimmed vocabulary (`callbacks.vocab_trim`) stores it trimmed.
+    return untrimmed_state({k.removeprefix("encoder."): v for k, v in state.items()
+                            if k.startswith("encoder.")})
 
 
 def merge(cfg: DictConfig) -> Path:
