@@ -53,7 +53,9 @@ class KeepModule(L.Callback):
 def run_overrides(steps: int, depth: int, seed: int, layers: list[int] | None) -> list[str]:
     stage = f"{{name: stage1, datasets: [gettext_bitext], instructions: false, steps: {steps}}}"
     out = [f"data.stages=[{stage}]", f"trainer.max_steps={steps}",
-           f"trainer.val_check_interval={steps}", f"model.shape.num_hidden_layers={depth}",
+           # Scored below, on the trained encoder: no validation inside the run.
+           f"trainer.val_check_interval={steps + 1}", "final_validate=false",
+           f"model.shape.num_hidden_layers={depth}",
            f"seed={seed}", "callbacks.export=null", "callbacks.checkpoint=null",
            "callbacks.progress=null", "trainer.enable_progress_bar=false"]
     if layers:
