@@ -150,3 +150,193 @@ def test_margin_rule_is_gistembed_with_the_model_as_guide(
                       torch.zeros(len(ANCHORS)))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     assert 0 < int(margin_mask(scores, cols, 0.1).sum()) < scores.numel() - len(ANCHORS)
+
+
+# ---- the rules wired into the objective --------------------------------------------------------
+
+B, K, D = 6, 2, 32
+TAU = 0.05
+
+
+def _embeddings(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(B, D, generator=g, dtype=torch.float64)
+    # Positives near their queries, negatives near them too: the margin rule has work to do.
+    positive = query + 0.8 * torch.randn(B, D, generator=g, dtype=torch.float64)
+    negatives = query[:, None] + 0.7 * torch.randn(B, K, D, generator=g, dtype=torch.float64)
+    return query, positive, negatives
+
+
+# Rows 0, 3 and 5 share one positive text; row 2's first negative is its own positive's text.
+POSITIVE_KEYS = torch.tensor([7, 1, 2, 7, 4, 7])
+NEGATIVE_KEYS = torch.tensor([[10, 11], [12, 13], [2, 14], [15, 16], [17, 18], [19, 20]])
+
+
+def _reference(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+               inbatch_drop: torch.Tensor, hard_drop: torch.Tensor, dim: int) -> torch.Tensor:
+    """In-batch + hard-negative InfoNCE at `dim`, written out row by row, leaving out the
+    dropped candidates."""
+    q = F.normalize(query[:, :dim], dim=-1)
+    p = F.normalize(positive[:, :dim], dim=-1)
+    n = F.normalize(negatives[..., :dim], dim=-1)
+    inbatch, hard = [], []
+    for i in range(B):
+        kept = [j for j in range(B) if not inbatch_drop[i, j]]
+        s = torch.stack([q[i] @ p[j] for j in kept]) / TAU
+        inbatch.append(torch.logsumexp(s, 0) - q[i] @ p[i] / TAU)
+        cand = [p[i]] + [n[i, k] for k in range(K) if not hard_drop[i, k + 1]]
+        s = torch.stack([q[i] @ c for c in cand]) / TAU
+        hard.append(torch.logsumexp(s, 0) - s[0])
+    return torch.stack(inbatch).mean() + torch.stack(hard).mean()
+
+
+def _full_width_margin_drops(query: torch.Tensor, positive: torch.Tensor,
+                             negatives: torch.Tensor, margin: float
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    q, p = F.normalize(query, dim=-1), F.normalize(positive, dim=-1)
+    n = F.normalize(negatives, dim=-1)
+    inbatch = q @ p.T
+    inbatch = (inbatch > inbatch.diagonal()[:, None] + margin) & ~torch.eye(B, dtype=torch.bool)
+    pos = (q * p).sum(-1, keepdim=True)
+    hard = torch.cat([torch.zeros(B, 1, dtype=torch.bool),
+                      torch.einsum("bd,bkd->bk", q, n) > pos + margin], dim=1)
+    return inbatch, hard
+
+
+@pytest.mark.parametrize("same_text, margin", [(True, None), (False, 0.0), (True, -0.1)],
+                         ids=["same_text", "margin", "both"])
+def test_objective_drops_what_the_rules_say_at_every_dim(same_text: bool,
+                                                         margin: float | None) -> None:
+    from f2llm.objective import F2LLMObjective
+
+    query, positive, negatives = _embeddings()
+    dims, weights = [32, 16, 8], [1.0, 0.5, 0.25]
+    objective = F2LLMObjective(tau=TAU, mrl_dims=dims, mrl_weights=weights,
+                               mask_same_text=same_text, false_negative_margin=margin)
+    loss, logs = objective(query, positive, negatives, use_inbatch=True,
+                           keys=(POSITIVE_KEYS, NEGATIVE_KEYS))
+
+    inbatch_drop = torch.zeros(B, B, dtype=torch.bool)
+    hard_drop = torch.zeros(B, 1 + K, dtype=torch.bool)
+    if same_text:
+        same = POSITIVE_KEYS[:, None] == POSITIVE_KEYS[None]
+        inbatch_drop |= same & ~torch.eye(B, dtype=torch.bool)
+        hard_drop[:, 1:] |= POSITIVE_KEYS[:, None] == NEGATIVE_KEYS
+        assert logs["dropped/same_text"] == inbatch_drop.sum() + hard_drop.sum() == 7
+    if margin is not None:
+        # The masks come from the full width and are reused at the smaller dims.
+        margin_inbatch, margin_hard = _full_width_margin_drops(query, positive, negatives, margin)
+        assert logs["dropped/margin"] == margin_inbatch.sum() + margin_hard.sum() > 0
+        inbatch_drop |= margin_inbatch
+        hard_drop |= margin_hard
+    per_dim = [_reference(query, positive, negatives, inbatch_drop, hard_drop, d) for d in dims]
+    for d, expected in zip(dims, per_dim, strict=True):
+        torch.testing.assert_close(logs[f"loss@{d}"], expected)
+    torch.testing.assert_close(loss, sum(w * v for w, v in zip(weights, per_dim, strict=True)))
+    # Off, nothing is dropped: the loss differs.
+    plain, plain_logs = F2LLMObjective(tau=TAU, mrl_dims=dims, mrl_weights=weights)(
+        query, positive, negatives, use_inbatch=True)
+    assert (plain - loss).abs() > 1e-6 and not any(k.startswith("dropped") for k in plain_logs)
+
+
+def test_masks_are_detached_and_keep_the_gradient_of_kept_candidates() -> None:
+    from f2llm.objective import F2LLMObjective
+
+    query, positive, negatives = (x.requires_grad_() for x in _embeddings())
+    objective = F2LLMObjective(tau=TAU, mrl_dims=[32], mrl_weights=[1.0], mask_same_text=True)
+    loss, _ = objective(query, positive, negatives, use_inbatch=True,
+                        keys=(POSITIVE_KEYS, NEGATIVE_KEYS))
+    loss.backward()
+    assert torch.isfinite(loss)
+    # Row 2's first negative is dropped from row 2's softmax: no gradient reaches it.
+    assert negatives.grad[2, 0].abs().max() == 0
+    assert negatives.grad[2, 1].abs().max() > 0 and torch.isfinite(positive.grad).all()
+
+
+def test_same_text_rule_needs_keys() -> None:
+    from f2llm.objective import F2LLMObjective
+
+    query, positive, negatives = _embeddings()
+    with pytest.raises(ValueError, match="text keys"):
+        F2LLMObjective(mask_same_text=True)(query, positive, negatives, use_inbatch=True)
+
+
+def test_datamodule_batches_carry_one_key_per_positive_and_negative() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from f2llm.data.corpus import TrainingDataset
+    from f2llm.data.datamodule import Stage, TrainBatches
+
+    encoder = tiny_encoder()
+    table = pa.table({"query": ["a b", "c d", "e f"],
+                      "passage": ["same message", "other", "same message"],
+                      "negative_1": ["x", "same message", "y"]})
+    items = TrainBatches(
+        {"toy": table}, {"toy": TrainingDataset("toy", None, "retrieval")}, {"toy/xx": "toy"},
+        {"toy/xx": "xx"}, {"s": Stage("s", ["toy"], instructions=False)}, {"retrieval": 1},
+        lambda texts: encoder.tokenizer(texts)["input_ids"], encoder.tokenizer.pad_token_id,
+        64, encoder.format_query)
+    batch = items[{"group": "toy/xx", "indices": np.arange(3), "stage": "s", "epoch": 0,
+                   "position": 0}]
+    positive_keys, negative_keys = batch.candidate_keys()
+    assert positive_keys.shape == (3,) and negative_keys.shape == (3, 1)
+    assert positive_keys[0] == positive_keys[2] == negative_keys[1, 0]
+    assert len({int(positive_keys[0]), int(positive_keys[1]), int(negative_keys[0, 0]),
+                int(negative_keys[2, 0])}) == 4
+    assert batch.to("cpu").keys is not None
+
+
+# ---- under torch.distributed: the keys and scores gathered like the positives ---------------
+
+WORLD = 2
+# Per rank B // 2 = 3 queries. Rank 0's row 0 and rank 1's rows 0 and 2 share one positive text:
+# only the gathered keys see that the other rank's positives are duplicates.
+RANK_POSITIVE_KEYS = torch.tensor([7, 1, 2, 7, 4, 7])
+
+
+def _rank_loss(rank: int | None, gather: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    from f2llm.objective import F2LLMObjective
+
+    query, positive, negatives = (x.clone().requires_grad_() for x in _embeddings(1))
+    rows = slice(None) if rank is None else slice(3 * rank, 3 * rank + 3)
+    objective = F2LLMObjective(tau=TAU, mrl_dims=[32, 8], mrl_weights=[1.0, 0.5],
+                               mask_same_text=True, false_negative_margin=0.0,
+                               gather_inbatch=gather)
+    loss, logs = objective(query[rows], positive[rows], negatives[rows], use_inbatch=True,
+                           keys=(RANK_POSITIVE_KEYS[rows], NEGATIVE_KEYS[rows]))
+    loss.backward()
+    return loss.detach(), logs, query.grad
+
+
+def _worker(rank: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
+                            world_size=WORLD)
+    loss, logs, query_grad = _rank_loss(rank, gather=True)
+    local, local_logs, _ = _rank_loss(rank, gather=False)
+    torch.save({"loss": loss, "logs": logs, "query_grad": query_grad, "local": local,
+                "local_logs": local_logs}, Path(out) / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gathered_rules_equal_one_process(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    loss, logs, query_grad = _rank_loss(None, gather=False)
+    # Each rank's loss is the mean over its own queries against every rank's positives.
+    torch.testing.assert_close(torch.stack([r["loss"] for r in ranks]).mean(), loss)
+    for rule in ("same_text", "margin"):
+        assert sum(r["logs"][f"dropped/{rule}"] for r in ranks) == logs[f"dropped/{rule}"]
+    # Duplicates across ranks: with the keys gathered, more is dropped than rank by rank.
+    assert sum(r["logs"]["dropped/same_text"] for r in ranks) > sum(
+        r["local_logs"]["dropped/same_text"] for r in ranks)
+    for rank, r in enumerate(ranks):
+        rows = slice(3 * rank, 3 * rank + 3)
+        # The query gradient is the rank's own (mean over its B / W queries: W times).
+        torch.testing.assert_close(r["query_grad"][rows], WORLD * query_grad[rows])

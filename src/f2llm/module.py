@@ -155,8 +155,10 @@ class F2LLMModule(L.LightningModule):
         b = batch.batch_size
         logs = dict(logs)
         self.log("train/loss", logs.pop("loss"), batch_size=b, prog_bar=True)
-        self.log_dict({f"train/{name}": value for name, value in logs.items()}, batch_size=b)
-        # Per format too: a clustering batch's loss is not comparable to a retrieval batch's.
+        # Per format too: a clustering batch's loss is not comparable to a retrieval batch's,
+        # nor are its false-negative counts (`dropped/<rule>`).
+        self.log_dict({f"train/{batch.format}/{name}" if name.startswith("dropped/")
+                       else f"train/{name}": value for name, value in logs.items()}, batch_size=b)
         self.log(f"train/{batch.format}/loss", loss.detach(), batch_size=b)
         if self.teacher is not None and self.teacher.mode == "cached":
             cache = self.teacher.cache(self.global_rank)
@@ -167,7 +169,7 @@ class F2LLMModule(L.LightningModule):
         teacher = self._teacher_embeddings(batch)
         if self.gradcache:
             return self._gradcache_training_step(batch, teacher)
-        emb = self.encoder.forward_chunks(batch.chunks, batch.restore)
+        emb = self.encoder.forward_chunks(batch.chunks, batch.restore, layers=self.objective.layers)
         loss, logs = self.objective.on_batch(emb, batch, teacher)
         if not self._finite(loss, batch):
             return None  # Lightning skips backward and the optimiser step

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader, Dataset
 
-from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.data.batch import EvalBatch, TrainBatch, text_keys
 from f2llm.data.corpus import Corpus, TrainingDataset, group_rows
 from f2llm.data.formats import FORMATS
 from f2llm.data.readers import read_corpus
@@ -153,7 +153,7 @@ class TrainBatches(Dataset):
             language=self.group_language[item["group"]], group=item["group"],
             indices=np.asarray(item["indices"]), stage=item["stage"], epoch=item["epoch"],
             position=item["position"], num_tokens=sum(len(t) for t in token_ids),
-            num_padding=padding,
+            num_padding=padding, keys=text_keys(token_ids[len(item["indices"]):]),
         )
 
 

@@ -201,18 +201,48 @@ class Encoder(nn.Module):
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
+        layers: Sequence[int] | None = None,
     ) -> Tensor:
+        """Pooled embeddings [B, D]; with `layers`, [B, 1 + len(layers), D]: the final layer's,
+        then each listed layer's (`layer_embeddings`)."""
         # Positions count real tokens only, so left padding gives the same embedding as right.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = self.backbone(
+        out = self.backbone(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-        ).last_hidden_state
-        return POOLERS[self.pooling](hidden, attention_mask)
+            output_hidden_states=bool(layers),
+        )
+        pooled = POOLERS[self.pooling](out.last_hidden_state, attention_mask)
+        if not layers:
+            return pooled
+        return torch.stack([pooled, *self.layer_embeddings(out.hidden_states, attention_mask,
+                                                           layers)], dim=1)
 
-    def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor) -> Tensor:
+    def layer_embeddings(self, hidden_states: Sequence[Tensor], attention_mask: Tensor,
+                         layers: Sequence[int]) -> list[Tensor]:
+        """The pooled output (the model's own pooling) of each 1-based decoder layer in `layers`
+        (below the last), after the final norm: the embedding a model cut to its first `layer`
+        layers would give.
+
+        sentence-transformers' AdaptiveLayerLoss pools `hidden_states[layer]` without the final
+        norm (adaptive_layer.py, `TransformerDecorator.call_use_cache`); we norm it because
+        layer pruning keeps the norm, and elastic depth is for pruned models.
+        """
+        depth = self.backbone.config.num_hidden_layers
+        bad = [x for x in layers if not 1 <= x < depth]
+        if bad:
+            raise ValueError(f"objective.layers {list(layers)}: {bad} are not decoder layers "
+                             f"below the last (1..{depth - 1})")
+        # transformers 5 returns each layer's raw output here, except the last entry, which
+        # is the normed last_hidden_state: index `layer` is layer `layer`'s output (0: embeddings).
+        norm = self.backbone.norm
+        pool = POOLERS[self.pooling]
+        return [pool(norm(hidden_states[x]), attention_mask) for x in layers]
+
+    def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor,
+                       layers: Sequence[int] | None = None) -> Tensor:
         """Embeddings of length-sorted chunks, returned in the batch's original text order.
 
         The token embeddings of all chunks are looked up in one call: each lookup's backward
@@ -226,7 +256,7 @@ class Encoder(nn.Module):
         # chunk; split's backward is one concatenation.
         pieces = flat.split([i.numel() for i in ids])
         out = [self(inputs_embeds=piece.view(*chunk_ids.shape, -1),
-                    attention_mask=chunk["attention_mask"])
+                    attention_mask=chunk["attention_mask"], layers=layers)
                for chunk, chunk_ids, piece in zip(chunks, ids, pieces, strict=True)]
         return torch.cat(out)[restore]
 

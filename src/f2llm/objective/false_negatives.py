@@ -4,21 +4,26 @@ Every rule returns a boolean mask shaped like the row's logits [B, N] (True: dro
 dropping the row's own positive; `mask_logits` sets the dropped logits to -inf. Rows are
 queries, columns candidates; `positive_col` [B] names each row's positive column (in-batch:
 `offset + arange(B)`; hard negatives laid out as [positive, negatives]: zeros). Masks from
-several rules combine with `|`. Pure functions, not yet called by the objective.
+several rules combine with `|`.
 
-Wiring them in needs, per batch: a key per text (e.g. a hash of each passage and negative,
-gathered with the positives across ranks) for `same_text_mask`; nothing new for `margin_mask`
-(the detached cosine scores of the logits); the guide's embeddings of queries, positives and
-negatives for `guided_mask`. Masks are computed once, detached, at full width and reused at every
-Matryoshka dim and in GradCache's second pass, so cached and plain steps stay equal.
+`false_negative_masks` applies the rules the objective is configured with (`same_text`: a key
+per text, `TrainBatch.keys`, gathered with the positives across ranks; `margin`: the model's
+own detached cosine scores) once per step, at full width and on the final layer; the masks are
+reused at every Matryoshka dim and layer. GradCache calls the objective once, on the detached
+embeddings, so its masks are the plain step's. `guided_mask` (GISTEmbed) is not wired in: it
+needs a guide model's embeddings of every text of the batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from f2llm.objective.contrastive import gather_rows
 
 
 def positive_mask(shape: torch.Size | tuple[int, int], positive_col: Tensor) -> Tensor:
@@ -103,3 +108,72 @@ def guided_mask(
 def mask_logits(logits: Tensor, mask: Tensor) -> Tensor:
     """The logits with dropped candidates at -inf (out of the softmax's denominator)."""
     return logits.masked_fill(mask, float("-inf"))
+
+
+@dataclass
+class FalseNegativeMasks:
+    """Which candidates to drop (True) in the in-batch logits [B, global B] and in the
+    hard-negative logits [B, 1 + K] (None: that term is off or no rule is on), and how many
+    candidates each rule dropped in this rank's rows (a candidate two rules drop counts in
+    both)."""
+
+    inbatch: Tensor | None
+    hard: Tensor | None
+    dropped: dict[str, Tensor]
+
+
+@torch.no_grad()
+def false_negative_masks(
+    query: Tensor,
+    positive: Tensor,
+    negatives: Tensor | None,
+    use_inbatch: bool,
+    same_text: bool = False,
+    margin: float | None = None,
+    keys: tuple[Tensor, Tensor | None] | None = None,
+    gather: bool = True,
+) -> FalseNegativeMasks:
+    """The masks of the configured rules for one batch's full-width raw embeddings.
+
+    `keys`: the positives' keys [B] and negatives' [B, K] (`TrainBatch.candidate_keys`), for
+    `same_text`. With `gather` under torch.distributed the positives and their keys are
+    gathered in `inbatch_loss`'s order, so the in-batch mask lines up with its logits.
+    """
+    if same_text and keys is None:
+        raise ValueError("the same-text rule needs the batch's text keys")
+    query, positive = query.detach(), positive.detach()
+    inbatch = hard = None
+    dropped: dict[str, Tensor] = {}
+
+    def apply(name: str, rule: Tensor, mask: Tensor | None) -> Tensor:
+        dropped[name] = dropped.get(name, torch.zeros((), device=rule.device)) + rule.sum()
+        return rule if mask is None else mask | rule
+
+    if use_inbatch:
+        if gather:
+            candidates, offset = gather_rows(positive)
+        else:
+            candidates, offset = positive, 0
+        col = torch.arange(offset, offset + query.shape[0], device=query.device)
+        if same_text:
+            positive_keys = keys[0]
+            all_keys = (gather_rows(positive_keys.view(-1, 1))[0].view(-1) if gather
+                        else positive_keys)
+            equal = equal_rows(positive_keys, all_keys)
+            inbatch = apply("same_text", same_text_mask(equal, col), inbatch)
+        if margin is not None:
+            scores = F.normalize(query, dim=-1) @ F.normalize(candidates, dim=-1).T
+            inbatch = apply("margin", margin_mask(scores, col, margin), inbatch)
+    if negatives is not None:
+        col = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+        if same_text:
+            positive_keys, negative_keys = keys
+            row_keys = torch.cat([positive_keys.view(-1, 1), negative_keys], dim=1)
+            equal = row_keys == positive_keys.view(-1, 1)
+            hard = apply("same_text", same_text_mask(equal, col), hard)
+        if margin is not None:
+            candidates = torch.cat([positive.unsqueeze(1), negatives.detach()], dim=1)
+            scores = torch.einsum("bd,bkd->bk", F.normalize(query, dim=-1),
+                                  F.normalize(candidates, dim=-1))
+            hard = apply("margin", margin_mask(scores, col, margin), hard)
+    return FalseNegativeMasks(inbatch, hard, dropped)

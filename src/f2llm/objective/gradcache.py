@@ -24,9 +24,11 @@ if TYPE_CHECKING:
 class ChunkEncoder(Protocol):
     """What GradCache needs of the encoder (`f2llm.model.Encoder` has both)."""
 
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor,
+                 layers: Sequence[int] | None = None) -> Tensor: ...
 
-    def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor) -> Tensor: ...
+    def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor,
+                       layers: Sequence[int] | None = None) -> Tensor: ...
 
 
 # (embeddings of one chunk, d loss / d those embeddings, whether it is the step's last chunk)
@@ -58,7 +60,7 @@ def gradcache_step(
     """
     chunks, restore = batch.chunks, batch.restore
     with torch.no_grad():
-        emb = encoder.forward_chunks(chunks, restore)
+        emb = encoder.forward_chunks(chunks, restore, layers=objective.layers)
     emb = emb.detach().requires_grad_()
     loss, logs = objective.on_batch(emb, batch, teacher)
     if proceed is not None and not proceed(loss):
@@ -77,7 +79,8 @@ def gradcache_step(
         # One shared lookup with a final backward would break DDP: the synced backward (the
         # last) must reach every parameter.
         rows = chunk["input_ids"].shape[0]
-        chunk_emb = encoder(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"])
+        chunk_emb = encoder(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"],
+                            layers=objective.layers)
         backward(chunk_emb, chunk_grad[offset : offset + rows], i == len(chunks) - 1)
         offset += rows
     return loss.detach(), logs
