@@ -20,11 +20,15 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from f2llm.data.batch import TrainBatch
+from f2llm.data.corpus import TrainingDataset
+from f2llm.data.datamodule import Stage, TrainBatches
 from f2llm.model import Encoder, build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +145,43 @@ def tiny_encoder(**kw: Any) -> Encoder:
     shape.update(vocab_size=151_936, num_hidden_layers=2)
     torch.manual_seed(0)
     return build_encoder("tiny", shape=shape, **{"max_length": 32, **kw})
+
+
+WORDS = ["open", "file", "directory", "cannot", "read", "write", "permission", "denied",
+         "archive", "compress", "invalid", "option", "missing", "operand", "pattern", "match",
+         "line", "output", "input", "error", "warning"]
+TOY_NEGATIVES = 3
+TOY_RECORDS = 24
+
+
+def _text(rng: np.random.Generator) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(1, 12))))
+
+
+def collated_batches(encoder: Encoder, fmt: str, count: int, batch_size: int = 8,
+                     max_tokens: int = 48) -> list[TrainBatch]:
+    """Batches from the datamodule's collate path (TrainBatches) over an in-memory table.
+
+    `max_tokens` is small so that every batch is packed into several chunks.
+    """
+    rng = np.random.default_rng(0)
+    columns = ["query", "passage", *(f"negative_{j + 1}" for j in range(TOY_NEGATIVES))]
+    table = pa.table({c: [_text(rng) for _ in range(TOY_RECORDS)] for c in columns})
+    dataset = TrainingDataset("toy", None, fmt, instruction="Find the matching text")
+    items = TrainBatches(
+        {"toy": table}, {"toy": dataset}, {"toy/xx": "toy"}, {"toy/xx": "xx"},
+        {"s": Stage("s", ["toy"], instructions=True)},
+        {"retrieval": TOY_NEGATIVES, "clustering": TOY_NEGATIVES, "classification": 1},
+        lambda texts: encoder.tokenizer(texts)["input_ids"], encoder.tokenizer.pad_token_id,
+        max_tokens, encoder.format_query,
+    )
+    starts = [(i * batch_size) % (TOY_RECORDS - batch_size) for i in range(count)]
+    return [items[{"group": "toy/xx", "indices": list(range(s, s + batch_size)), "stage": "s",
+                   "epoch": 0, "position": i}] for i, s in enumerate(starts)]
+
+
+def grads(encoder: Encoder) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in encoder.named_parameters()}
 
 
 def texts(n: int, seed: int) -> list[str]:

@@ -21,7 +21,7 @@ from f2llm.objective.false_negatives import (
     mask_logits,
     same_text_mask,
 )
-from tests.test_model import tiny_encoder
+from tests.conftest import tiny_encoder
 
 INBATCH = torch.arange(3)
 

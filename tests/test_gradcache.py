@@ -7,51 +7,15 @@ from functools import partial
 from typing import Any
 
 import lightning as L
-import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from f2llm.data.batch import TrainBatch
-from f2llm.data.corpus import TrainingDataset
-from f2llm.data.datamodule import Stage, TrainBatches
 from f2llm.model import Encoder
 from f2llm.module import F2LLMModule, cosine_with_warmup
 from f2llm.objective import F2LLMObjective, gradcache_step
-from tests.conftest import tiny_encoder
-
-WORDS = ["open", "file", "directory", "cannot", "read", "write", "permission", "denied",
-         "archive", "compress", "invalid", "option", "missing", "operand", "pattern", "match",
-         "line", "output", "input", "error", "warning"]
-NEGATIVES = 3
-RECORDS = 24
-
-
-def _text(rng: np.random.Generator) -> str:
-    return " ".join(rng.choice(WORDS, size=int(rng.integers(1, 12))))
-
-
-def collated_batches(encoder: Encoder, fmt: str, count: int, batch_size: int = 8,
-                     max_tokens: int = 48) -> list[TrainBatch]:
-    """Batches from the datamodule's collate path (TrainBatches) over an in-memory table.
-
-    `max_tokens` is small so that every batch is packed into several chunks.
-    """
-    rng = np.random.default_rng(0)
-    columns = ["query", "passage", *(f"negative_{j + 1}" for j in range(NEGATIVES))]
-    table = pa.table({c: [_text(rng) for _ in range(RECORDS)] for c in columns})
-    dataset = TrainingDataset("toy", None, fmt, instruction="Find the matching text")
-    items = TrainBatches(
-        {"toy": table}, {"toy": dataset}, {"toy/xx": "toy"}, {"toy/xx": "xx"},
-        {"s": Stage("s", ["toy"], instructions=True)},
-        {"retrieval": NEGATIVES, "clustering": NEGATIVES, "classification": 1},
-        lambda texts: encoder.tokenizer(texts)["input_ids"], encoder.tokenizer.pad_token_id,
-        max_tokens, encoder.format_query,
-    )
-    starts = [(i * batch_size) % (RECORDS - batch_size) for i in range(count)]
-    return [items[{"group": "toy/xx", "indices": list(range(s, s + batch_size)), "stage": "s",
-                   "epoch": 0, "position": i}] for i, s in enumerate(starts)]
+from tests.conftest import collated_batches, grads, tiny_encoder
 
 
 def plain_step(encoder: Encoder, objective: F2LLMObjective,
@@ -60,10 +24,6 @@ def plain_step(encoder: Encoder, objective: F2LLMObjective,
     loss, logs = objective.on_batch(emb, batch)
     loss.backward()
     return loss.detach(), logs
-
-
-def grads(encoder: Encoder) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in encoder.named_parameters()}
 
 
 @pytest.mark.parametrize("fmt", ["retrieval", "classification"])

@@ -24,9 +24,15 @@ from f2llm.export import export_sentence_transformers
 from f2llm.model import build_encoder
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.pruning import prune_backbone
-from tests.cli_runs import repo_copy, small_run, user_env
-from tests.conftest import TINY_SHAPE, texts
-from tests.test_gradcache import collated_batches, grads
+from tests.conftest import (
+    TINY_SHAPE,
+    collated_batches,
+    copy_repository,
+    grads,
+    small_run,
+    texts,
+    user_env,
+)
 
 DEPTH = 3
 TAU = 0.05
@@ -174,7 +180,7 @@ def test_gradcache_equals_plain_step_with_options_on(options: dict) -> None:
 def test_training_run_logs_layer_losses_and_dropped_candidates(tmp_path: Path,
                                                                 locale_dir: Path) -> None:
     """As a user types it: the options on the command line of `src/f2llm/train.py`."""
-    repo = repo_copy(tmp_path / "repo")
+    repo = copy_repository(tmp_path / "repo")
     args = small_run(locale_dir, steps=3, **{
         "model.shape.num_hidden_layers": 3, "objective.layers": "[1,2]",
         "objective.mask_same_text": "true", "objective.false_negative_margin": 0.1,

@@ -17,8 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sentence_transformers import SentenceTransformer
 
 from f2llm.merge import encoder_weights, last_checkpoints, merge, slerp, slerp_merge, soup
-from tests.conftest import CONFIGS, ROOT, tiny_overrides
-from tests.test_model import tiny_encoder
+from tests.conftest import CONFIGS, ROOT, tiny_encoder, tiny_overrides
 
 TEXTS = ["Fichier introuvable", "Cannot open file %s", "Файл не найден", "保存"]
 

@@ -21,9 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from f2llm.data.readers import DatasetSpec, read_dataset
 from f2llm.export import export_sentence_transformers
 from f2llm.mine import mine
-from tests.conftest import CONFIGS, ROOT, TINY_SHAPE
-from tests.test_model import tiny_encoder
-from tests.test_readers import write_jsonl
+from tests.conftest import CONFIGS, ROOT, TINY_SHAPE, tiny_encoder, write_jsonl
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 NOUNS = ["file", "folder", "printer", "network", "password", "window", "disk", "user",

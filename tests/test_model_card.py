@@ -92,8 +92,7 @@ def test_card_loads_parses_and_holds_the_final_metrics(run: Path) -> None:
 def test_card_facts_from_config_mix_and_metrics(tmp_path: Path, locale_dir: Path) -> None:
     from f2llm.export import export_sentence_transformers
     from f2llm.model_card import build_model_card
-    from tests.conftest import compose_train, tiny_overrides
-    from tests.test_model import tiny_encoder
+    from tests.conftest import compose_train, tiny_encoder, tiny_overrides
 
     export = export_sentence_transformers(tiny_encoder(), tmp_path / "export", "Find it")
     run = tmp_path

@@ -69,7 +69,8 @@ def _sentence_transformer_embedder(folder: Path, batch_size: int
         return model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
                             **kwargs).float().cpu()
 
-    width = model.get_sentence_embedding_dimension()
+    # sentence-transformers 5 renamed it (the old name warns); older releases have only the old.
+    width = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
     # Named prompts are applied by name: map dataset name -> itself.
     return embed, width, {name: name for name in prompts if prompts[name]}
 
