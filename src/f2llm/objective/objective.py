@@ -3,6 +3,7 @@ false-negative masking and the loss at intermediate layers (Matryoshka over laye
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from f2llm.data.batch import TrainBatch
 
 
+@dataclass(eq=False)
 class F2LLMObjective:
     """L_inbatch + L_hard + kd_weight * L_kd, the contrastive terms summed over dims.
 
@@ -38,35 +40,27 @@ class F2LLMObjective:
     returns [texts, 1 + len(layers), D] (`Encoder.forward(layers=...)`).
     """
 
-    def __init__(
-        self,
-        tau: float = 0.05,
-        mrl_dims: list[int] | None = None,
-        mrl_weights: list[float] | None = None,
-        kd_weight: float = 1.0,
-        gather_inbatch: bool = True,
-        mask_same_text: bool = False,
-        false_negative_margin: float | None = None,
-        layers: list[int] | None = None,
-        layer_weights: list[float] | None = None,
-    ) -> None:
-        check_matryoshka(mrl_dims, mrl_weights)
-        self.tau = tau
-        self.mrl_dims = mrl_dims
-        self.mrl_weights = mrl_weights
-        self.kd_weight = kd_weight
-        self.gather_inbatch = gather_inbatch
-        self.mask_same_text = mask_same_text
-        self.false_negative_margin = false_negative_margin
-        self.layers = [int(x) for x in layers] if layers else None
-        if layer_weights is not None and (self.layers is None
-                                          or len(layer_weights) != len(self.layers)):
-            raise ValueError(f"layer_weights has {len(layer_weights)} values for "
+    tau: float = 0.05
+    mrl_dims: list[int] | None = None
+    mrl_weights: list[float] | None = None
+    kd_weight: float = 1.0
+    gather_inbatch: bool = True
+    mask_same_text: bool = False
+    false_negative_margin: float | None = None
+    layers: list[int] | None = None
+    layer_weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        check_matryoshka(self.mrl_dims, self.mrl_weights)
+        self.layers = [int(x) for x in self.layers] if self.layers else None
+        weights = self.layer_weights
+        if weights is not None and (self.layers is None or len(weights) != len(self.layers)):
+            raise ValueError(f"layer_weights has {len(weights)} values for "
                              f"{len(self.layers or [])} layers (they pair by position)")
-        if self.layers is not None and layer_weights is None:
+        if self.layers is not None and weights is None:
             # sentence-transformers' AdaptiveLayerLoss default ("uniform", prior_layers_weight 1)
-            layer_weights = [1.0 / len(self.layers)] * len(self.layers)
-        self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
+            weights = [1.0 / len(self.layers)] * len(self.layers)
+        self.layer_weights = None if weights is None else [float(w) for w in weights]
 
     @property
     def masks_false_negatives(self) -> bool:
