@@ -403,7 +403,9 @@ def update_best(speed: dict[str, Any]) -> None:
 class StepLog(L.Callback):
     """Appends [step, loss] per training step to `<path>.rank<r>.jsonl` (the loss as a float:
     JSON keeps every bit); with `kill_at`, rank zero SIGKILLs its whole process group (every
-    rank) once that step is written."""
+    rank) once every rank has written that step (a barrier first: without it rank zero could
+    kill a partner that had not yet logged the step, and the resume check would compare one
+    rank only)."""
 
     def __init__(self, path: str, kill_at: int | None = None) -> None:
         self.path, self.kill_at = path, kill_at
@@ -415,9 +417,10 @@ class StepLog(L.Callback):
             fh.write(json.dumps([trainer.global_step, float(loss)]) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        if self.kill_at is not None and trainer.global_step >= self.kill_at \
-                and trainer.is_global_zero:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
+        if self.kill_at is not None and trainer.global_step >= self.kill_at:
+            trainer.strategy.barrier("step_log_kill")
+            if trainer.is_global_zero:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def read_steps(prefix: Path, world: int) -> list[dict[int, float]]:
