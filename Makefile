@@ -20,4 +20,4 @@ train: install
 
 test: install-test
 	$(PYTHON) -m ruff check src tests scripts
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 2 --dist loadfile

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 
+from f2llm.data import gettext_source
 from f2llm.data.gettext_source import (
     Pair,
     _neighbour_negatives,
@@ -104,3 +108,41 @@ def test_read_catalogs_skips_untranslated_and_english(locale_dir: Path) -> None:
     pairs = read_catalogs(locale_dir)
     assert pairs and all(p.english != p.translation for p in pairs)
     assert not any(p.language.startswith("en") for p in pairs)
+
+
+def test_two_builders_at_once_both_get_the_corpus(tmp_path: Path, locale_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs started at once on a fresh checkout both build the corpus. Each writes its own
+    temporary file: both threads write every table before either renames one (a barrier after
+    each write), which with one shared temporary name made the second rename fail
+    (FileNotFoundError: train.tmp -> train.parquet)."""
+    both_written = threading.Barrier(2, timeout=30)
+    write_table = gettext_source.pq.write_table
+
+    def write_then_wait(table: Any, where: Any, **kw: Any) -> None:
+        write_table(table, where, **kw)
+        both_written.wait()
+
+    monkeypatch.setattr(gettext_source.pq, "write_table", write_then_wait)
+    results: list[Any] = [None, None]
+
+    def build(i: int) -> None:
+        try:
+            results[i] = build_gettext_corpus(locale_dir, tmp_path, TEST_VAL_CATALOGS,
+                                              num_negatives=3, val_min_pairs=16)
+        except Exception as err:
+            results[i] = err
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert results[0] == results[1]
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    again = build_gettext_corpus(locale_dir, tmp_path, TEST_VAL_CATALOGS, num_negatives=3,
+                                 val_min_pairs=16)
+    assert again == results[0]
+    assert pq.read_table(tmp_path / "train.parquet").num_rows > 0

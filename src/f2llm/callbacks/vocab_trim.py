@@ -17,6 +17,7 @@ from f2llm.model.vocab import (
     training_token_ids,
     trim_input_embeddings,
 )
+from f2llm.paths import private_tmp
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class TrimVocabulary(L.Callback):
                  ids.numel(), time.perf_counter() - start)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
+            tmp = private_tmp(cache)
             torch.save(ids, tmp)
             tmp.replace(cache)  # atomic: a concurrent run reads a whole file or none
         return ids

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from f2llm.data.validation import SkipReport
+from f2llm.paths import private_tmp
 
 log = logging.getLogger(__name__)
 # What a group is keyed by in the stored index: a record's language and translation direction.
@@ -106,7 +106,7 @@ class StoredGroups:
         start, count = time.perf_counter(), 0
         meta = {_GROUPS_METADATA_KEY: json.dumps({"fingerprint": fingerprint,
                                                  "columns": list(GROUP_COLUMNS)})}
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp = private_tmp(path)
         with pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_file(sink, _GROUPS_SCHEMA.with_metadata(meta)) as writer:
             for name, table in datasets:

@@ -60,6 +60,7 @@ from f2llm.data.validation import (
     SkipReport,
     check_on_bad_record,
 )
+from f2llm.paths import private_tmp
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ class _CorpusWriter:
     def __init__(self, path: Path, schema: pa.Schema, predicted: list[CorpusEntry],
                  meta: dict[str, Any]) -> None:
         self.path, self.schema, self.predicted, self.meta = path, schema, predicted, meta
-        self.tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        self.tmp = private_tmp(path)
         self.sink = pa.OSFile(str(self.tmp), "wb")
         self.writer = pa.ipc.new_file(self.sink, self._with_entries(predicted))
         self.actual: list[CorpusEntry] = []
@@ -367,7 +368,7 @@ class _CorpusWriter:
         self.sink.close()
         if entries != self.predicted or report.skipped:
             log.info("rewriting %s with the rows and negatives found", self.path)
-            final = self.path.with_name(self.path.name + f".{os.getpid()}.final.tmp")
+            final = private_tmp(self.path, ".final")
             reader = pa.ipc.open_file(pa.memory_map(str(self.tmp), "r"))
             with pa.OSFile(str(final), "wb") as sink, \
                     pa.ipc.new_file(sink, self._with_entries(entries)) as writer:

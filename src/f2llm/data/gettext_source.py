@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from f2llm.data.corpus import Corpus, TrainingDataset
+from f2llm.paths import private_tmp
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +275,14 @@ def build_gettext_corpus(
     # Write to temporary names first so an interrupted build is never mistaken for a cache.
     stats = {}
     for path, cols in tables.items():
-        tmp = path.with_suffix(".tmp")
+        tmp = private_tmp(path)
         table = pa.table(cols)
         pq.write_table(table, tmp)
         tmp.replace(path)
         stats[path.stem] = {"rows": table.num_rows,
                             "languages": len(set(table.column("language").to_pylist()))}
-    manifest_path.write_text(json.dumps({**manifest, "stats": stats}, indent=2))
+    tmp = private_tmp(manifest_path)
+    tmp.write_text(json.dumps({**manifest, "stats": stats}, indent=2))
+    tmp.replace(manifest_path)
     log.info("gettext corpus: %s", stats)
     return result
