@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -10,7 +11,8 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.optim import Optimizer
 
-from tests.conftest import compose_train
+from f2llm.module import F2LLMModule, cosine_with_warmup
+from tests.conftest import compose_train, tiny_encoder
 
 STEPS = 5
 
@@ -59,3 +61,51 @@ def test_8bit_optimizer_config_steps_like_adamw(name: str) -> None:
     ours = (model.weight.detach() - start).flatten()
     theirs = (reference.weight.detach() - start).flatten()
     assert nn.functional.cosine_similarity(ours, theirs, dim=0) > 0.99
+
+
+def _module(scale: float) -> F2LLMModule:
+    cfg = compose_train([])
+    return F2LLMModule(encoder=tiny_encoder(), objective=instantiate(cfg.objective),
+                       optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01),
+                       embedding_lr_scale=scale)
+
+
+def _one_step(module: F2LLMModule) -> dict[str, torch.Tensor]:
+    """Each parameter's change after one AdamW step on the same gradients, with the
+    scheduler the default uses, stepped 3 times first (warmup 2, then cosine)."""
+    optimizer = module.optimizer_factory(params=module.param_groups())
+    scheduler = cosine_with_warmup(optimizer, warmup_steps=2, total_steps=10, min_lr=1e-5)
+    for _ in range(3):
+        scheduler.step()
+    start = {n: p.detach().clone() for n, p in module.named_parameters()}
+    generator = torch.Generator().manual_seed(0)
+    for p in module.parameters():
+        p.grad = torch.randn(p.shape, generator=generator)
+    optimizer.step()
+    return {n: p.detach() - start[n] for n, p in module.named_parameters()}
+
+
+def test_embedding_lr_scale_steps_the_table_at_a_multiple_of_the_lr() -> None:
+    plain, scaled = _module(1.0), _module(4.0)
+    assert all(isinstance(p, torch.Tensor) for p in plain.param_groups())  # the recipe: one lr
+    groups = scaled.param_groups()
+    table = scaled.encoder.backbone.get_input_embeddings().weight
+    assert [len(g["params"]) for g in groups] == [len(list(scaled.parameters())) - 1, 1]
+    assert groups[1]["params"][0] is table and groups[1]["lr"] == 4e-3
+    a, b = _one_step(plain), _one_step(scaled)
+    name = "encoder.backbone.embed_tokens.weight"
+    # Adam's step and the decoupled weight decay both scale with the lr: 4x, at every step of
+    # the schedule (LambdaLR scales each group's own lr).
+    torch.testing.assert_close(b[name], 4 * a[name], rtol=1e-4, atol=1e-9)
+    for n in a:
+        if n != name:
+            torch.testing.assert_close(b[n], a[n], rtol=0, atol=0)
+
+
+def test_embedding_lr_scale_with_a_frozen_table_and_bad_values() -> None:
+    module = _module(4.0)
+    module.encoder.backbone.get_input_embeddings().weight.requires_grad_(False)  # as LoRA
+    (group,) = module.param_groups()
+    assert "lr" not in group
+    with pytest.raises(ValueError, match="embedding_lr_scale must be > 0"):
+        _module(0.0)

@@ -84,8 +84,11 @@ class F2LLMModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         teacher: Teacher | None = None,
         max_nonfinite_in_a_row: int = 5,
+        embedding_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not embedding_lr_scale > 0:
+            raise ValueError(f"module.embedding_lr_scale must be > 0, got {embedding_lr_scale}")
         if gradient_clip_val is not None and not gradcache:
             raise ValueError("gradient_clip_val is for gradcache=True; otherwise set "
                              "Trainer(gradient_clip_val=...)")
@@ -99,6 +102,7 @@ class F2LLMModule(L.LightningModule):
         self.automatic_optimization = not gradcache
         self.set_teacher(teacher)
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
+        self.embedding_lr_scale = embedding_lr_scale
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
 
@@ -222,9 +226,28 @@ class F2LLMModule(L.LightningModule):
         emb = self.encoder.forward_chunks(batch.chunks, batch.restore)
         return {"embeddings": emb.float(), "rows": batch.rows, "side": batch.side}
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def param_groups(self) -> list[Tensor] | list[dict[str, Any]]:
+        """The trainable parameters; with `embedding_lr_scale` != 1, two groups: the rest
+        first (the scheduler's floor is set by group 0's lr), then the input embedding's
+        trainable tensors at `embedding_lr_scale` x the optimiser's lr. In a model trained from
+        scratch the embedding table is most of the parameters and each row trains only in the
+        steps whose texts hold its token, so it gains from a larger lr than the layers, which a
+        larger lr for everything destabilises (BENCHMARKS.md: screening the default)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
+        if self.embedding_lr_scale == 1.0:
+            return params
+        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if lr is None:
+            raise ValueError("module.embedding_lr_scale needs the optimizer config's lr "
+                             "(a partial optimiser with `lr:`)")
+        table = {id(p) for p in self.encoder.backbone.get_input_embeddings().parameters()}
+        groups = [{"params": [p for p in params if id(p) not in table]},
+                  {"params": [p for p in params if id(p) in table],
+                   "lr": lr * self.embedding_lr_scale}]
+        return [g for g in groups if g["params"]]  # LoRA: the table is frozen
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.param_groups())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(
