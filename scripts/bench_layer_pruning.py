@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -29,9 +28,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
+from _common import compose_train, machine
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 from f2llm.eval import encoder_embedder, heldout_metrics
 from f2llm.pruning import encoder_importance, prune_backbone
@@ -63,16 +61,6 @@ def run_overrides(steps: int, depth: int, seed: int, layers: list[int] | None) -
     return out
 
 
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        out = tempfile.mkdtemp(prefix="bench_layer_pruning_")
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={out}",
-                                          *overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
-
-
 def pick(metrics: dict[str, float], width: int) -> dict[str, float]:
     """The table's scores out of `metrics` (keys with or without the `val/` prefix)."""
     flat = {k.removeprefix("val/"): v for k, v in metrics.items()}
@@ -96,7 +84,7 @@ def measure(cfg, keep: int) -> dict[str, dict[str, float]]:
     for method in ("first_k", "activation"):
         student = copy.deepcopy(encoder)
         importance = encoder_importance(student, texts) if method == "activation" else None
-        prune_backbone(student.backbone, {"num_hidden_layers": keep}, importance, method)
+        prune_backbone(student.backbone, {"num_hidden_layers": keep}, importance, method=method)
         rows[f"pruned to {keep}, {method}"] = heldout_metrics(
             encoder_embedder(student), student.hidden_size, instructions, found)
     return rows
@@ -114,13 +102,14 @@ def main() -> None:
     args = ap.parse_args()
     result: dict[str, Any] = {
         "date": str(date.today()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": f"{machine()}, torch {torch.__version__}",
         "args": {k: v for k, v in vars(args).items() if k != "json"}, "runs": {}}
     width = None
     for seed in args.seeds:
         for arm, layers in (("without layers", None), (f"layers {args.layers}", args.layers)):
-            cfg = compose_cfg([*run_overrides(args.steps, args.depth, seed, layers),
-                               *args.overrides])
+            cfg = compose_train([*run_overrides(args.steps, args.depth, seed, layers),
+                                 *args.overrides],
+                                output_dir=tempfile.mkdtemp(prefix="bench_layer_pruning_"))
             width = cfg.model.shape.hidden_size
             result["runs"][f"{arm}, seed {seed}"] = measure(cfg, args.keep)
             if args.json:  # so far, in case a later run fails
