@@ -251,6 +251,7 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     "data.num_negatives.retrieval=7 final_validate=false":
         Run(NO_STAGES, makes=("export/modules.json", "data_mix.json")),
     f"{T} model.attention=bidirectional model.pooling=mean": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} module.embedding_lr_scale=4": Run(TWO_STAGES, makes=TRAINED),
     f"{T} objective.mask_same_text=true objective.false_negative_margin=0.1":
         Run(TWO_STAGES, makes=TRAINED),
     f"{T} model.shape.num_hidden_layers=4 objective.layers=[1,2]": Run(TWO_STAGES, makes=TRAINED),

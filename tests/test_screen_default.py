@@ -37,6 +37,8 @@ def test_screen_runs_each_arm_and_seed_and_reports_its_metrics(tmp_path: Path,
             steps = 4 if name == "batch384_same_texts" else 2
             assert f"trainer.max_steps={steps}" in overrides and r["steps"] == steps
             assert ("data.batch_size=384" in overrides) == (name == "batch384_same_texts")
+            # Both arms start from the default before the screen, whatever is shipped now.
+            assert {"model.attention=causal", "module.embedding_lr_scale=1.0"} <= set(overrides)
             final = json.loads((folder / "final_metrics.json").read_text())
             width = max(int(k.rsplit("@", 1)[1]) for k in final
                         if k.startswith("val/bitext/accuracy@"))
