@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -71,11 +70,10 @@ def test_stage_steps_shorter_than_the_run(cfg) -> None:
     ("experiment=no_such_experiment", "Could not find 'experiment/no_such_experiment'"),
 ])
 def test_unknown_model_or_experiment_stops_in_seconds(override: str, message: str) -> None:
-    start = time.monotonic()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "src/f2llm/train.py"), override],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0
     assert message in done.stderr
     assert "Available options" in done.stderr  # Hydra lists the valid names
-    assert time.monotonic() - start < 60
+    assert "[INFO]" not in done.stderr + done.stdout  # before any work (no wall-time bound)

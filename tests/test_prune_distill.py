@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -67,7 +66,6 @@ def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None
 
 @pytest.mark.parametrize("size", ["80m", "160m", "330m"])
 def test_published_recipe_without_network_stops_in_seconds(size: str, repo_copy: Path) -> None:
-    start = time.monotonic()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     # In a repository copy: the run folder Hydra makes before the failure lands there.
     done = subprocess.run([sys.executable, "src/f2llm/train.py",
@@ -76,4 +74,6 @@ def test_published_recipe_without_network_stops_in_seconds(size: str, repo_copy:
     assert done.returncode != 0
     assert "teacher.path=codefuse-ai/F2LLM-v2-0.6B" in done.stderr
     assert "set teacher.path=<folder>" in done.stderr
-    assert time.monotonic() - start < 60
+    # Fast means before any work: no corpus, model or trainer was built (none logged a line).
+    # (No wall-time bound: under a loaded CI machine one is a coin toss.)
+    assert "[INFO]" not in done.stderr + done.stdout

