@@ -82,7 +82,10 @@ def scalars(run: Path) -> dict[str, dict[int, float]]:
 
 @pytest.mark.slow
 def test_restart_lr_replays_the_schedule_in_stage_2(user_run: Path) -> None:
-    lr = scalars(user_run)["lr-AdamW"]
+    lr = scalars(user_run)["lr-AdamW/model"]
+    # The embedding group (module.embedding_lr_scale=4 in the default) follows at 4x.
+    embedding = scalars(user_run)["lr-AdamW/embedding"]
+    assert all(embedding[s] == pytest.approx(4 * lr[s]) for s in lr)
     # Warmup of one step, then cosine decay within each stage of three steps.
     assert lr[1] < lr[0] and lr[2] < lr[1]
     assert lr[3] == pytest.approx(lr[0]) and lr[4] == pytest.approx(lr[1])
@@ -107,9 +110,12 @@ def test_stage_2_switches_held_out_instructions_on(user_run: Path) -> None:
 
 @pytest.mark.slow
 def test_a_trained_run_beats_its_untrained_init(tmp_path: Path, locale_dir: Path) -> None:
+    # 80 steps: with mean pooling the untrained model is already a bag of random token
+    # vectors (bitext@32 0.125 here, against 0.096 for last-token pooling), and at this toy
+    # width the default's settings need more than 40 steps to clear it by 0.03.
     cfg = compose_train(tiny_overrides(tmp_path, locale_dir, **{
-        "data.batch_size": 32, "trainer.max_steps": 40, "data.stages.0.steps": 40,
-        "data.stages.1.steps": 0, "trainer.val_check_interval": 40,
+        "data.batch_size": 32, "trainer.max_steps": 80, "data.stages.0.steps": 80,
+        "data.stages.1.steps": 0, "trainer.val_check_interval": 80,
         "scheduler.warmup_steps": 4, "callbacks.export": None}))
     with open_dict(cfg):
         cfg.data.stages = cfg.data.stages[:1]

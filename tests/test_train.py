@@ -37,7 +37,9 @@ def test_default_config_trains_evaluates_and_exports(cfg_tiny: DictConfig) -> No
     assert len(lines) >= 2 and "bitext_per_language" in json.loads(lines[-1])
     tags = scalar_tags(run)
     expected = {"train/loss", "train/loss_inbatch", "train/retrieval/loss", "perf/samples_per_s",
-                "perf/tokens_per_s", "perf/padding_fraction", "lr-AdamW", "train/stage"}
+                "perf/tokens_per_s", "perf/padding_fraction", "train/stage",
+                # The default's two lr groups (module.embedding_lr_scale=4): the table at 4x.
+                "lr-AdamW/model", "lr-AdamW/embedding"}
     expected |= {f"train/loss@{d}" for d in dims}
     for task_metric in ("bitext/accuracy", "retrieval/ndcg_at_10", "retrieval/mrr_at_10",
                         "retrieval/recall_at_5", "clustering/v_measure",

@@ -241,8 +241,9 @@ class F2LLMModule(L.LightningModule):
             raise ValueError("module.embedding_lr_scale needs the optimizer config's lr "
                              "(a partial optimiser with `lr:`)")
         table = {id(p) for p in self.encoder.backbone.get_input_embeddings().parameters()}
-        groups = [{"params": [p for p in params if id(p) not in table]},
-                  {"params": [p for p in params if id(p) in table],
+        # Named: TensorBoard shows `lr-<optimizer>/model` and `lr-<optimizer>/embedding`.
+        groups = [{"params": [p for p in params if id(p) not in table], "name": "model"},
+                  {"params": [p for p in params if id(p) in table], "name": "embedding",
                    "lr": lr * self.embedding_lr_scale}]
         return [g for g in groups if g["params"]]  # LoRA: the table is frozen
 
