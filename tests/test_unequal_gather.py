@@ -11,6 +11,7 @@ the one-process gradient for those rows, as in tests/test_distributed.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,10 @@ def _worker(rank: int, out: str) -> None:
     # rank leaving early once aborted its peer: 'terminate called without an
     # active exception').
     dist.barrier()
-    dist.destroy_process_group()
+    # And then no C++ teardown at all: gloo's destructor still aborted a rank now and then
+    # after this barrier (CI, 2026-12-01: SIGABRT with every result already saved). The
+    # results are on disk; the spawned process only has to exit 0.
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
