@@ -16,6 +16,7 @@ def test_bench_layer_pruning_scores_both_arms_before_and_after_the_cut(
     own = ("trainer.max_steps=", "trainer.val_check_interval=", "trainer.enable_progress_bar=",
            "model.shape.num_hidden_layers=")  # the script's own (--steps, --depth)
     common = [o for o in small_run(locale_dir) if not o.startswith(own)]
+    common.append(f"paths.data_dir={tmp_path / 'data'}")  # the corpus, not in the repository
     out = tmp_path / "layers.json"
     done = subprocess.run(
         [sys.executable, "scripts/bench_layer_pruning.py", "--steps", "2", "--depth", "2",

@@ -17,6 +17,7 @@ def test_screen_runs_each_arm_and_seed_and_reports_its_metrics(tmp_path: Path,
                                                                locale_dir: Path) -> None:
     own = ("trainer.max_steps=", "trainer.val_check_interval=", "trainer.enable_progress_bar=")
     common = [o for o in small_run(locale_dir) if not o.startswith(own)]
+    common.append(f"paths.data_dir={tmp_path / 'data'}")  # the corpus, not in the repository
     out = tmp_path / "screen"
     done = subprocess.run(
         [sys.executable, "scripts/screen_default.py", "--arms", "base", "batch384_same_texts",
