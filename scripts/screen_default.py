@@ -80,6 +80,10 @@ ARMS: dict[str, Arm] = {
                                                  *BIDIRECTIONAL_MEAN),
     "embedding_lr4_bidirectional_mean": previous("module.embedding_lr_scale=4",
                                                  *BIDIRECTIONAL_MEAN),
+    # How the default's 1,600 steps split between the stages (shipped: 1,300 + 300); from the
+    # shipped default, meant for --full.
+    "split1100_500": Arm(["data.stages.0.steps=1100", "data.stages.1.steps=500"]),
+    "split1450_150": Arm(["data.stages.0.steps=1450", "data.stages.1.steps=150"]),
 }
 
 SCORES = {
