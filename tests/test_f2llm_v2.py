@@ -161,6 +161,29 @@ def test_raw_layout_streams_into_the_canonical_corpus(tmp_path: Path) -> None:
     assert set(corpus.dataset("unpc_ar2en").column("direction").to_pylist()) == {"ar->en"}
 
 
+def test_batches_read_ahead_are_the_files_batches_in_order(tmp_path: Path) -> None:
+    """The ingest reads the next batch in a background thread: same batches, same order, the
+    reader's errors raised in the caller, and a caller that stops early does not hang."""
+    from f2llm.data.f2llm_v2_corpus import BATCH_ROWS, _batches
+
+    path = tmp_path / "x.parquet"
+    n = 3 * BATCH_ROWS + 5
+    pq.write_table(pa.table({"a": np.arange(n), "b": [str(i) for i in range(n)]}), path,
+                   row_group_size=BATCH_ROWS // 2 + 1)
+    got = list(_batches(path, ["b", "a"]))
+    want = list(pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["b", "a"]))
+    assert [b.num_rows for b in got] == [b.num_rows for b in want] and len(got) > 3
+    assert pa.Table.from_batches(got).equals(pa.Table.from_batches(want))
+    early = _batches(path, ["a"])
+    assert next(early).column(0)[0].as_py() == 0
+    early.close()
+    data = bytearray(path.read_bytes())  # a damaged page mid-file: the footer still reads
+    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    with pytest.raises(OSError):
+        list(_batches(path, ["b", "a"]))
+
+
 @pytest.mark.parametrize("type_", [pa.string(), pa.large_string()])
 def test_the_blank_check_of_the_ingest_equals_arrows_whole_string_check(type_) -> None:
     import pyarrow.compute as pc

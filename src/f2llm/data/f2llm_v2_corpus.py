@@ -27,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -428,8 +429,7 @@ def _build_raw(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path,
                                     spec.language_column, (), extra_languages,
                                     {c: s for c, s in columns.items() if c != s})
             kept, fewest, row, instructed = 0, None, 0, True
-            pf = _parquet(spec.path)
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(columns.values())):
+            for batch in _batches(spec.path, list(columns.values())):
                 table = pa.Table.from_batches([batch]).rename_columns(list(columns))
                 rows = np.arange(row, row + batch.num_rows)
                 row += batch.num_rows
@@ -458,6 +458,21 @@ def _build_raw(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path,
 
 def _parquet(path: Path) -> pq.ParquetFile:
     return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+
+
+_DONE = object()
+
+
+def _batches(path: Path, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """The file's record batches (`BATCH_ROWS` rows), the next one read in a background thread
+    while the caller checks and writes this one: Arrow's parquet decoding releases the GIL, so
+    reading overlaps the rest of the build. One batch ahead: memory stays bounded."""
+    reader = _parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=list(columns))
+    with ThreadPoolExecutor(1, thread_name_prefix="parquet-ahead") as pool:
+        ahead = pool.submit(next, reader, _DONE)
+        while (batch := ahead.result()) is not _DONE:
+            ahead = pool.submit(next, reader, _DONE)
+            yield batch
 
 
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
@@ -556,7 +571,7 @@ def _build_tokenized(layout: Layout, recipes: Sequence[DatasetRecipe], out: Path
             columns = ["query_input_ids", *refs,
                        *([r.language_column] if r.language_column else [])]
             kept, row, fewest = 0, 0, k
-            for batch in _parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            for batch in _batches(path, columns):
                 n = batch.num_rows
                 rows = np.arange(row, row + n)
                 row += n
@@ -695,8 +710,7 @@ def _write_docs(layout: Layout, recipes: Sequence[DatasetRecipe], path: Path
                 if c not in names:
                     raise DataValidationError(file, MISSING_FIELD, "no such column", field=c)
             row = 0
-            for batch in _parquet(file).iter_batches(batch_size=BATCH_ROWS,
-                                                     columns=["doc_id", "input_ids"]):
+            for batch in _batches(file, ["doc_id", "input_ids"]):
                 n = batch.num_rows
                 ids = _id_lists(batch.column("input_ids"), file, "input_ids", row)
                 empty = pc.list_value_length(ids).fill_null(0).to_numpy(zero_copy_only=False) == 0
