@@ -140,6 +140,10 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=20_000,
                         help="distinct texts per dataset (passages and negatives share them, as "
                              "the deduplicated documents of the tokenized layout)")
+    parser.add_argument("--row-group-rows", type=int, default=None,
+                        help="rows per parquet row group of the synthetic files (default: "
+                             "pyarrow's, one row group per file here); Arrow's reader holds a "
+                             "row group's dictionary pages, so peak RSS follows this size")
     parser.add_argument("--repeats", type=int, default=2,
                         help="rounds of plain read / build, alternating (the machine is shared)")
     parser.add_argument("--baseline-src", type=Path, default=None,
@@ -158,10 +162,11 @@ def main() -> None:
             per = size // len(names)
             start = time.perf_counter()
             write_synthetic(folder, layout, names, per, num_negatives=24, seed=size,
-                            pool_size=args.pool)
+                            pool_size=args.pool, row_group_size=args.row_group_rows)
             written = time.perf_counter() - start
             disk = sum(p.stat().st_size for p in folder.rglob("*.parquet"))
             row = {"layout": layout, "records": per * len(names), "datasets": len(names),
+                   "row_group_rows": args.row_group_rows,
                    "parquet_mib": disk / 2**20, "write_synthetic_s": written}
             rounds: dict[str, list[dict]] = {"plain_read": [], "build": [], "baseline": []}
             for _ in range(args.repeats):

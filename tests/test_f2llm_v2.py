@@ -184,6 +184,18 @@ def test_batches_read_ahead_are_the_files_batches_in_order(tmp_path: Path) -> No
         list(_batches(path, ["b", "a"]))
 
 
+@pytest.mark.parametrize("layout", ["raw", "tokenized"])
+def test_synthetic_files_take_a_row_group_size(tmp_path: Path, layout: str) -> None:
+    """bench_ingest --row-group-rows: the synthetic files' row groups (peak RSS follows them)."""
+    names = [CLASSIFICATION[0], RETRIEVAL[0]]
+    for size, want in ((None, 1), (40, 3)):  # 100 rows: pyarrow's default, or 40 + 40 + 20
+        root = write_synthetic(tmp_path / f"{layout}_{size}", layout, names, 100,
+                               num_negatives=3, row_group_size=size)
+        files = sorted(root.glob("*.parquet"))
+        assert files and {pq.ParquetFile(f).metadata.num_row_groups for f in files
+                          if "corpus" not in f.name} == {want}
+
+
 @pytest.mark.parametrize("type_", [pa.string(), pa.large_string()])
 def test_the_blank_check_of_the_ingest_equals_arrows_whole_string_check(type_) -> None:
     import pyarrow.compute as pc

@@ -63,10 +63,12 @@ def write_synthetic(
     shared_corpus: bool = False,
     pool_size: int | None = None,
     words: tuple[int, int] = (4, 12),
+    row_group_size: int | None = None,
 ) -> Path:
     """Write `names` (official names: their format decides the negatives) with `rows` records
     each into `root` in the `raw` or `tokenized` layout; `shared_corpus` writes one
-    corpus.parquet instead of `<name>_corpus.parquet`. Returns `root`."""
+    corpus.parquet instead of `<name>_corpus.parquet`. `row_group_size`: rows per parquet row
+    group (None: pyarrow's default, one row group per file at these sizes). Returns `root`."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     counts = [rows] * len(names) if isinstance(rows, int) else list(rows)
@@ -90,7 +92,8 @@ def write_synthetic(
             queries = pa.array(query_texts, pa.string())
             table = {"query": queries.take(pa.array(query_rows))}
             table.update({c: docs.take(pa.array(r)) for c, r in refs.items()})
-            pq.write_table(pa.table(table), root / f"{name}.parquet")
+            pq.write_table(pa.table(table), root / f"{name}.parquet",
+                           row_group_size=row_group_size)
             continue
         if tokenizer is not None:
             def ids(texts: list[str]) -> pa.ListArray:
@@ -104,14 +107,15 @@ def write_synthetic(
             "")
         table = {"query_input_ids": query_lists.take(pa.array(query_rows))}
         table.update({f"{c}_input_ids": doc_id.take(pa.array(r)) for c, r in refs.items()})
-        pq.write_table(pa.table(table), root / f"{name}_query.parquet")
+        pq.write_table(pa.table(table), root / f"{name}_query.parquet",
+                       row_group_size=row_group_size)
         corpus = pa.table({"doc_id": doc_id, "input_ids": doc_ids_lists})
         if shared_corpus:
             shared.append(corpus)
         else:
-            pq.write_table(corpus, root / f"{name}_corpus.parquet")
+            pq.write_table(corpus, root / f"{name}_corpus.parquet", row_group_size=row_group_size)
     if shared:
         with pq.ParquetWriter(root / "corpus.parquet", shared[0].schema) as writer:
             for table in shared:
-                writer.write_table(table)
+                writer.write_table(table, row_group_size=row_group_size)
     return root
