@@ -7,9 +7,12 @@ The scripts import it as `_common` (Python puts scripts/ first on the path of
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +45,14 @@ def compose_train(overrides: Sequence[str], output_dir: str | Path | None = None
     with open_dict(cfg):
         cfg.pop("hydra", None)
     return cfg
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder for a benchmark run's outputs (checkpoints, exports, logs), removed
+    when the script exits: repeated benchmark and test runs leave nothing behind in /tmp."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 class StepTimer(L.Callback):

@@ -19,14 +19,20 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from _common import TRAINING_STEPS_ONLY, StepTimer, alternating_rounds, compose_train, machine
+from _common import (
+    TRAINING_STEPS_ONLY,
+    StepTimer,
+    alternating_rounds,
+    compose_train,
+    machine,
+    scratch_dir,
+)
 
 SKIP = 20  # warm-up steps left out of the timing
 
@@ -40,7 +46,7 @@ def child(overrides: list[str]) -> None:
     """One timed run in this process; prints {"ms_per_step": ...} as the last line."""
     import f2llm.train as entry
 
-    cfg = compose_train(overrides, tempfile.mkdtemp(prefix="bench_ab_"))
+    cfg = compose_train(overrides, scratch_dir("bench_ab_"))
     timer = StepTimer()
     entry.train(cfg, callbacks=[timer])
     print(json.dumps({"ms_per_step": timer.ms_per_step(SKIP)}))

@@ -20,13 +20,13 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from _common import compose_train, scratch_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("forward", "backward", "optimizer", "zero_grad")
 
 
@@ -43,9 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import open_dict
 
     import f2llm.train as entry
 
@@ -53,12 +51,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from f2llm.model.vocab import training_token_ids, trim_input_embeddings
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}",
-                                          f"paths.output_dir={tempfile.mkdtemp()}",
-                                          *args.overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    cfg = compose_train(args.overrides, scratch_dir("bench_default_"))
     module, dm, _ = entry.build(cfg)
     dm.prepare_data()
     dm.setup("fit")

@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import os
-import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import lightning as L
 import torch
-from _common import compose_train, machine
+from _common import compose_train, machine, scratch_dir
 from hydra.utils import instantiate
 
 from f2llm.eval import encoder_embedder, heldout_metrics
@@ -109,7 +108,7 @@ def main() -> None:
         for arm, layers in (("without layers", None), (f"layers {args.layers}", args.layers)):
             cfg = compose_train([*run_overrides(args.steps, args.depth, seed, layers),
                                  *args.overrides],
-                                output_dir=tempfile.mkdtemp(prefix="bench_layer_pruning_"))
+                                output_dir=scratch_dir("bench_layer_pruning_"))
             width = cfg.model.shape.hidden_size
             result["runs"][f"{arm}, seed {seed}"] = measure(cfg, args.keep)
             if args.json:  # so far, in case a later run fails

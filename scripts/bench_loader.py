@@ -24,7 +24,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import lightning as L
 import torch
-from _common import TRAINING_STEPS_ONLY, StepTimer, compose_train, machine
+from _common import TRAINING_STEPS_ONLY, StepTimer, compose_train, machine, scratch_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
@@ -73,7 +72,7 @@ def padding_fractions(batches: list[TrainBatch]) -> tuple[float, float]:
 def model_step_seconds(overrides: list[str], stage: int, steps: int, warmup: int = 5) -> float:
     """Mean seconds per training step (loader included) after `warmup` steps of stage
     `stage`, training steps only."""
-    cfg = compose_train([*overrides, *TRAINING_STEPS_ONLY], tempfile.mkdtemp(prefix=SCRATCH))
+    cfg = compose_train([*overrides, *TRAINING_STEPS_ONLY], scratch_dir(SCRATCH))
     with open_dict(cfg):
         cfg.trainer.max_steps = steps + warmup
         cfg.trainer.val_check_interval = None
@@ -100,7 +99,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
 
-    cfg = compose_train(args.overrides, tempfile.mkdtemp(prefix=SCRATCH))
+    cfg = compose_train(args.overrides, scratch_dir(SCRATCH))
     start = sum(int(s["steps"]) for s in list(cfg.data.stages or [])[: args.stage])
     L.seed_everything(cfg.seed)
     loader_s, batches = loader_batches(cfg, args.batches, start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -22,12 +23,16 @@ def test_bench_ab_times_both_settings_in_alternating_processes(tmp_path: Path,
            "trainer.enable_progress_bar=", "callbacks.checkpoint.")
     common = [o for o in tiny_overrides(tmp_path, locale_dir) if not o.startswith(own)]
     out = tmp_path / "ab.json"
+    scratch = tmp_path / "tmp"  # the runs' temporary folders: removed when each run exits
+    scratch.mkdir()
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts/bench_ab.py"), "--a", "keep_freed_host_memory=false",
          "--b", "keep_freed_host_memory=true", "--steps", "23", "--rounds", "2",
          "--json", str(out), *common],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(scratch.glob("bench_ab_*"))
     result = json.loads(out.read_text())
     assert len(result["ms_per_step"]["A"]) == len(result["ms_per_step"]["B"]) == 2
     assert all(ms > 0 and math.isfinite(ms) for runs in result["ms_per_step"].values()

@@ -18,11 +18,15 @@ def test_bench_layer_pruning_scores_both_arms_before_and_after_the_cut(
     common = [o for o in small_run(locale_dir) if not o.startswith(own)]
     common.append(f"paths.data_dir={tmp_path / 'data'}")  # the corpus, not in the repository
     out = tmp_path / "layers.json"
+    scratch = tmp_path / "tmp"  # the runs' temporary folders: removed when the script exits
+    scratch.mkdir()
     done = subprocess.run(
         [sys.executable, "scripts/bench_layer_pruning.py", "--steps", "2", "--depth", "2",
          "--keep", "1", "--layers", "1", "--json", str(out), "--", *common],
-        cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=user_env(TMPDIR=str(scratch)), capture_output=True, text=True,
+        timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(scratch.glob("bench_layer_pruning_*"))
     runs = json.loads(out.read_text())["runs"]
     assert list(runs) == ["without layers, seed 42", "layers [1], seed 42"]
     for rows in runs.values():
