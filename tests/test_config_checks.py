@@ -11,6 +11,7 @@ import pytest
 from omegaconf import open_dict
 
 from f2llm.config_checks import ConfigError, check_config
+from f2llm.errors import UserError
 from tests.conftest import ROOT, compose_train, tiny_overrides
 
 
@@ -55,6 +56,18 @@ def test_teacher_narrower_than_student(cfg, tmp_path: Path) -> None:
     with open_dict(cfg):
         cfg.teacher = {"path": str(folder)}
     with pytest.raises(ConfigError, match=r"16 wide, narrower than the student's 32"):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("path, message", [
+    (None, r"guide=default needs guide.path=<folder>"),
+    ("/nowhere/guide", r"guide.path=/nowhere/guide: no such folder"),
+])
+def test_a_guide_without_a_loadable_path(tmp_path: Path, locale_dir: Path, path: str | None,
+                                        message: str) -> None:
+    overrides = ["guide=default", *([f"guide.path={path}"] if path else [])]
+    cfg = compose_train([*tiny_overrides(tmp_path, locale_dir), *overrides])
+    with pytest.raises(UserError, match=message):
         check_config(cfg)
 
 

@@ -239,6 +239,73 @@ def test_objective_drops_what_the_rules_say_at_every_dim(same_text: bool,
     assert (plain - loss).abs() > 1e-6 and not any(k.startswith("dropped") for k in plain_logs)
 
 
+def _guide(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, width: int = 12
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A guide model's embeddings of the same texts, of another width: a fixed random
+    projection of the model's plus noise, so guide and model agree only roughly."""
+    g = torch.Generator().manual_seed(3)
+    project = torch.randn(D, width, generator=g, dtype=torch.float64)
+    return tuple((x.detach() @ project) + 0.5 * torch.randn(*x.shape[:-1], width, generator=g,
+                                                            dtype=torch.float64)
+                 for x in (query, positive, negatives))
+
+
+@pytest.mark.parametrize("margin, strategy", [(0.0, "absolute"), (0.1, "absolute"),
+                                              (0.3, "relative")])
+def test_objective_drops_what_the_guide_says_at_every_dim(margin: float, strategy: str) -> None:
+    """GISTEmbed's rule in the objective: a candidate the guide scores above the positive, less
+    the margin, leaves the in-batch and the hard-negative softmax at every dim."""
+    from f2llm.objective import F2LLMObjective
+
+    query, positive, negatives = _embeddings()
+    gq, gp, gn = _guide(query, positive, negatives)
+    dims, weights = [32, 16, 8], [1.0, 0.5, 0.25]
+    objective = F2LLMObjective(tau=TAU, mrl_dims=dims, mrl_weights=weights, guide_margin=margin,
+                               guide_strategy=strategy)
+    loss, logs = objective(query, positive, negatives, use_inbatch=True, guide=(gq, gp, gn))
+
+    q, p, n = (F.normalize(x, dim=-1) for x in (gq, gp, gn))
+    pos = (q * p).sum(-1, keepdim=True)
+    threshold = pos - margin if strategy == "absolute" else pos - pos.abs() * margin
+    inbatch_drop = (q @ p.T > threshold) & ~torch.eye(B, dtype=torch.bool)
+    hard_drop = torch.cat([torch.zeros(B, 1, dtype=torch.bool),
+                           torch.einsum("bd,bkd->bk", q, n) > threshold], dim=1)
+    assert logs["dropped/guide"] == inbatch_drop.sum() + hard_drop.sum() > 0
+    per_dim = [_reference(query, positive, negatives, inbatch_drop, hard_drop, d) for d in dims]
+    for d, expected in zip(dims, per_dim, strict=True):
+        torch.testing.assert_close(logs[f"loss@{d}"], expected)
+    torch.testing.assert_close(loss, sum(w * v for w, v in zip(weights, per_dim, strict=True)))
+
+
+def test_the_model_as_its_own_guide_is_the_margin_rule() -> None:
+    """drop if guide(q, c) > guide(q, p) - m  is  drop if s(q, c) > s(q, p) + margin  with the
+    model as guide and m = -margin: the same loss and the same drops."""
+    from f2llm.objective import F2LLMObjective
+
+    query, positive, negatives = _embeddings(2)
+    common = {"tau": TAU, "mrl_dims": [32, 8], "mrl_weights": [1.0, 0.5]}
+    guided, guided_logs = F2LLMObjective(**common, guide_margin=-0.1)(
+        query, positive, negatives, use_inbatch=True, guide=(query, positive, negatives))
+    margin, margin_logs = F2LLMObjective(**common, false_negative_margin=0.1)(
+        query, positive, negatives, use_inbatch=True)
+    torch.testing.assert_close(guided, margin)
+    assert guided_logs["dropped/guide"] == margin_logs["dropped/margin"] > 0
+
+
+def test_a_guide_with_another_tokenizer_is_a_clear_error() -> None:
+    from transformers import AutoTokenizer
+
+    from f2llm.eval import minilm_folder
+    from f2llm.model.teacher import check_same_tokenizer
+    from f2llm.model.tokenizer import load_tokenizer
+
+    qwen = load_tokenizer(None)
+    check_same_tokenizer(load_tokenizer(None), qwen, "guide.path")  # the same: no error
+    bert = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    with pytest.raises(ValueError, match=r"guide.path: the model's tokenizer .* differs"):
+        check_same_tokenizer(bert, qwen, "guide.path")
+
+
 def test_masks_are_detached_and_keep_the_gradient_of_kept_candidates() -> None:
     from f2llm.objective import F2LLMObjective
 
@@ -299,12 +366,14 @@ def _rank_loss(rank: int | None, gather: bool) -> tuple[torch.Tensor, dict, torc
     from f2llm.objective import F2LLMObjective
 
     query, positive, negatives = (x.clone().requires_grad_() for x in _embeddings(1))
+    guide = _guide(query, positive, negatives)
     rows = slice(None) if rank is None else slice(3 * rank, 3 * rank + 3)
     objective = F2LLMObjective(tau=TAU, mrl_dims=[32, 8], mrl_weights=[1.0, 0.5],
                                mask_same_text=True, false_negative_margin=0.0,
-                               gather_inbatch=gather)
+                               guide_margin=0.05, gather_inbatch=gather)
     loss, logs = objective(query[rows], positive[rows], negatives[rows], use_inbatch=True,
-                           keys=(RANK_POSITIVE_KEYS[rows], NEGATIVE_KEYS[rows]))
+                           keys=(RANK_POSITIVE_KEYS[rows], NEGATIVE_KEYS[rows]),
+                           guide=tuple(g[rows] for g in guide))
     loss.backward()
     return loss.detach(), logs, query.grad
 
@@ -331,7 +400,7 @@ def test_gathered_rules_equal_one_process(tmp_path: Path) -> None:
     loss, logs, query_grad = _rank_loss(None, gather=False)
     # Each rank's loss is the mean over its own queries against every rank's positives.
     torch.testing.assert_close(torch.stack([r["loss"] for r in ranks]).mean(), loss)
-    for rule in ("same_text", "margin"):
+    for rule in ("same_text", "margin", "guide"):
         assert sum(r["logs"][f"dropped/{rule}"] for r in ranks) == logs[f"dropped/{rule}"]
     # Duplicates across ranks: with the keys gathered, more is dropped than rank by rank.
     assert sum(r["logs"]["dropped/same_text"] for r in ranks) > sum(

@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from f2llm.export import export_sentence_transformers
 from f2llm.model import build_encoder
+from f2llm.model.teacher import Teacher
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.pruning import prune_backbone
 from tests.conftest import (
@@ -141,10 +142,11 @@ def test_layer_weighting_equals_adaptive_layer_loss(tmp_path: Path, weighting: s
         torch.testing.assert_close(dict(st.named_parameters())[name].grad, grad, msg=name)
 
 
-def plain_step(encoder, objective: F2LLMObjective, batch) -> tuple[torch.Tensor, dict]:
+def plain_step(encoder, objective: F2LLMObjective, batch, guide=None
+               ) -> tuple[torch.Tensor, dict]:
     """The module's plain training step (`F2LLMModule.training_step`) without Lightning."""
     emb = encoder.forward_chunks(batch.chunks, batch.restore, layers=objective.layers)
-    loss, logs = objective.on_batch(emb, batch)
+    loss, logs = objective.on_batch(emb, batch, guide=guide)
     loss.backward()
     return loss.detach(), logs
 
@@ -153,16 +155,20 @@ def plain_step(encoder, objective: F2LLMObjective, batch) -> tuple[torch.Tensor,
     {"mask_same_text": True, "false_negative_margin": -0.05},
     {"layers": [1, 2]},
     {"layers": [2], "layer_weights": [0.3], "mask_same_text": True, "false_negative_margin": 0.0},
-], ids=["rules", "layers", "both"])
+    {"guide_margin": 0.02},
+], ids=["rules", "layers", "both", "guide"])
 def test_gradcache_equals_plain_step_with_options_on(options: dict) -> None:
     encoder = deep_encoder()
     (batch,) = collated_batches(encoder, "retrieval", count=1)
     assert len(batch.chunks) >= 3
+    guide = None
+    if "guide_margin" in options:  # a one-layer guide of the same tokenizer (GISTEmbed's rule)
+        guide = Teacher(deep_encoder(1), mode="online").embed(batch.chunks, batch.restore)
     objective = F2LLMObjective(**options)
-    plain_loss, plain_logs = plain_step(encoder, objective, batch)
+    plain_loss, plain_logs = plain_step(encoder, objective, batch, guide)
     plain_grads = grads(encoder)
     encoder.zero_grad(set_to_none=True)
-    cached_loss, cached_logs = gradcache_step(encoder, objective, batch)
+    cached_loss, cached_logs = gradcache_step(encoder, objective, batch, guide=guide)
     torch.testing.assert_close(cached_loss, plain_loss, rtol=1e-6, atol=1e-6)
     assert plain_logs.keys() == cached_logs.keys()
     for key in plain_logs:
@@ -171,6 +177,8 @@ def test_gradcache_equals_plain_step_with_options_on(options: dict) -> None:
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     if "false_negative_margin" in options:
         assert plain_logs["dropped/margin"] > 0  # the rule was exercised
+    if guide is not None:
+        assert plain_logs["dropped/guide"] > 0
     # Without the options the loss differs: they did something.
     plain_off = plain_step(deep_encoder(), F2LLMObjective(), batch)[0]
     assert (plain_off - plain_loss).abs() > 1e-6
@@ -181,9 +189,11 @@ def test_training_run_logs_layer_losses_and_dropped_candidates(tmp_path: Path,
                                                                 locale_dir: Path) -> None:
     """As a user types it: the options on the command line of `src/f2llm/train.py`."""
     repo = copy_repository(tmp_path / "repo")
+    guide = export_sentence_transformers(deep_encoder(1), tmp_path / "guide")  # GISTEmbed's guide
     args = small_run(locale_dir, steps=3, **{
         "model.shape.num_hidden_layers": 3, "objective.layers": "[1,2]",
         "objective.mask_same_text": "true", "objective.false_negative_margin": 0.1,
+        "guide": "default", "guide.path": guide, "objective.guide_margin": 0.05,
         "trainer.log_every_n_steps": 1, "trainer.val_check_interval": 3})
     done = subprocess.run([sys.executable, "src/f2llm/train.py", *args], cwd=repo,
                           env={**user_env(), "PYTHONPATH": str(repo / "src")},
@@ -194,8 +204,11 @@ def test_training_run_logs_layer_losses_and_dropped_candidates(tmp_path: Path,
     events.Reload()
     tags = set(events.Tags()["scalars"])
     for tag in ("train/loss@layer1", "train/loss@layer2", "train/loss_layer1",
-                "train/retrieval/dropped/same_text", "train/retrieval/dropped/margin"):
+                "train/retrieval/dropped/same_text", "train/retrieval/dropped/margin",
+                "train/retrieval/dropped/guide"):
         assert tag in tags, sorted(tags)
+    # The guide's embeddings are cached on disk by token ids, as a teacher's.
+    assert list((repo / "data" / "guide_cache").glob("*/emb-*.npy"))
     layer1 = [e.value for e in events.Scalars("train/loss@layer1")]
     assert len(layer1) == 3 and all(v > 0 for v in layer1)
     dropped = [e.value for e in events.Scalars("train/retrieval/dropped/same_text")]

@@ -254,6 +254,8 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} module.embedding_lr_scale=4": Run(TWO_STAGES, makes=TRAINED),
     f"{T} objective.mask_same_text=true objective.false_negative_margin=0.1":
         Run(TWO_STAGES, makes=TRAINED),
+    f"{T} guide=default guide.path=logs/train/runs/<time>/export":
+        Run(TWO_STAGES, makes=TRAINED),
     f"{T} model.shape.num_hidden_layers=4 objective.layers=[1,2]": Run(TWO_STAGES, makes=TRAINED),
     "python snippet: import mteb": Fails("Couldn't reach 'mteb/sts22-crosslingual-sts' on the "
                                          "Hub"),

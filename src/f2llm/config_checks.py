@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from f2llm.data.formats import FORMATS
 from f2llm.errors import UserError
@@ -80,6 +80,12 @@ def check_config(cfg: DictConfig) -> None:
     if teacher and teacher.get("path"):
         # Before anything is built or downloaded: a teacher that cannot load fails now.
         resolve_pretrained(teacher.path, "teacher.path")
+    guide = cfg.get("guide")
+    if guide:
+        if OmegaConf.is_missing(guide, "path") or guide.get("path") is None:
+            raise ConfigError("guide=default needs guide.path=<folder>: an exported model with "
+                              "the training tokenizer (README, False negatives)")
+        resolve_pretrained(guide.path, "guide.path")
     if cfg.model.get("pretrained"):
         resolve_pretrained(cfg.model.pretrained, "model.pretrained")
     if teacher:

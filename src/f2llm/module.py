@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from f2llm.data.batch import EvalBatch, TrainBatch
 from f2llm.model import Encoder
-from f2llm.model.teacher import Teacher
+from f2llm.model.teacher import Teacher, check_same_tokenizer
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.objective.distillation import check_teacher_width
 
@@ -63,7 +63,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 class F2LLMModule(L.LightningModule):
-    """Encoder + objective + optimiser (+ an optional frozen teacher for KD).
+    """Encoder + objective + optimiser (+ an optional frozen teacher for KD, and an optional
+    frozen guide model for GISTEmbed's false-negative rule).
 
     `gradcache=True` trains each batch with `gradcache_step` under manual optimisation, so the
     batch size is not bound by activation memory. Lightning then refuses
@@ -85,6 +86,7 @@ class F2LLMModule(L.LightningModule):
         teacher: Teacher | None = None,
         max_nonfinite_in_a_row: int = 5,
         embedding_lr_scale: float = 1.0,
+        guide: Teacher | None = None,
     ) -> None:
         super().__init__()
         if not embedding_lr_scale > 0:
@@ -101,6 +103,7 @@ class F2LLMModule(L.LightningModule):
         # GradCache runs one backward per chunk, which automatic optimisation cannot express.
         self.automatic_optimization = not gradcache
         self.set_teacher(teacher)
+        self.set_guide(guide)
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
         self.embedding_lr_scale = embedding_lr_scale
         self.nonfinite_in_a_row = 0
@@ -120,18 +123,34 @@ class F2LLMModule(L.LightningModule):
         # Not a submodule: the teacher is neither trained nor saved in checkpoints.
         object.__setattr__(self, "teacher", teacher)
 
+    def set_guide(self, guide: Teacher | None) -> None:
+        """The frozen guide of GISTEmbed's rule (None: the rule is off). It reads the batch's
+        token ids, so it must share the encoder's tokenizer; its width is free."""
+        if guide is not None:
+            check_same_tokenizer(guide.encoder.tokenizer, self.encoder.tokenizer, "guide.path")
+        # Not a submodule, as the teacher: neither trained nor saved in checkpoints.
+        object.__setattr__(self, "guide", guide)
+
+    def _frozen(self) -> list[Teacher]:
+        return [m for m in (self.teacher, self.guide) if m is not None]
+
     @property
     def mrl_dims(self) -> list[int]:
         return self.objective.dims_and_weights(self.encoder.hidden_size)[0]
 
     def on_fit_start(self) -> None:
-        if self.teacher is not None:
-            self.teacher.to(self.device)
+        for frozen in self._frozen():
+            frozen.to(self.device)
 
     def _teacher_embeddings(self, batch: TrainBatch) -> Tensor | None:
         if self.teacher is None:
             return None
         return self.teacher.embed(batch.chunks, batch.restore, rank=self.global_rank)
+
+    def _guide_embeddings(self, batch: TrainBatch) -> Tensor | None:
+        if self.guide is None:
+            return None
+        return self.guide.embed(batch.chunks, batch.restore, rank=self.global_rank)
 
     def _finite(self, loss: Tensor, batch: TrainBatch) -> bool:
         """Whether to take the step; every rank decides the same (a skipped step on one rank
@@ -170,18 +189,18 @@ class F2LLMModule(L.LightningModule):
             self.log("teacher/cache_hit_rate", cache.hits / seen if seen else 0.0, batch_size=1)
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
-        teacher = self._teacher_embeddings(batch)
+        teacher, guide = self._teacher_embeddings(batch), self._guide_embeddings(batch)
         if self.gradcache:
-            return self._gradcache_training_step(batch, teacher)
+            return self._gradcache_training_step(batch, teacher, guide)
         emb = self.encoder.forward_chunks(batch.chunks, batch.restore, layers=self.objective.layers)
-        loss, logs = self.objective.on_batch(emb, batch, teacher)
+        loss, logs = self.objective.on_batch(emb, batch, teacher, guide)
         if not self._finite(loss, batch):
             return None  # Lightning skips backward and the optimiser step
         self._log_step(loss, logs, batch)
         return loss
 
-    def _gradcache_training_step(self, batch: TrainBatch, teacher: Tensor | None
-                                 ) -> Tensor | None:
+    def _gradcache_training_step(self, batch: TrainBatch, teacher: Tensor | None,
+                                 guide: Tensor | None = None) -> Tensor | None:
         optimizer = self.optimizers()
         optimizer.zero_grad()
         strategy = self.trainer.strategy
@@ -200,7 +219,7 @@ class F2LLMModule(L.LightningModule):
             return verdict[-1]
 
         loss, logs = gradcache_step(self.encoder, self.objective, batch, backward, teacher,
-                                    proceed)
+                                    proceed, guide)
         if not verdict[-1]:
             return None
         if self.gradient_clip_val is not None:
@@ -214,13 +233,13 @@ class F2LLMModule(L.LightningModule):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Teacher embeddings computed so far survive a crash after this checkpoint.
-        if self.teacher is not None:
-            self.teacher.flush()
+        # Teacher (and guide) embeddings computed so far survive a crash after this checkpoint.
+        for frozen in self._frozen():
+            frozen.flush()
 
     def on_fit_end(self) -> None:
-        if self.teacher is not None:
-            self.teacher.flush()
+        for frozen in self._frozen():
+            frozen.flush()
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Any]:
         emb = self.encoder.forward_chunks(batch.chunks, batch.restore)

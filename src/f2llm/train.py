@@ -48,6 +48,7 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
         # Under GradCache (manual optimisation) the module clips; Lightning refuses to.
         gradient_clip_val=cfg.trainer.get("gradient_clip_val") if gradcache else None,
         teacher=instantiate(cfg.teacher) if cfg.get("teacher") else None,
+        guide=instantiate(cfg.guide) if cfg.get("guide") else None,
     )
     callbacks = [*(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c),
                  *callbacks]

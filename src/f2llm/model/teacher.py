@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -228,6 +229,20 @@ def _rows(chunks: Sequence[dict[str, Tensor]], restore: Tensor, wanted: list[int
             flat.append(ids[r, :n].tolist())
     order = restore.tolist()
     return [flat[order[i]] for i in wanted]
+
+
+def check_same_tokenizer(frozen: Any, tokenizer: Any, field: str) -> None:
+    """A frozen model that reads the student's token ids (a guide) must share its tokenizer:
+    the same vocabulary, pad and EOS ids. Otherwise a clear error naming the config field."""
+    same = (frozen.pad_token_id == tokenizer.pad_token_id
+            and frozen.eos_token_id == tokenizer.eos_token_id
+            and frozen.get_vocab() == tokenizer.get_vocab())
+    if not same:
+        raise ValueError(
+            f"{field}: the model's tokenizer ({type(frozen).__name__}, {len(frozen)} tokens) "
+            f"differs from the one training uses ({type(tokenizer).__name__}, {len(tokenizer)} "
+            "tokens); it reads the batch's token ids, so it must be a model with the same "
+            "tokenizer (e.g. an export of this project's training)")
 
 
 def build_teacher(path: str | Path, mode: str = "cached", cache_dir: str | Path | None = None,

@@ -10,8 +10,8 @@ several rules combine with `|`.
 per text, `TrainBatch.keys`, gathered with the positives across ranks; `margin`: the model's
 own detached cosine scores) once per step, at full width and on the final layer; the masks are
 reused at every Matryoshka dim and layer. GradCache calls the objective once, on the detached
-embeddings, so its masks are the plain step's. `guided_mask` (GISTEmbed) is not wired in: it
-needs a guide model's embeddings of every text of the batch.
+embeddings, so its masks are the plain step's. `guide` (GISTEmbed, `guided_mask`): a frozen guide
+model's embeddings of the batch's texts (the `guide` config group), gathered like the positives.
 """
 
 from __future__ import annotations
@@ -132,12 +132,18 @@ def false_negative_masks(
     margin: float | None = None,
     keys: tuple[Tensor, Tensor | None] | None = None,
     gather: bool = True,
+    guide: tuple[Tensor, Tensor, Tensor | None] | None = None,
+    guide_margin: float = 0.0,
+    guide_strategy: Literal["absolute", "relative"] = "absolute",
 ) -> FalseNegativeMasks:
     """The masks of the configured rules for one batch's full-width raw embeddings.
 
     `keys`: the positives' keys [B] and negatives' [B, K] (`TrainBatch.candidate_keys`), for
-    `same_text`. With `gather` under torch.distributed the positives and their keys are
-    gathered in `inbatch_loss`'s order, so the in-batch mask lines up with its logits.
+    `same_text`. `guide`: a guide model's embeddings of the same queries [B, G], positives
+    [B, G] and negatives [B, K, G] (any width G), for GISTEmbed's rule (`guided_mask` with
+    `guide_margin` and `guide_strategy`). With `gather` under torch.distributed the positives,
+    their keys and their guide embeddings are gathered in `inbatch_loss`'s order, so the
+    in-batch mask lines up with its logits.
     """
     if same_text and keys is None:
         raise ValueError("the same-text rule needs the batch's text keys")
@@ -164,6 +170,11 @@ def false_negative_masks(
         if margin is not None:
             scores = F.normalize(query, dim=-1) @ F.normalize(candidates, dim=-1).T
             inbatch = apply("margin", margin_mask(scores, col, margin), inbatch)
+        if guide is not None:
+            guide_candidates = gather_rows(guide[1])[0] if gather else guide[1]
+            scores = F.normalize(guide[0], dim=-1) @ F.normalize(guide_candidates, dim=-1).T
+            inbatch = apply("guide", guided_mask(scores, col, guide_margin, guide_strategy),
+                            inbatch)
     if negatives is not None:
         col = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
         if same_text:
@@ -176,4 +187,11 @@ def false_negative_masks(
             scores = torch.einsum("bd,bkd->bk", F.normalize(query, dim=-1),
                                   F.normalize(candidates, dim=-1))
             hard = apply("margin", margin_mask(scores, col, margin), hard)
+        if guide is not None:
+            if guide[2] is None:
+                raise ValueError("the guide's embeddings lack the batch's negatives")
+            candidates = torch.cat([guide[1].unsqueeze(1), guide[2]], dim=1)
+            scores = torch.einsum("bd,bkd->bk", F.normalize(guide[0], dim=-1),
+                                  F.normalize(candidates, dim=-1))
+            hard = apply("guide", guided_mask(scores, col, guide_margin, guide_strategy), hard)
     return FalseNegativeMasks(inbatch, hard, dropped)

@@ -46,11 +46,13 @@ def gradcache_step(
     backward: ChunkBackward = _autograd_backward,
     teacher: Tensor | None = None,
     proceed: Callable[[Tensor], bool] | None = None,
+    guide: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Accumulate the batch loss's parameter gradients chunk by chunk; return (loss, logs).
 
     The batch's token-bounded chunks (`data.max_tokens_per_chunk`) are the GradCache mini-batches.
-    `teacher` holds the teacher's embeddings of the batch's texts (same order) for KD.
+    `teacher` holds the teacher's embeddings of the batch's texts (same order) for KD, `guide`
+    a guide model's, for GISTEmbed's false-negative rule.
     `proceed(loss)` may veto the backward passes (e.g. a non-finite loss). The loss comes back
     detached. `backward` runs each chunk's backward; a trainer passes one
     that goes through its precision plugin and skips the gradient all-reduce until the last
@@ -62,7 +64,7 @@ def gradcache_step(
     with torch.no_grad():
         emb = encoder.forward_chunks(chunks, restore, layers=objective.layers)
     emb = emb.detach().requires_grad_()
-    loss, logs = objective.on_batch(emb, batch, teacher)
+    loss, logs = objective.on_batch(emb, batch, teacher, guide)
     if proceed is not None and not proceed(loss):
         return loss.detach(), logs
     # Under torch.distributed the in-batch term's all_gather sends the other ranks' share of

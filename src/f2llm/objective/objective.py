@@ -34,7 +34,10 @@ class F2LLMObjective:
 
     False negatives (off by default): `mask_same_text` drops a candidate whose text (token
     ids) equals the row's positive; `false_negative_margin` drops one the model scores more
-    than that above the positive (Qwen3-Embedding: 0.1). `layers` (1-based decoder layers
+    than that above the positive (Qwen3-Embedding: 0.1); given a guide model's embeddings of
+    the batch (`guide=` in the call), GISTEmbed's rule drops a candidate the guide scores above
+    the positive less `guide_margin` (`guide_strategy` "absolute" or "relative", as
+    sentence-transformers' `GISTEmbedLoss`). `layers` (1-based decoder layers
     below the last, e.g. [1, 2]) adds the Matryoshka contrastive loss of each such layer's
     pooled output, times `layer_weights` (None: 1 / len(layers) each); the encoder then
     returns [texts, 1 + len(layers), D] (`Encoder.forward(layers=...)`).
@@ -47,11 +50,16 @@ class F2LLMObjective:
     gather_inbatch: bool = True
     mask_same_text: bool = False
     false_negative_margin: float | None = None
+    guide_margin: float = 0.0
+    guide_strategy: str = "absolute"
     layers: list[int] | None = None
     layer_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         check_matryoshka(self.mrl_dims, self.mrl_weights)
+        if self.guide_strategy not in ("absolute", "relative"):
+            raise ValueError("objective.guide_strategy must be 'absolute' or 'relative', got "
+                             f"{self.guide_strategy!r}")
         self.layers = [int(x) for x in self.layers] if self.layers else None
         weights = self.layer_weights
         if weights is not None and (self.layers is None or len(weights) != len(self.layers)):
@@ -84,6 +92,7 @@ class F2LLMObjective:
         use_inbatch: bool,
         teacher: dict[str, Tensor] | None = None,
         keys: tuple[Tensor, Tensor | None] | None = None,
+        guide: tuple[Tensor, Tensor, Tensor | None] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss, and detached logs of every term and of each dim (`loss@{dim}`).
 
@@ -92,6 +101,8 @@ class F2LLMObjective:
         [B, 1 + L, D] and [B, K, 1 + L, D], the final layer first. `teacher` maps 'query',
         'positive' and, when there are negatives, 'negatives' to teacher embeddings at least
         D wide. `keys`: the positives' and negatives' text keys, for `mask_same_text`.
+        `guide`: a guide model's embeddings of the queries, positives and negatives (any
+        width), for GISTEmbed's rule.
         """
         layered = self.layers is not None
         if layered and query.dim() != 3:
@@ -107,9 +118,10 @@ class F2LLMObjective:
         final = ((query[:, 0], positive[:, 0], None if negatives is None else negatives[:, :, 0])
                  if layered else (query, positive, negatives))
         masks = None
-        if self.masks_false_negatives:
+        if self.masks_false_negatives or guide is not None:
             masks = false_negative_masks(*final, use_inbatch, self.mask_same_text,
-                                         self.false_negative_margin, keys, self.gather_inbatch)
+                                         self.false_negative_margin, keys, self.gather_inbatch,
+                                         guide, self.guide_margin, self.guide_strategy)
 
         terms, per_dim = self._contrastive(*final, use_inbatch, masks)
         logs: dict[str, Tensor] = {}
@@ -166,10 +178,11 @@ class F2LLMObjective:
             per_dim = {d: per_dim[d] + v if per_dim else v for d, v in hard.items()}
         return terms, per_dim
 
-    def on_batch(self, emb: Tensor, batch: TrainBatch, teacher: Tensor | None = None
-                 ) -> tuple[Tensor, dict[str, Tensor]]:
+    def on_batch(self, emb: Tensor, batch: TrainBatch, teacher: Tensor | None = None,
+                 guide: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss of a training batch's embeddings `emb` (in `TrainBatch`'s layout) and, for
-        KD, of the teacher's embeddings of the same texts."""
+        KD, of the teacher's embeddings of the same texts; `guide`: a guide model's embeddings
+        of the same texts, for GISTEmbed's false-negative rule."""
         query, positive, negatives = batch.split(emb)
         targets = None
         if teacher is not None:
@@ -179,4 +192,4 @@ class F2LLMObjective:
                 targets["negatives"] = t_negatives
         keys = batch.candidate_keys() if self.mask_same_text else None
         return self(query, positive, negatives, use_inbatch=batch.use_inbatch, teacher=targets,
-                    keys=keys)
+                    keys=keys, guide=None if guide is None else batch.split(guide))
