@@ -117,12 +117,56 @@ def test_a_damaged_cache_shard_is_dropped_and_recomputed(tmp_path: Path, caplog)
     assert later.cache().misses == 3  # ... while the intact shard still serves its texts
     later.flush()
     # The new shard is numbered past the intact one (a count of files would overwrite it).
-    assert sorted(p.name for p in folder.glob("emb-*.npy")) == ["emb-r0-00001.npy",
-                                                                 "emb-r0-00002.npy"]
+    assert [p.name[:12] for p in sorted(folder.glob("emb-*.npy"))] == ["emb-r0-00001",
+                                                                        "emb-r0-00002"]
     again = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
     torch.testing.assert_close(again.embed(*first), online.embed(*first), atol=1e-5, rtol=0)
     again.embed(*second)
     assert again.cache().misses == 0
+
+
+def test_two_runs_flushing_one_cache_at_once_keep_both_shards(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Two runs sharing a cache folder (same rank 0) flush at the same moment: each writes its
+    own shard, and a later run reads both, every text with its own embedding."""
+    import threading
+
+    import numpy as np
+
+    online = Teacher(tiny_encoder(), mode="online")
+    parts = [batch(online.encoder, TEXTS[:3]), batch(online.encoder, TEXTS[3:6])]
+    runs = [Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path) for _ in parts]
+    for run, part in zip(runs, parts, strict=True):
+        run.embed(*part)
+    both_named = threading.Barrier(2, timeout=30)
+    save = np.save
+
+    def save_together(fh, array):  # both have chosen their shard's name before either writes
+        if array.dtype != np.dtype("V16"):  # the first file of a shard: its embeddings
+            both_named.wait()
+        save(fh, array)
+
+    monkeypatch.setattr(np, "save", save_together)
+    errors: list[BaseException] = []
+
+    def flush(run: Teacher) -> None:
+        try:
+            run.flush()
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=flush, args=(run,)) for run in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.undo()
+    assert not errors, errors
+    assert len(list(runs[0].cache().folder.glob("keys-*.npy"))) == 2
+    later = Teacher(tiny_encoder(), mode="cached", cache_dir=tmp_path)
+    for part in parts:
+        torch.testing.assert_close(later.embed(*part), online.embed(*part), atol=1e-5, rtol=0)
+    assert later.cache().misses == 0
 
 
 def test_a_cache_shard_of_another_width_is_dropped(tmp_path: Path, caplog) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 from f2llm.model.encoder import Encoder, build_encoder
 from f2llm.model.hub import resolve_pretrained
 from f2llm.model.packing import pack_by_length
+from f2llm.paths import private_tmp
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +144,18 @@ class TeacherCache:
     def flush(self) -> None:
         if not self.pending:
             return
-        # One past this rank's highest number: counting files would reuse a dropped shard's.
-        taken = [int(f.stem.rsplit("-", 1)[1]) for f in self.folder.glob(f"*-r{self.rank}-*.npy")
-                 if f.stem.rsplit("-", 1)[1].isdigit()]
-        stem = f"r{self.rank}-{max(taken, default=-1) + 1:05d}"
+        # One past this rank's highest number (counting files would reuse a dropped shard's),
+        # and a random suffix: runs that share the cache (a sweep's parallel jobs, two runs
+        # with one teacher) have the same ranks, and must never write one shard's two files.
+        taken = [int(m.group(1)) for f in self.folder.glob(f"*-r{self.rank}-*.npy")
+                 if (m := re.fullmatch(rf"(?:emb|keys)-r{self.rank}-(\d+)(?:-[0-9a-f]+)?",
+                                       f.stem))]
+        stem = f"r{self.rank}-{max(taken, default=-1) + 1:05d}-{uuid.uuid4().hex[:12]}"
         keys = np.frombuffer(b"".join(self.pending_keys), dtype="V16")
         emb = np.stack(self.pending)
         # Embeddings first, keys last: a shard counts only once its keys file exists.
         for name, array in ((f"emb-{stem}.npy", emb), (f"keys-{stem}.npy", keys)):
-            tmp = self.folder / (name + ".tmp")
+            tmp = private_tmp(self.folder / name)
             with tmp.open("wb") as fh:
                 np.save(fh, array)
             tmp.replace(self.folder / name)
