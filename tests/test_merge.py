@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sentence_transformers import SentenceTransformer
 
 from f2llm.merge import encoder_weights, last_checkpoints, merge, slerp, slerp_merge, soup
-from tests.conftest import CONFIGS, ROOT, tiny_encoder, tiny_overrides
+from tests.conftest import (
+    CONFIGS,
+    ROOT,
+    copy_repository,
+    tiny_encoder,
+    tiny_overrides,
+    user_env,
+)
 
 TEXTS = ["Fichier introuvable", "Cannot open file %s", "Файл не найден", "保存"]
 
@@ -112,11 +120,18 @@ def merge_cfg(run: Path, out: Path, **extra: object) -> DictConfig:
 def test_merge_command_on_a_real_run(short_run: Path, tmp_path: Path) -> None:
     steps = [s for s, _ in last_checkpoints(short_run, 3)]
     assert steps == [2, 4, 6]  # last.ckpt is step 6 again: one file per step
-    cmd = [sys.executable, "src/f2llm/merge.py", f"run={short_run}", "last=3", "method=soup",
-           f"out={tmp_path / 'a'}", f"paths.log_dir={tmp_path / 'logs'}"]
-    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    # As a user types it, from another folder: the merge lands in the checkout's logs/merge
+    # (the project root is the script's checkout, as for train.py), not in the current folder.
+    repo, elsewhere = copy_repository(tmp_path / "repo"), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cmd = [sys.executable, str(repo / "src/f2llm/merge.py"), f"run={short_run}", "last=3",
+           "method=soup"]
+    done = subprocess.run(cmd, cwd=elsewhere, env=user_env(PYTHONPATH=str(repo / "src")),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(elsewhere.iterdir())
+    (merged,) = (repo / "logs" / "merge" / "runs").iterdir()
+    shutil.move(merged, tmp_path / "a")
     record = json.loads((tmp_path / "a" / "merge.json").read_text())
     assert [c["step"] for c in record["checkpoints"]] == [2, 4, 6]
     # Reproducible: the same inputs give bitwise the same weights.

@@ -30,6 +30,9 @@ from torch import Tensor  # noqa: E402
 
 from f2llm.export import export_sentence_transformers  # noqa: E402
 from f2llm.model.vocab import untrimmed_state  # noqa: E402
+from f2llm.paths import set_project_root  # noqa: E402
+
+set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 
 log = logging.getLogger("f2llm.merge")
 State = Mapping[str, Tensor]

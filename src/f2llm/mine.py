@@ -35,6 +35,9 @@ from f2llm.data.readers import DatasetSpec, read_dataset  # noqa: E402
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+from f2llm.paths import set_project_root  # noqa: E402
+
+set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 
 log = logging.getLogger("f2llm.mine")
 # `mine_hard_negatives` keyword arguments taken as they are from the config.
