@@ -158,6 +158,17 @@ def test_resume_from_a_run_folder_skips_a_damaged_last_ckpt(trained: Path, tmp_p
 
 
 @pytest.mark.slow
+def test_resume_with_another_embedding_lr_scale_is_one_message(trained: Path,
+                                                              locale_dir: Path) -> None:
+    run = run_folders(trained)[0]  # trained as the default: module.embedding_lr_scale=4
+    done = run_cli(trained, "train", f"ckpt_path={run}", *small_run(locale_dir),
+                   "module.embedding_lr_scale=1", timeout=300)
+    one_message(done, "Error: module.embedding_lr_scale=1, but the checkpoint was trained with 4 "
+                      "(its optimiser state holds other parameter groups): resume with "
+                      "module.embedding_lr_scale=4")
+
+
+@pytest.mark.slow
 def test_truncated_teacher_cache_shard_does_not_stop_a_kd_run(trained: Path, tmp_path: Path,
                                                               locale_dir: Path) -> None:
     student = export_sentence_transformers(tiny_encoder(), tmp_path / "export")  # 32 wide

@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.errors import UserError
 from f2llm.model import Encoder
 from f2llm.model.teacher import Teacher, check_same_tokenizer
 from f2llm.objective import F2LLMObjective, gradcache_step
@@ -60,6 +61,22 @@ def restarted_per_stage(factor: Callable[[int], float], starts: list[int], epoch
 
 class NonFiniteLoss(RuntimeError):
     """Too many non-finite losses in a row: the run stops instead of training on garbage."""
+
+
+def _embedding_lr_scale(groups: list[dict[str, Any]], scale: float | None = None
+                        ) -> float | None:
+    """The embedding table's lr over the rest's in optimiser param groups (named by
+    `F2LLMModule.param_groups`; 1 without an "embedding" group), or `scale` where the groups
+    carry no lrs yet; None for groups this module did not make."""
+    names = [g.get("name") for g in groups]
+    if "embedding" not in names:
+        return 1.0 if set(names) <= {None, "model"} and len(groups) <= 1 else None
+    if scale is not None:
+        return scale
+    lr = {g["name"]: g.get("initial_lr", g.get("lr")) for g in groups}
+    if "model" not in lr or not lr["model"]:
+        return None
+    return lr["embedding"] / lr["model"]
 
 
 class F2LLMModule(L.LightningModule):
@@ -236,6 +253,24 @@ class F2LLMModule(L.LightningModule):
         # Teacher (and guide) embeddings computed so far survive a crash after this checkpoint.
         for frozen in self._frozen():
             frozen.flush()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it restores the optimiser. A changed
+        # module.embedding_lr_scale changes the parameter groups: torch refuses another group
+        # count with a bare ValueError and, for the same count, keeps the checkpoint's lrs.
+        states = checkpoint.get("optimizer_states") or []
+        if not states:
+            return
+        saved = _embedding_lr_scale(states[0].get("param_groups", []))
+        current = _embedding_lr_scale(
+            [g for g in self.param_groups() if isinstance(g, dict)], self.embedding_lr_scale)
+        if saved is not None and current is not None and not math.isclose(saved, current,
+                                                                          rel_tol=1e-6):
+            raise UserError(
+                f"module.embedding_lr_scale={current:g}, but the checkpoint was trained with "
+                f"{saved:g} (its optimiser state holds other parameter groups): resume with "
+                f"module.embedding_lr_scale={saved:g}, or start a new run from its weights with "
+                "init_from=<checkpoint>")
 
     def on_fit_end(self) -> None:
         for frozen in self._frozen():
