@@ -196,6 +196,27 @@ def test_synthetic_files_take_a_row_group_size(tmp_path: Path, layout: str) -> N
                           if "corpus" not in f.name} == {want}
 
 
+def test_the_corpus_writer_writes_behind_and_raises_a_failed_write(tmp_path: Path) -> None:
+    """Batches are written in a background thread: all of them land in order, and a write
+    that fails is raised by the next call, after which abort leaves no temporary file."""
+    from f2llm.data.f2llm_v2_corpus import SkipReport, _CorpusWriter
+
+    schema = pa.schema([("x", pa.int64())])
+    writer = _CorpusWriter(tmp_path / "c.arrow", schema, [], {})
+    for k in range(5):
+        writer.write(pa.record_batch([pa.array(range(10 * k, 10 * k + 10))], schema=schema))
+    writer.finish([], SkipReport())
+    table = pa.ipc.open_file(pa.memory_map(str(tmp_path / "c.arrow"))).read_all()
+    assert table.column("x").to_pylist() == list(range(50))
+
+    bad = _CorpusWriter(tmp_path / "d.arrow", schema, [], {})
+    bad.write(pa.record_batch([pa.array(["not", "an", "int"])], names=["x"]))
+    with pytest.raises(pa.ArrowInvalid):
+        bad.write(pa.record_batch([pa.array([1])], schema=schema))
+    bad.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.arrow"]
+
+
 @pytest.mark.parametrize("type_", [pa.string(), pa.large_string()])
 def test_the_blank_check_of_the_ingest_equals_arrows_whole_string_check(type_) -> None:
     import pyarrow.compute as pc

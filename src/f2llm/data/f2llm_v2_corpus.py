@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -344,6 +344,8 @@ class _CorpusWriter:
     The metadata must be known when the file is opened. Rows and negatives per dataset are
     predicted from the parquet footers; where the data turns out otherwise (skipped records,
     rows storing fewer negatives) the finished file is rewritten once with the true entries.
+    A batch is written in a background thread while the caller prepares the next (Arrow's IPC
+    write releases the GIL); one write at a time, so at most one batch waits in memory.
     """
 
     def __init__(self, path: Path, schema: pa.Schema, predicted: list[CorpusEntry],
@@ -354,17 +356,27 @@ class _CorpusWriter:
         self.writer = pa.ipc.new_file(self.sink, self._with_entries(predicted))
         self.actual: list[CorpusEntry] = []
         self.rows = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="corpus-write")
+        self._pending: Future[None] | None = None
 
     def _with_entries(self, entries: Sequence[CorpusEntry]) -> pa.Schema:
         meta = {**self.meta, "datasets": [asdict(e) for e in entries]}
         return self.schema.with_metadata({CORPUS_METADATA_KEY: json.dumps(meta)})
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(batch)
+        self._wait()  # the previous batch's write (and its error, if it failed)
+        self._pending = self._pool.submit(self.writer.write_batch, batch)
         self.rows += batch.num_rows
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def finish(self, entries: list[CorpusEntry], report: SkipReport) -> dict[str, Any]:
         self.meta["report"] = report.to_dict()
+        self._wait()
+        self._pool.shutdown()
         self.writer.close()
         self.sink.close()
         if entries != self.predicted or report.skipped:
@@ -381,6 +393,9 @@ class _CorpusWriter:
         return {**self.meta, "datasets": [asdict(e) for e in entries]}
 
     def abort(self) -> None:
+        with suppress(Exception):
+            self._wait()
+        self._pool.shutdown()
         for closable in (self.writer, self.sink):
             with suppress(pa.ArrowException, OSError):
                 closable.close()
