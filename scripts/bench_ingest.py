@@ -88,8 +88,7 @@ def first_step_child(folder: str, out: str, run_dir: str, t0: float) -> None:
     """Train to the first step on the corpus built into `out`; print seconds since `t0` (set by
     the parent just before starting this process)."""
     import lightning as L
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
+    from _common import compose_train
 
     from f2llm.train import train
 
@@ -99,15 +98,11 @@ def first_step_child(folder: str, out: str, run_dir: str, t0: float) -> None:
                 print(json.dumps({"first_step_s": time.time() - t0,
                                   "peak_rss_mib": peak_rss_mib()}), flush=True)
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=f2llm_v2_stage2", f"data.corpus.root={folder}", "model=tiny",
-            "trainer=cpu", "trainer.max_steps=1", "data.batch_size=16", "data.num_workers=0",
-            f"paths.root_dir={ROOT}", f"data.corpus.out_dir={out}",
-            f"paths.output_dir={run_dir}", "trainer.enable_progress_bar=false",
-            "callbacks.progress=null"])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    cfg = compose_train([
+        "experiment=f2llm_v2_stage2", f"data.corpus.root={folder}", "model=tiny",
+        "trainer=cpu", "trainer.max_steps=1", "data.batch_size=16", "data.num_workers=0",
+        f"data.corpus.out_dir={out}", "trainer.enable_progress_bar=false",
+        "callbacks.progress=null"], run_dir)
     train(cfg, callbacks=[FirstStep()])
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from _common import compose_train
 from omegaconf import OmegaConf
 
 from f2llm.data.datamodule import select_datasets
@@ -30,14 +29,11 @@ from f2llm.data.f2llm_v2_corpus import (
 from f2llm.data.f2llm_v2_synthetic import EXAMPLE_NAMES
 from f2llm.data.sampler import temperature_probs
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 def table(overrides: list[str]) -> str:
     if not any(o.startswith("experiment=") for o in overrides):
         overrides = ["experiment=f2llm_v2_stage2", *overrides]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train(overrides)
     corpus = cfg.data.corpus
     if not str(corpus.get("_target_", "")).endswith("build_f2llm_v2_corpus"):
         raise SystemExit("the composed data config is not data=f2llm_v2")

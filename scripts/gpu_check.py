@@ -72,6 +72,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark as bench  # noqa: E402
+from _common import compose_train  # noqa: E402
 
 MIB = 2**20
 MFU_FORMULA = ("MFU = model FLOPs / measured bf16 matmul peak; model FLOPs per step = "
@@ -645,11 +646,7 @@ def prune_section(shape: Shape, base_data: list[str], work: Path, result: dict[s
 def composed_callback(overrides: list[str], output_dir: Path, name: str) -> dict[str, Any]:
     """One callback's config as the experiment composes it (`bench.compose_cfg` drops the
     callbacks; the pruning callback is the point of section d)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}",
-                                          f"paths.output_dir={output_dir}", *overrides])
+    cfg = compose_train(overrides, output_dir)
     return OmegaConf.to_container(cfg.callbacks[name], resolve=True)
 
 
