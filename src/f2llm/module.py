@@ -87,6 +87,10 @@ class F2LLMModule(L.LightningModule):
     batch size is not bound by activation memory. Lightning then refuses
     `Trainer(gradient_clip_val=...)` and `accumulate_grad_batches`, so the clipping norm comes
     from `gradient_clip_val` here (None: no clipping); a larger batch replaces accumulation.
+    GradCache stays a step of its own rather than a hook inside the loss (as
+    sentence-transformers' cached losses do it): under DDP such a hook all-reduces only the
+    first chunk's gradients (`scripts/gradcache_hook_ddp.py` measures it), while
+    `block_backward_sync` here holds the all-reduce until the last chunk.
 
     A NaN or Inf loss skips the step (on every rank together) and is logged with the batch's
     dataset, language and position; `max_nonfinite_in_a_row` of them stop the run.
