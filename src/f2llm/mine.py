@@ -32,10 +32,10 @@ import pyarrow.parquet as pq  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from f2llm.data.readers import DatasetSpec, read_dataset  # noqa: E402
+from f2llm.paths import set_project_root  # noqa: E402
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-from f2llm.paths import set_project_root  # noqa: E402
 
 set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 

@@ -163,15 +163,11 @@ class F2LLMModule(L.LightningModule):
         for frozen in self._frozen():
             frozen.to(self.device)
 
-    def _teacher_embeddings(self, batch: TrainBatch) -> Tensor | None:
-        if self.teacher is None:
+    def _frozen_embeddings(self, frozen: Teacher | None, batch: TrainBatch) -> Tensor | None:
+        """The teacher's or the guide's embeddings of the batch's texts (None: not set)."""
+        if frozen is None:
             return None
-        return self.teacher.embed(batch.chunks, batch.restore, rank=self.global_rank)
-
-    def _guide_embeddings(self, batch: TrainBatch) -> Tensor | None:
-        if self.guide is None:
-            return None
-        return self.guide.embed(batch.chunks, batch.restore, rank=self.global_rank)
+        return frozen.embed(batch.chunks, batch.restore, rank=self.global_rank)
 
     def _finite(self, loss: Tensor, batch: TrainBatch) -> bool:
         """Whether to take the step; every rank decides the same (a skipped step on one rank
@@ -210,7 +206,8 @@ class F2LLMModule(L.LightningModule):
             self.log("teacher/cache_hit_rate", cache.hits / seen if seen else 0.0, batch_size=1)
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor | None:
-        teacher, guide = self._teacher_embeddings(batch), self._guide_embeddings(batch)
+        teacher = self._frozen_embeddings(self.teacher, batch)
+        guide = self._frozen_embeddings(self.guide, batch)
         if self.gradcache:
             return self._gradcache_training_step(batch, teacher, guide)
         emb = self.encoder.forward_chunks(batch.chunks, batch.restore, layers=self.objective.layers)
