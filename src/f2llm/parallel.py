@@ -61,6 +61,7 @@ def shard_encoder(encoder: Encoder, mesh: Any, layer_classes: Sequence[type],
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward,
                     mp_policy=policy)
     fully_shard(encoder, mesh=mesh, mp_policy=policy)
+    encoder.match_chunks_across_ranks = True
     # The module calls `forward_chunks` (one embedding lookup for all chunks, then `forward`
     # per chunk) and evaluation `encode`: both must gather the root unit first.
     for method in ("forward_chunks", "encode"):

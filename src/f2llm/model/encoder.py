@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from f2llm.model.hub import resolve_pretrained
+from f2llm.model.packing import split_to_count
 from f2llm.model.tokenizer import DEFAULT_EOS, load_tokenizer
 
 QUERY_TEMPLATE = "Instruct: {task}\nQuery: {text}"
@@ -166,6 +167,8 @@ class Encoder(nn.Module):
         self.max_length = max_length
         self.query_template = query_template
         self.pooling = pooling
+        # Set by `f2llm.parallel.shard_encoder`: ranks then agree on chunk counts.
+        self.match_chunks_across_ranks = False
 
     @property
     def attention(self) -> str:
@@ -241,14 +244,41 @@ class Encoder(nn.Module):
         pool = POOLERS[self.pooling]
         return [pool(norm(hidden_states[x]), attention_mask) for x in layers]
 
+    def matched_chunks(self, chunks: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """`chunks`, cut so that every rank holds as many as the rank with the most
+        (`packing.split_to_count`), when the encoder is sharded across ranks; else as they are.
+
+        Each rank packs its own texts, so a rank with longer texts has more chunks; a sharded
+        model all-gathers each layer's weights per forward call and reduce-scatters per
+        backward, so ranks that made different numbers of calls would wait on each other's
+        collectives (a hang) or exchange the wrong tensors. One small all-reduce per call
+        agrees on the count.
+        """
+        chunks = list(chunks)
+        if not self.match_chunks_across_ranks:
+            return chunks
+        import torch.distributed as dist
+
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return chunks
+        count = torch.tensor([len(chunks)], device=chunks[0]["input_ids"].device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return split_to_count(chunks, int(count), self.tokenizer.pad_token_id)
+
     def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor,
-                       layers: Sequence[int] | None = None) -> Tensor:
+                       layers: Sequence[int] | None = None, match: bool = True) -> Tensor:
         """Embeddings of length-sorted chunks, returned in the batch's original text order.
+
+        `match=False`: the chunks are `matched_chunks` already (GradCache matches once for
+        its two passes). Rows past the batch's (a matched rank's one-token chunks) are computed
+        and dropped; their zero gradient keeps the backward's collectives matched too.
 
         The token embeddings of all chunks are looked up in one call: each lookup's backward
         materialises a dense vocabulary-sized gradient, which for a small model costs more
         than the transformer layers.
         """
+        if match:
+            chunks = self.matched_chunks(chunks)
         ids = [chunk["input_ids"] for chunk in chunks]
         table = self.backbone.get_input_embeddings()
         flat = table(torch.cat([i.reshape(-1) for i in ids]))

@@ -48,3 +48,40 @@ def pack_by_length(
     restore = torch.empty(len(order), dtype=torch.long)
     restore[order] = torch.arange(len(order))
     return chunks, restore, padding
+
+
+def split_to_count(chunks: Sequence[dict[str, Tensor]], count: int, pad_id: int
+                   ) -> list[dict[str, Tensor]]:
+    """`chunks` cut into exactly `count` chunks, in the same concatenated row order.
+
+    The chunk with the most rows is halved (each half trimmed to the columns its rows use)
+    until there are `count`; past one row per chunk, one-token chunks of `pad_id` are appended.
+    Their rows come after every real row, so an index into the concatenated real rows (a
+    batch's `restore`) is unchanged. A sharded model needs this: each forward call gathers
+    every layer's weights from all ranks, so every rank must make the same number of calls
+    whatever its texts' lengths (`Encoder.matched_chunks`).
+    """
+    out = list(chunks)
+    if len(out) > count:
+        raise ValueError(f"{len(out)} chunks cannot become {count}")
+    while len(out) < count:
+        rows = [chunk["input_ids"].shape[0] for chunk in out]
+        i = max(range(len(out)), key=lambda j: (rows[j], out[j]["input_ids"].numel()))
+        if rows[i] < 2:
+            like = out[0]["input_ids"]
+            one = torch.ones((1, 1), dtype=like.dtype, device=like.device)
+            out.append({"input_ids": one * pad_id,
+                        "attention_mask": torch.ones_like(out[0]["attention_mask"][:1, :1])})
+            continue
+        half = rows[i] // 2
+        out[i : i + 1] = [_trimmed(out[i], slice(0, half)), _trimmed(out[i], slice(half, None))]
+    return out
+
+
+def _trimmed(chunk: dict[str, Tensor], rows: slice) -> dict[str, Tensor]:
+    """Rows `rows` of a padded chunk, without the columns that are padding in all of them."""
+    mask = chunk["attention_mask"][rows]
+    used = torch.nonzero(mask.any(0)).flatten()
+    first, last = (used[[0, -1]].tolist() if used.numel() else (0, 0))
+    columns = slice(first, last + 1)
+    return {key: value[rows, columns] for key, value in chunk.items()}

@@ -27,8 +27,10 @@ class ChunkEncoder(Protocol):
     def __call__(self, input_ids: Tensor, attention_mask: Tensor,
                  layers: Sequence[int] | None = None) -> Tensor: ...
 
+    def matched_chunks(self, chunks: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]: ...
+
     def forward_chunks(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor,
-                       layers: Sequence[int] | None = None) -> Tensor: ...
+                       layers: Sequence[int] | None = None, match: bool = True) -> Tensor: ...
 
 
 # (embeddings of one chunk, d loss / d those embeddings, whether it is the step's last chunk)
@@ -60,9 +62,10 @@ def gradcache_step(
     Qwen3 has no dropout (attention_dropout is 0), otherwise each chunk's RNG state would have
     to be saved in the first pass and restored for the second.
     """
-    chunks, restore = batch.chunks, batch.restore
+    # Both passes run the same chunks: on a sharded encoder, as many on every rank.
+    chunks, restore = encoder.matched_chunks(batch.chunks), batch.restore
     with torch.no_grad():
-        emb = encoder.forward_chunks(chunks, restore, layers=objective.layers)
+        emb = encoder.forward_chunks(chunks, restore, layers=objective.layers, match=False)
     emb = emb.detach().requires_grad_()
     loss, logs = objective.on_batch(emb, batch, teacher, guide)
     if proceed is not None and not proceed(loss):
@@ -71,8 +74,10 @@ def gradcache_step(
     # the positives' gradient back here in this call.
     (grad,) = torch.autograd.grad(loss, emb)
 
-    # forward_chunks returns cat(chunk outputs)[restore]; put the gradient in chunk order.
-    chunk_grad = torch.empty_like(grad)
+    # forward_chunks returns cat(chunk outputs)[restore]; put the gradient in chunk order
+    # (rows past the batch's, from matching, get zero).
+    total = sum(chunk["input_ids"].shape[0] for chunk in chunks)
+    chunk_grad = grad.new_zeros(total, *grad.shape[1:])
     chunk_grad[restore] = grad
     offset = 0
     for i, chunk in enumerate(chunks):
