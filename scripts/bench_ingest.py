@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def names_for(count: int) -> list[str]:
-    from f2llm.data.f2llm_v2_names import CLASSIFICATION, CLUSTERING, RETRIEVAL
+    from f2llm.data.sources.f2llm_v2.names import CLASSIFICATION, CLUSTERING, RETRIEVAL
 
     # Every list represented: all classification names, a third clustering, the rest retrieval
     # (evenly spread over the list: webfaq_*, unpc_*, xcodeeval_*, ...).
@@ -59,8 +59,8 @@ def child(kind: str, folder: str, out: str) -> None:
     import pyarrow.parquet as pq
 
     if kind in ("build", "reuse"):
-        from f2llm.data.f2llm_v2_corpus import build_f2llm_v2_corpus
         from f2llm.data.readers import read_corpus
+        from f2llm.data.sources.f2llm_v2.build import build_f2llm_v2_corpus
     import_rss = peak_rss_mib()
     load = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="another checkout's src folder: its build in every round (A/B)")
     args = parser.parse_args()
-    from f2llm.data.f2llm_v2_synthetic import write_synthetic
+    from f2llm.data.sources.f2llm_v2.synthetic import write_synthetic
 
     names = names_for(args.datasets)
     results = []

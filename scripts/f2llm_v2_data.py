@@ -20,14 +20,14 @@ from _common import compose_train
 from omegaconf import OmegaConf
 
 from f2llm.data.datamodule import select_datasets
-from f2llm.data.f2llm_v2_corpus import (
+from f2llm.data.sampler import temperature_probs
+from f2llm.data.sources.f2llm_v2.build import (
     dataset_rows,
     download_f2llm_v2,
     find_layout,
     recipes_for,
 )
-from f2llm.data.f2llm_v2_synthetic import EXAMPLE_NAMES
-from f2llm.data.sampler import temperature_probs
+from f2llm.data.sources.f2llm_v2.synthetic import EXAMPLE_NAMES
 
 
 def table(overrides: list[str]) -> str:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     syn.add_argument("--datasets", nargs="*", default=list(EXAMPLE_NAMES))
     args = parser.parse_args(argv)
     if args.command == "synthetic":
-        from f2llm.data.f2llm_v2_synthetic import write_synthetic
+        from f2llm.data.sources.f2llm_v2.synthetic import write_synthetic
         from f2llm.model.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(None) if args.layout == "tokenized" else None

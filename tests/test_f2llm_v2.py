@@ -15,7 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from f2llm.data.f2llm_v2 import (
+from f2llm.data.readers import read_corpus
+from f2llm.data.records import DataValidationError, check_language_code
+from f2llm.data.sources.f2llm_v2.build import build_f2llm_v2_corpus, check_tokenizer
+from f2llm.data.sources.f2llm_v2.names import CLASSIFICATION, CLUSTERING, RETRIEVAL
+from f2llm.data.sources.f2llm_v2.recipes import (
     FORMAT_OF_NAME,
     ISO_639_3_TO_1,
     UnknownDatasetError,
@@ -23,11 +27,7 @@ from f2llm.data.f2llm_v2 import (
     name_language,
     resolve_recipes,
 )
-from f2llm.data.f2llm_v2_corpus import build_f2llm_v2_corpus, check_tokenizer
-from f2llm.data.f2llm_v2_names import CLASSIFICATION, CLUSTERING, RETRIEVAL
-from f2llm.data.f2llm_v2_synthetic import EXAMPLE_NAMES, write_synthetic
-from f2llm.data.readers import read_corpus
-from f2llm.data.validation import DataValidationError, check_language_code
+from f2llm.data.sources.f2llm_v2.synthetic import EXAMPLE_NAMES, write_synthetic
 from f2llm.model.encoder import QUERY_TEMPLATE
 from f2llm.model.tokenizer import load_tokenizer
 from tests.conftest import CONFIGS, ROOT, compose_train, copy_repository
@@ -164,7 +164,7 @@ def test_raw_layout_streams_into_the_canonical_corpus(tmp_path: Path) -> None:
 def test_batches_read_ahead_are_the_files_batches_in_order(tmp_path: Path) -> None:
     """The ingest reads the next batch in a background thread: same batches, same order, the
     reader's errors raised in the caller, and a caller that stops early does not hang."""
-    from f2llm.data.f2llm_v2_corpus import BATCH_ROWS, _batches
+    from f2llm.data.sources.f2llm_v2.build import BATCH_ROWS, _batches
 
     path = tmp_path / "x.parquet"
     n = 3 * BATCH_ROWS + 5
@@ -199,7 +199,7 @@ def test_synthetic_files_take_a_row_group_size(tmp_path: Path, layout: str) -> N
 def test_the_corpus_writer_writes_behind_and_raises_a_failed_write(tmp_path: Path) -> None:
     """Batches are written in a background thread: all of them land in order, and a write
     that fails is raised by the next call, after which abort leaves no temporary file."""
-    from f2llm.data.f2llm_v2_corpus import SkipReport, _CorpusWriter
+    from f2llm.data.sources.f2llm_v2.build import SkipReport, _CorpusWriter
 
     schema = pa.schema([("x", pa.int64())])
     writer = _CorpusWriter(tmp_path / "c.arrow", schema, [], {})
@@ -221,7 +221,7 @@ def test_the_corpus_writer_writes_behind_and_raises_a_failed_write(tmp_path: Pat
 def test_the_blank_check_of_the_ingest_equals_arrows_whole_string_check(type_) -> None:
     import pyarrow.compute as pc
 
-    from f2llm.data.validation import _blank
+    from f2llm.data.records import _blank
 
     rng = np.random.default_rng(0)
     alphabet = ["a", " ", "\t", "\n", "\u3000", "\u00a0", "é", "", "\x01", "z ", "日"]
@@ -262,7 +262,7 @@ def test_a_built_corpus_is_reused_by_fingerprint_and_rebuilt_when_a_file_changes
 def test_concurrent_builders_wait_for_one_build(tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", NAMES, 200)
     code = ("import sys, logging; logging.basicConfig(level=logging.INFO);"
-            "from f2llm.data.f2llm_v2_corpus import build_f2llm_v2_corpus;"
+            "from f2llm.data.sources.f2llm_v2.build import build_f2llm_v2_corpus;"
             "build_f2llm_v2_corpus(sys.argv[1], sys.argv[2])")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(root), str(tmp_path / "out")],
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -9,8 +9,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from f2llm.data import gettext_source
-from f2llm.data.gettext_source import (
+from f2llm.data.sources import gettext as gettext_source
+from f2llm.data.sources.gettext import (
     Pair,
     _neighbour_negatives,
     build_gettext_corpus,

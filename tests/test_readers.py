@@ -20,7 +20,7 @@ from f2llm.data.readers import (
     read_manifest,
     write_corpus,
 )
-from f2llm.data.validation import (
+from f2llm.data.records import (
     ISO_CODES_DIR,
     DataValidationError,
     SkipReport,

@@ -4,7 +4,6 @@ from f2llm.data.batch import EvalBatch, TrainBatch
 from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.datamodule import F2LLMDataModule, memory_mapped_table
 from f2llm.data.formats import FORMATS, Format, get_format
-from f2llm.data.gettext_source import build_gettext_corpus
 from f2llm.data.readers import (
     CorpusFile,
     DatasetSpec,
@@ -13,8 +12,9 @@ from f2llm.data.readers import (
     read_manifest,
     write_corpus,
 )
+from f2llm.data.records import DataValidationError, SkipReport, check_language_code
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler, temperature_probs
-from f2llm.data.validation import DataValidationError, SkipReport, check_language_code
+from f2llm.data.sources.gettext import build_gettext_corpus
 from f2llm.model.packing import pack_by_length
 
 __all__ = [

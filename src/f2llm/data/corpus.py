@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from f2llm.data.validation import SkipReport
+from f2llm.data.records import SkipReport
 from f2llm.paths import private_tmp
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from f2llm.data.formats import FORMATS, Format, get_format
-from f2llm.data.validation import (
+from f2llm.data.records import (
     DUPLICATE_FIELD,
     EMPTY_FILE,
     FILE_NOT_FOUND,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.readers import read_corpus, read_manifest, write_corpus
-from f2llm.data.validation import SkipReport
+from f2llm.data.records import SkipReport
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from f2llm.data.gettext_source import Pair, catalog_family
+from f2llm.data.sources.gettext import Pair, catalog_family
 
 CLUSTERING_DATASET = "gettext_domains"
 CLASSIFICATION_DATASET = "gettext_names"

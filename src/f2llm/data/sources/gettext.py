@@ -225,7 +225,7 @@ def build_gettext_corpus(
     Returns the `Corpus`: bitext retrieval, component clustering and country/language
     classification for training, and held-out bitext, clustering and classification sets.
     """
-    from f2llm.data import gettext_tasks as tasks
+    from f2llm.data.sources import gettext_tasks as tasks
 
     out = Path(out_dir)
     manifest = {

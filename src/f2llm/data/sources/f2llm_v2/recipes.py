@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from f2llm.data.f2llm_v2_names import CLASSIFICATION, CLUSTERING, RETRIEVAL
 from f2llm.data.formats import FORMATS
-from f2llm.data.validation import ISO_639_1, check_language_code
+from f2llm.data.records import ISO_639_1, check_language_code
+from f2llm.data.sources.f2llm_v2.names import CLASSIFICATION, CLUSTERING, RETRIEVAL
 
 FORMAT_OF_NAME: dict[str, str] = {
     **{n: "classification" for n in CLASSIFICATION},

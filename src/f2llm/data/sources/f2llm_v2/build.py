@@ -39,7 +39,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from f2llm.data.corpus import Corpus, StoredGroups, TrainingDataset
-from f2llm.data.f2llm_v2 import DatasetRecipe, resolve_recipes
 from f2llm.data.formats import get_format
 from f2llm.data.readers import (
     CORPUS_METADATA_KEY,
@@ -50,7 +49,7 @@ from f2llm.data.readers import (
     check_spec,
     read_corpus,
 )
-from f2llm.data.validation import (
+from f2llm.data.records import (
     EMPTY_FILE,
     MISSING_FIELD,
     TOO_FEW_NEGATIVES,
@@ -61,6 +60,7 @@ from f2llm.data.validation import (
     SkipReport,
     check_on_bad_record,
 )
+from f2llm.data.sources.f2llm_v2.recipes import DatasetRecipe, resolve_recipes
 from f2llm.paths import private_tmp
 
 log = logging.getLogger(__name__)

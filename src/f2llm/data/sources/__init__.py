@@ -1,0 +1,1 @@
+"""Corpus sources: each turns its files into the one corpus format that training reads."""
