@@ -1,18 +1,25 @@
-"""The embedded default corpus: bitext pairs from the machine's gettext catalogs.
+"""The embedded default corpus, from the machine's gettext catalogs (source `gettext`).
 
 Every `<locale>/LC_MESSAGES/<domain>.mo` under a locale folder holds human translations of
-English software messages. We turn them into retrieval records (English -> translation and
-translation -> English) with cheaply mined hard negatives, and hold out whole catalogs for
-validation. Nothing is downloaded; the text is extracted at run time and cached on disk.
+English software messages. Nothing is downloaded; the text is extracted at run time and cached
+on disk. Three training sets and a held-out set of each (whole catalogs are held out):
+- bitext retrieval (`gettext_bitext`): English -> translation and translation -> English, with
+  cheaply mined hard negatives; held out: bitext mining per language;
+- clustering (`gettext_domains`): which software component a message comes from. A record is a
+  message, a positive from the same component and negatives from other components, all in one
+  language. Held out: the held-out catalogs, clustered per language by component;
+- two-way classification (`gettext_names`): is a translated name the name of a country
+  (iso_3166-1) or of a language (iso_639)? The positive is the matching label text, the single
+  negative the other one. Held out: a fixed fifth of the English names, in every language.
 """
 
 from __future__ import annotations
 
 import gettext
-import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +28,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from f2llm.data.corpus import Corpus, TrainingDataset
-from f2llm.paths import private_tmp
+from f2llm.data.corpus_io import atomic_write, build_lock, fingerprint, read_json, write_json
+from f2llm.data.sources.registry import register
 
 log = logging.getLogger(__name__)
 
 DATASET_NAME = "gettext_bitext"
 RETRIEVAL_INSTRUCTION = "Retrieve the sentence that is a translation of the given sentence"
+CLUSTERING_DATASET = "gettext_domains"
+CLASSIFICATION_DATASET = "gettext_names"
+CLUSTERING_INSTRUCTION = "Identify the software component that the given message comes from"
+CLASSIFICATION_INSTRUCTION = "Classify the given name as the name of a country or of a language"
+CLASS_LABELS = ("the name of a country or territory", "the name of a language")
+# Components with messages in many languages and clearly different subject matter.
+CLUSTERING_FAMILIES = (
+    "glib20", "gtk20", "gtk20_properties", "coreutils", "libc", "shared_mime_info",
+    "xkeyboard_config", "dpkg", "gsettings_desktop_schemas", "tar", "bash", "wget",
+    "gettext_tools", "shadow", "gstreamer", "apt", "iso_4217", "iso_15924",
+)
+COUNTRY_CATALOGS = ("iso_3166-1", "iso_3166")
+LANGUAGE_CATALOGS = ("iso_639-2", "iso_639", "iso_639-3", "iso_639_3")
 _CACHE_VERSION = 3
 # Catalogs built from the same sources under two names (iso_639-3 / iso_639_3) or versions
 # (postgres-15) collapse to one family, so a held-out family is never seen under another name.
@@ -210,7 +231,133 @@ def bitext_pairs(pairs: Sequence[Pair], min_pairs: int, max_pairs: int, seed: in
             cols["catalog"].append(p.catalog)
     return cols
 
+# ---------------------------------------------------------------------------------------------
+# Stage-2 tasks: clustering and two-way classification
 
+
+def _family_pools(pairs: Sequence[Pair], families: set[str], min_per_family: int,
+                  min_families: int) -> Iterator[tuple[str, dict[str, list[str]]]]:
+    """(language, family -> its unique texts) per language in sorted order, keeping families of
+    at least `min_per_family` texts and languages with at least `min_families` of them; English
+    (`en`) from the msgids of every language."""
+    out: dict[str, dict[str, dict[str, None]]] = {}
+    for p in pairs:
+        family = catalog_family(p.catalog)
+        if family not in families:
+            continue
+        out.setdefault(p.language, {}).setdefault(family, {})[p.translation] = None
+        out.setdefault("en", {}).setdefault(family, {})[p.english] = None
+    for language in sorted(out):
+        pools = {f: list(t) for f, t in sorted(out[language].items()) if len(t) >= min_per_family}
+        if len(pools) >= min_families:
+            yield language, pools
+
+
+def clustering_records(
+    pairs: Sequence[Pair],
+    families: Sequence[str] = CLUSTERING_FAMILIES,
+    per_family: int = 48,
+    min_per_family: int = 8,
+    min_families: int = 4,
+    num_negatives: int = 9,
+    seed: int = 0,
+) -> dict[str, list]:
+    """Clustering records: message, same-component positive, other-component negatives."""
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list] = {"query": [], "passage": [], "language": []}
+    cols.update({f"negative_{j + 1}": [] for j in range(num_negatives)})
+    for language, pools in _family_pools(pairs, set(families), min_per_family, min_families):
+        names = list(pools)
+        for f, pool in pools.items():
+            chosen = rng.permutation(len(pool))[:per_family]
+            others = [g for g in names if g != f]
+            for i in chosen:
+                j = rng.integers(len(pool) - 1)
+                j = j + (j >= i)  # any other message of the same component
+                cols["query"].append(pool[i])
+                cols["passage"].append(pool[j])
+                cols["language"].append(language)
+                # Negatives from as many different components as possible.
+                neg_families = rng.permutation(others)
+                for k in range(num_negatives):
+                    g = pools[neg_families[k % len(neg_families)]]
+                    cols[f"negative_{k + 1}"].append(g[rng.integers(len(g))])
+    return cols
+
+
+def clustering_eval_set(
+    pairs: Sequence[Pair],
+    per_family: int = 32,
+    min_per_family: int = 8,
+    min_families: int = 3,
+    seed: int = 0,
+) -> dict[str, list]:
+    """Held-out clustering: texts of the validation catalogs, labelled by component."""
+    rng = np.random.default_rng(seed)
+    families = {catalog_family(p.catalog) for p in pairs}
+    cols: dict[str, list] = {"text": [], "label": [], "language": []}
+    for language, pools in _family_pools(pairs, families, min_per_family, min_families):
+        for f, pool in pools.items():
+            for i in sorted(rng.permutation(len(pool))[:per_family]):
+                cols["text"].append(pool[i])
+                cols["label"].append(f)
+                cols["language"].append(language)
+    return cols
+
+
+def _held_out(english: str, fraction: int = 5) -> bool:
+    # A stable hash (not Python's salted one): the same names are held out on every machine.
+    return zlib.crc32(english.lower().encode()) % fraction == 0
+
+
+def _names(pairs: Sequence[Pair]) -> dict[str, dict[int, dict[str, bool]]]:
+    """language -> class (0 country, 1 language) -> name -> held out?"""
+    classes = {**{c: 0 for c in COUNTRY_CATALOGS}, **{c: 1 for c in LANGUAGE_CATALOGS}}
+    out: dict[str, dict[int, dict[str, bool]]] = {}
+    for p in pairs:
+        label = classes.get(p.catalog)
+        if label is None:
+            continue
+        for language, text in ((p.language, p.translation), ("en", p.english)):
+            out.setdefault(language, {0: {}, 1: {}})[label][text] = _held_out(p.english)
+    for language, by_class in out.items():
+        # A name in both lists ("Georgian"?) has no right answer.
+        both = set(by_class[0]) & set(by_class[1])
+        out[language] = {c: {t: h for t, h in names.items() if t not in both}
+                         for c, names in by_class.items()}
+    return out
+
+
+def classification_records(pairs: Sequence[Pair], min_per_class: int = 16, seed: int = 0
+                           ) -> tuple[dict[str, list], dict[str, list]]:
+    """(train records, held-out set) for country-vs-language names, classes balanced per
+    language (there are far more language names than country names)."""
+    rng = np.random.default_rng(seed)
+    train: dict[str, list] = {"query": [], "passage": [], "negative_1": [], "language": []}
+    val: dict[str, list] = {"text": [], "label": [], "language": []}
+    names = _names(pairs)
+    for language in sorted(names):
+        by_class = names[language]
+        sizes = [len(by_class[0]), len(by_class[1])]
+        if min(sizes) < min_per_class:
+            continue
+        for label in (0, 1):
+            items = list(by_class[label].items())
+            for i in sorted(rng.permutation(len(items))[: min(sizes)]):
+                text, held_out = items[i]
+                if held_out:
+                    val["text"].append(text)
+                    val["label"].append(label)
+                    val["language"].append(language)
+                else:
+                    train["query"].append(text)
+                    train["passage"].append(CLASS_LABELS[label])
+                    train["negative_1"].append(CLASS_LABELS[1 - label])
+                    train["language"].append(language)
+    return train, val
+
+
+@register("gettext")
 def build_gettext_corpus(
     locale_dir: str | Path,
     out_dir: str | Path,
@@ -225,10 +372,8 @@ def build_gettext_corpus(
     Returns the `Corpus`: bitext retrieval, component clustering and country/language
     classification for training, and held-out bitext, clustering and classification sets.
     """
-    from f2llm.data.sources import gettext_tasks as tasks
-
     out = Path(out_dir)
-    manifest = {
+    options = {
         "version": _CACHE_VERSION,
         "locale_dir": str(Path(locale_dir).resolve()),
         "val_catalogs": sorted(val_catalogs),
@@ -237,52 +382,51 @@ def build_gettext_corpus(
         "val_max_pairs": val_max_pairs,
         "seed": seed,
     }
+    built_from = fingerprint(options)
     train_sets = [
         TrainingDataset(DATASET_NAME, out / "train.parquet", "retrieval", RETRIEVAL_INSTRUCTION),
-        TrainingDataset(tasks.CLUSTERING_DATASET, out / "clustering.parquet", "clustering",
-                        tasks.CLUSTERING_INSTRUCTION),
-        TrainingDataset(tasks.CLASSIFICATION_DATASET, out / "classification.parquet",
-                        "classification", tasks.CLASSIFICATION_INSTRUCTION),
+        TrainingDataset(CLUSTERING_DATASET, out / "clustering.parquet", "clustering",
+                        CLUSTERING_INSTRUCTION),
+        TrainingDataset(CLASSIFICATION_DATASET, out / "classification.parquet",
+                        "classification", CLASSIFICATION_INSTRUCTION),
     ]
     val_paths = {task: out / f"val_{task}.parquet"
                  for task in ("bitext", "clustering", "classification")}
-    result = Corpus(train_sets, dict(val_paths), list(tasks.CLASS_LABELS))
+    result = Corpus(train_sets, dict(val_paths), list(CLASS_LABELS))
     files = [d.path for d in train_sets] + list(val_paths.values())
     manifest_path = out / "manifest.json"
-    if manifest_path.exists() and all(p.exists() for p in files):
-        cached = json.loads(manifest_path.read_text())
-        if {k: cached.get(k) for k in manifest} == manifest:
+    with build_lock(out):  # other ranks and runs wait, then reuse the files
+        cached = read_json(manifest_path)
+        if isinstance(cached, dict) and cached.get("fingerprint") == built_from and all(
+                p.exists() for p in files):
             log.info("using cached gettext corpus in %s", out)
             return result
-    log.info("building gettext corpus from %s into %s", locale_dir, out)
-    pairs = read_catalogs(locale_dir)
-    if not pairs:
-        raise FileNotFoundError(f"no readable .mo catalogs with translations under {locale_dir}")
-    train, val = split_by_catalog(pairs, val_catalogs)
-    if not val:
-        raise ValueError(f"none of the validation catalogs {list(val_catalogs)} exist under "
-                         f"{locale_dir}")
-    out.mkdir(parents=True, exist_ok=True)
-    names_train, names_val = tasks.classification_records(train, seed=seed)
-    tables = {
-        train_sets[0].path: retrieval_records(train, num_negatives, seed),
-        train_sets[1].path: tasks.clustering_records(train, seed=seed),
-        train_sets[2].path: names_train,
-        val_paths["bitext"]: bitext_pairs(val, val_min_pairs, val_max_pairs, seed),
-        val_paths["clustering"]: tasks.clustering_eval_set(val, seed=seed),
-        val_paths["classification"]: names_val,
-    }
-    # Write to temporary names first so an interrupted build is never mistaken for a cache.
-    stats = {}
-    for path, cols in tables.items():
-        tmp = private_tmp(path)
-        table = pa.table(cols)
-        pq.write_table(table, tmp)
-        tmp.replace(path)
-        stats[path.stem] = {"rows": table.num_rows,
-                            "languages": len(set(table.column("language").to_pylist()))}
-    tmp = private_tmp(manifest_path)
-    tmp.write_text(json.dumps({**manifest, "stats": stats}, indent=2))
-    tmp.replace(manifest_path)
+        log.info("building gettext corpus from %s into %s", locale_dir, out)
+        pairs = read_catalogs(locale_dir)
+        if not pairs:
+            raise FileNotFoundError(f"no readable .mo catalogs with translations under "
+                                    f"{locale_dir}")
+        train, val = split_by_catalog(pairs, val_catalogs)
+        if not val:
+            raise ValueError(f"none of the validation catalogs {list(val_catalogs)} exist under "
+                             f"{locale_dir}")
+        names_train, names_val = classification_records(train, seed=seed)
+        tables = {
+            train_sets[0].path: retrieval_records(train, num_negatives, seed),
+            train_sets[1].path: clustering_records(train, seed=seed),
+            train_sets[2].path: names_train,
+            val_paths["bitext"]: bitext_pairs(val, val_min_pairs, val_max_pairs, seed),
+            val_paths["clustering"]: clustering_eval_set(val, seed=seed),
+            val_paths["classification"]: names_val,
+        }
+        stats = {}
+        for path, cols in tables.items():
+            table = pa.table(cols)
+            with atomic_write(path) as tmp:
+                pq.write_table(table, tmp)
+            stats[path.stem] = {"rows": table.num_rows,
+                                "languages": len(set(table.column("language").to_pylist()))}
+        # Written last: files without it (an interrupted build) are never taken for a cache.
+        write_json(manifest_path, {**options, "fingerprint": built_from, "stats": stats})
     log.info("gettext corpus: %s", stats)
     return result

@@ -1,6 +1,6 @@
 """The public F2LLM-v2 data recipe: format, language and instruction of every dataset by name.
 
-Format comes from the official name lists (`f2llm_v2_names`). Language comes from the name where
+Format comes from the official name lists (`names`). Language comes from the name where
 it says one: an ISO 639-1 code (`miracl_ar`, `mkqa_zh_cn`), an ISO 639-3 code (`webfaq_deu`),
 an English language name (`mmarco_german`, `nordic_sts_danish`) or a translation pair
 (`unpc_ar2en`, `paracrawl_en-sw`, `clirmatrix_ar-fr`: the query's language, and the pair as a
@@ -144,6 +144,8 @@ def _language_code(part: str, pairs: bool = False) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Instructions
 
+# Queries starting with this carry their instruction (`Instruct: {task}\nQuery: {text}`).
+INSTRUCTED_PREFIX = "Instruct:"
 # Stage-2 task instructions per dataset family, for queries that carry none. Sources: the
 # instructions E5-mistral trained with (Wang et al. 2024, "Improving Text Embeddings with Large
 # Language Models", table of training-data instructions) and the MTEB task instructions that
