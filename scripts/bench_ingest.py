@@ -3,7 +3,7 @@
     python scripts/bench_ingest.py --sizes 500000 2000000 --workdir /tmp/bench_ingest
 
 For each layout (raw, tokenized) and size: writes a synthetic copy with real dataset names from
-all three official lists (at least 50 datasets, 24 negatives; `f2llm_v2_synthetic`), then in
+all three official lists (at least 50 datasets, 24 negatives; `f2llm_v2.synthetic`), then in
 fresh processes measures
 - pyarrow's plain read of the same files (`pq.read_table` of every file, all columns),
 - the corpus build (`build_f2llm_v2_corpus`): rows/s and peak RSS,
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def names_for(count: int) -> list[str]:
-    from f2llm.data.f2llm_v2_names import CLASSIFICATION, CLUSTERING, RETRIEVAL
+    from f2llm.data.sources.f2llm_v2.names import CLASSIFICATION, CLUSTERING, RETRIEVAL
 
     # Every list represented: all classification names, a third clustering, the rest retrieval
     # (evenly spread over the list: webfaq_*, unpc_*, xcodeeval_*, ...).
@@ -59,8 +59,7 @@ def child(kind: str, folder: str, out: str) -> None:
     import pyarrow.parquet as pq
 
     if kind in ("build", "reuse"):
-        from f2llm.data.f2llm_v2_corpus import build_f2llm_v2_corpus
-        from f2llm.data.readers import read_corpus
+        from f2llm.data import build_f2llm_v2_corpus, read_corpus
     import_rss = peak_rss_mib()
     load = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
@@ -142,9 +141,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="rounds of plain read / build, alternating (the machine is shared)")
     parser.add_argument("--baseline-src", type=Path, default=None,
-                        help="another checkout's src folder: its build in every round (A/B)")
+                        help="another checkout's src folder: its build in every round (A/B); "
+                             "it must export f2llm.data.build_f2llm_v2_corpus")
     args = parser.parse_args()
-    from f2llm.data.f2llm_v2_synthetic import write_synthetic
+    from f2llm.data.sources.f2llm_v2 import write_synthetic
 
     names = names_for(args.datasets)
     results = []

@@ -20,14 +20,15 @@ from _common import compose_train
 from omegaconf import OmegaConf
 
 from f2llm.data.datamodule import select_datasets
-from f2llm.data.f2llm_v2_corpus import (
+from f2llm.data.sampler import temperature_probs
+from f2llm.data.sources.f2llm_v2 import (
+    EXAMPLE_NAMES,
+    REPO_ID,
     dataset_rows,
     download_f2llm_v2,
     find_layout,
     recipes_for,
 )
-from f2llm.data.f2llm_v2_synthetic import EXAMPLE_NAMES
-from f2llm.data.sampler import temperature_probs
 
 
 def table(overrides: list[str]) -> str:
@@ -35,7 +36,7 @@ def table(overrides: list[str]) -> str:
         overrides = ["experiment=f2llm_v2_stage2", *overrides]
     cfg = compose_train(overrides)
     corpus = cfg.data.corpus
-    if not str(corpus.get("_target_", "")).endswith("build_f2llm_v2_corpus"):
+    if corpus.get("source") != "f2llm_v2":
         raise SystemExit("the composed data config is not data=f2llm_v2")
     layout = find_layout(corpus.root, corpus.layout)
     datasets = (OmegaConf.to_container(corpus.datasets, resolve=True)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--datasets", nargs="*", help="dataset names (default: everything)")
     d.add_argument("--layout", choices=["raw", "tokenized"], default="raw",
                    help="which files of each dataset to fetch")
-    d.add_argument("--repo-id", default="codefuse-ai/F2LLM-v2")
+    d.add_argument("--repo-id", default=REPO_ID)
     d.add_argument("--revision", default=None)
     sub.add_parser("table", help="print the resolved table: table <hydra overrides>")
     syn = sub.add_parser("synthetic", help="write a small synthetic folder (real names)")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     syn.add_argument("--datasets", nargs="*", default=list(EXAMPLE_NAMES))
     args = parser.parse_args(argv)
     if args.command == "synthetic":
-        from f2llm.data.f2llm_v2_synthetic import write_synthetic
+        from f2llm.data.sources.f2llm_v2 import write_synthetic
         from f2llm.model.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(None) if args.layout == "tokenized" else None

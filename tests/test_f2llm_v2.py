@@ -15,19 +15,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from f2llm.data.f2llm_v2 import (
+from f2llm.data.corpus_io import read_corpus
+from f2llm.data.records import DataError, check_language_code
+from f2llm.data.sources.f2llm_v2 import (
+    EXAMPLE_NAMES,
     FORMAT_OF_NAME,
-    ISO_639_3_TO_1,
     UnknownDatasetError,
+    build_f2llm_v2_corpus,
+    check_tokenizer,
     instruction_for,
     name_language,
     resolve_recipes,
+    write_synthetic,
 )
-from f2llm.data.f2llm_v2_corpus import build_f2llm_v2_corpus, check_tokenizer
-from f2llm.data.f2llm_v2_names import CLASSIFICATION, CLUSTERING, RETRIEVAL
-from f2llm.data.f2llm_v2_synthetic import EXAMPLE_NAMES, write_synthetic
-from f2llm.data.readers import read_corpus
-from f2llm.data.validation import DataValidationError, check_language_code
+from f2llm.data.sources.f2llm_v2.names import CLASSIFICATION, CLUSTERING, RETRIEVAL
+from f2llm.data.sources.f2llm_v2.recipes import ISO_639_3_TO_1
 from f2llm.model.encoder import QUERY_TEMPLATE
 from f2llm.model.tokenizer import load_tokenizer
 from tests.conftest import CONFIGS, ROOT, compose_train, copy_repository
@@ -164,24 +166,24 @@ def test_raw_layout_streams_into_the_canonical_corpus(tmp_path: Path) -> None:
 def test_batches_read_ahead_are_the_files_batches_in_order(tmp_path: Path) -> None:
     """The ingest reads the next batch in a background thread: same batches, same order, the
     reader's errors raised in the caller, and a caller that stops early does not hang."""
-    from f2llm.data.f2llm_v2_corpus import BATCH_ROWS, _batches
+    from f2llm.data.sources.f2llm_v2.layout import BATCH_ROWS, parquet_batches
 
     path = tmp_path / "x.parquet"
     n = 3 * BATCH_ROWS + 5
     pq.write_table(pa.table({"a": np.arange(n), "b": [str(i) for i in range(n)]}), path,
                    row_group_size=BATCH_ROWS // 2 + 1)
-    got = list(_batches(path, ["b", "a"]))
+    got = list(parquet_batches(path, ["b", "a"]))
     want = list(pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["b", "a"]))
     assert [b.num_rows for b in got] == [b.num_rows for b in want] and len(got) > 3
     assert pa.Table.from_batches(got).equals(pa.Table.from_batches(want))
-    early = _batches(path, ["a"])
+    early = parquet_batches(path, ["a"])
     assert next(early).column(0)[0].as_py() == 0
     early.close()
     data = bytearray(path.read_bytes())  # a damaged page mid-file: the footer still reads
     data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)
     path.write_bytes(bytes(data))
     with pytest.raises(OSError):
-        list(_batches(path, ["b", "a"]))
+        list(parquet_batches(path, ["b", "a"]))
 
 
 @pytest.mark.parametrize("layout", ["raw", "tokenized"])
@@ -199,17 +201,18 @@ def test_synthetic_files_take_a_row_group_size(tmp_path: Path, layout: str) -> N
 def test_the_corpus_writer_writes_behind_and_raises_a_failed_write(tmp_path: Path) -> None:
     """Batches are written in a background thread: all of them land in order, and a write
     that fails is raised by the next call, after which abort leaves no temporary file."""
-    from f2llm.data.f2llm_v2_corpus import SkipReport, _CorpusWriter
+    from f2llm.data.corpus_io import CorpusWriter
+    from f2llm.data.records import SkipReport
 
     schema = pa.schema([("x", pa.int64())])
-    writer = _CorpusWriter(tmp_path / "c.arrow", schema, [], {})
+    writer = CorpusWriter(tmp_path / "c.arrow", schema, [], {})
     for k in range(5):
         writer.write(pa.record_batch([pa.array(range(10 * k, 10 * k + 10))], schema=schema))
     writer.finish([], SkipReport())
     table = pa.ipc.open_file(pa.memory_map(str(tmp_path / "c.arrow"))).read_all()
     assert table.column("x").to_pylist() == list(range(50))
 
-    bad = _CorpusWriter(tmp_path / "d.arrow", schema, [], {})
+    bad = CorpusWriter(tmp_path / "d.arrow", schema, [], {})
     bad.write(pa.record_batch([pa.array(["not", "an", "int"])], names=["x"]))
     with pytest.raises(pa.ArrowInvalid):
         bad.write(pa.record_batch([pa.array([1])], schema=schema))
@@ -221,7 +224,7 @@ def test_the_corpus_writer_writes_behind_and_raises_a_failed_write(tmp_path: Pat
 def test_the_blank_check_of_the_ingest_equals_arrows_whole_string_check(type_) -> None:
     import pyarrow.compute as pc
 
-    from f2llm.data.validation import _blank
+    from f2llm.data.records import _blank
 
     rng = np.random.default_rng(0)
     alphabet = ["a", " ", "\t", "\n", "\u3000", "\u00a0", "é", "", "\x01", "z ", "日"]
@@ -262,7 +265,7 @@ def test_a_built_corpus_is_reused_by_fingerprint_and_rebuilt_when_a_file_changes
 def test_concurrent_builders_wait_for_one_build(tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", NAMES, 200)
     code = ("import sys, logging; logging.basicConfig(level=logging.INFO);"
-            "from f2llm.data.f2llm_v2_corpus import build_f2llm_v2_corpus;"
+            "from f2llm.data import build_f2llm_v2_corpus;"
             "build_f2llm_v2_corpus(sys.argv[1], sys.argv[2])")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(root), str(tmp_path / "out")],
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -381,7 +384,7 @@ def test_a_dangling_doc_id_names_file_row_and_field(tmp_path: Path, tokenizer) -
     table = table.set_column(table.schema.get_field_index("negative_3_input_ids"),
                              "negative_3_input_ids", pa.array(refs))
     pq.write_table(table, path)
-    with pytest.raises(DataValidationError) as e:
+    with pytest.raises(DataError) as e:
         build_f2llm_v2_corpus(root, tmp_path / "out")
     message = str(e.value)
     assert str(path) in message and "row 7" in message
@@ -410,7 +413,7 @@ def test_a_bad_tokenized_record_names_file_row_and_field(
         refs[5] = None
         table = table.set_column(table.schema.get_field_index(column), column, pa.array(refs))
     pq.write_table(table, path)
-    with pytest.raises(DataValidationError) as e:
+    with pytest.raises(DataError) as e:
         build_f2llm_v2_corpus(root, tmp_path / "out")
     message = str(e.value)
     assert str(path) in message and "row 5" in message and f"'{field}'" in message, message
@@ -452,7 +455,7 @@ def test_a_bad_raw_record_names_file_row_and_field(tmp_path: Path) -> None:
     table = table.set_column(table.schema.get_field_index("negative_3"), "negative_3",
                              pa.array(values))
     pq.write_table(table, path)
-    with pytest.raises(DataValidationError) as e:
+    with pytest.raises(DataError) as e:
         build_f2llm_v2_corpus(root, tmp_path / "out")
     assert str(e.value) == f"{path}, row 5 (0-based), field 'negative_3': empty string"
     found = build_f2llm_v2_corpus(root, tmp_path / "out", on_bad_record="skip")

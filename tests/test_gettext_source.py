@@ -9,8 +9,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from f2llm.data import gettext_source
-from f2llm.data.gettext_source import (
+from f2llm.data.sources import gettext
+from f2llm.data.sources.gettext import (
     Pair,
     _neighbour_negatives,
     build_gettext_corpus,
@@ -110,20 +110,23 @@ def test_read_catalogs_skips_untranslated_and_english(locale_dir: Path) -> None:
     assert not any(p.language.startswith("en") for p in pairs)
 
 
-def test_two_builders_at_once_both_get_the_corpus(tmp_path: Path, locale_dir: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two runs started at once on a fresh checkout both build the corpus. Each writes its own
-    temporary file: both threads write every table before either renames one (a barrier after
-    each write), which with one shared temporary name made the second rename fail
-    (FileNotFoundError: train.tmp -> train.parquet)."""
-    both_written = threading.Barrier(2, timeout=30)
-    write_table = gettext_source.pq.write_table
+def test_two_builders_at_once_build_once_and_both_get_the_corpus(
+        tmp_path: Path, locale_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs started at once on a fresh checkout (two ranks, a multirun's jobs): one builds
+    under the folder's lock, the other waits and reuses the finished corpus. The first reader of
+    the catalogs waits (up to seconds) for a second one, which comes only if both build."""
+    reads: list[int] = []
+    second = threading.Event()
 
-    def write_then_wait(table: Any, where: Any, **kw: Any) -> None:
-        write_table(table, where, **kw)
-        both_written.wait()
+    def read_and_wait(*args: Any, **kw: Any) -> Any:
+        reads.append(1)
+        if len(reads) == 1:
+            second.wait(timeout=3)
+        else:
+            second.set()
+        return read_catalogs(*args, **kw)
 
-    monkeypatch.setattr(gettext_source.pq, "write_table", write_then_wait)
+    monkeypatch.setattr(gettext, "read_catalogs", read_and_wait)
     results: list[Any] = [None, None]
 
     def build(i: int) -> None:
@@ -139,10 +142,7 @@ def test_two_builders_at_once_both_get_the_corpus(tmp_path: Path, locale_dir: Pa
     for t in threads:
         t.join()
     assert not [r for r in results if isinstance(r, BaseException)], results
+    assert len(reads) == 1
     assert results[0] == results[1]
     assert not list(tmp_path.glob("*.tmp"))
-    monkeypatch.undo()
-    again = build_gettext_corpus(locale_dir, tmp_path, TEST_VAL_CATALOGS, num_negatives=3,
-                                 val_min_pairs=16)
-    assert again == results[0]
     assert pq.read_table(tmp_path / "train.parquet").num_rows > 0

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from f2llm.data.corpus import Corpus
-from f2llm.data.manifest_source import build_manifest_corpus
+from f2llm.data.sources.manifest import build_manifest_corpus
 from f2llm.eval import heldout_metrics
 from f2llm.evaluation.heldout import heldout_sets, main_metrics, read_val_sets
 from f2llm.evaluation.tasks import TASKS, HeldoutTask, Table, register

@@ -1,5 +1,5 @@
 """Canonical formats, readers (parquet, JSONL, datasets folder, manifest, corpus file) and the
-validation layer: every bad input names its file, row and field."""
+record checks: every bad input names its file, row and field."""
 
 from __future__ import annotations
 
@@ -12,27 +12,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from f2llm.data import readers
+from f2llm.data.corpus_io import read_corpus
 from f2llm.data.formats import FORMATS, get_format
-from f2llm.data.readers import (
-    DatasetSpec,
-    read_corpus,
-    read_dataset,
-    read_manifest,
-    write_corpus,
-)
-from f2llm.data.validation import (
+from f2llm.data.readers import DatasetSpec, read_dataset, write_corpus
+from f2llm.data.records import (
     ISO_CODES_DIR,
-    DataValidationError,
+    DataError,
     SkipReport,
     check_language_code,
 )
+from f2llm.data.sources.manifest import read_manifest
 from tests.conftest import good, records, write_jsonl
 
 LOCALES = Path("/usr/share/locale")
 
 
-def raises(spec: DatasetSpec, **kwargs: object) -> DataValidationError:
-    with pytest.raises(DataValidationError) as info:
+def raises(spec: DatasetSpec, **kwargs: object) -> DataError:
+    with pytest.raises(DataError) as info:
         read_dataset(spec, **kwargs)
     return info.value
 
@@ -245,7 +241,7 @@ def test_unknown_format(tmp_path: Path) -> None:
     manifest.write_text(json.dumps([
         {"path": "c.parquet", "format": "classification", "language": "en", "name": "a"},
         {"path": "c.parquet", "format": "clasification", "language": "en", "name": "b"}]))
-    with pytest.raises(DataValidationError) as info:
+    with pytest.raises(DataError) as info:
         read_manifest(manifest)
     assert str(info.value).startswith(f"{manifest}, entry 2, field 'format': unknown format")
 
@@ -261,13 +257,13 @@ def test_unknown_language(tmp_path: Path) -> None:
     pq.write_table(pa.table(records(2, 1)), tmp_path / "c.parquet")
     manifest = tmp_path / "m.yaml"
     manifest.write_text("- {path: c.parquet, format: classification, language: xx}\n")
-    with pytest.raises(DataValidationError) as info:
+    with pytest.raises(DataError) as info:
         read_manifest(manifest)
     assert str(info.value).startswith(
         f"{manifest}, entry 1, field 'language': unknown language code 'xx'")
     assert read_manifest(manifest, extra_languages={"xx"})[0].language == "xx"
     manifest.write_text("- {path: c.parquet, format: classification, language: no}\n")
-    with pytest.raises(DataValidationError, match="quote it"):  # YAML 1.1 reads `no` as false
+    with pytest.raises(DataError, match="quote it"):  # YAML 1.1 reads `no` as false
         read_manifest(manifest)
 
 
@@ -332,10 +328,10 @@ def test_missing_file(tmp_path: Path) -> None:
     assert str(e) == f"{tmp_path / 'nope.parquet'}: file not found"
     manifest = tmp_path / "m.yaml"
     manifest.write_text("- {path: nope.jsonl, format: retrieval, language: en}\n")
-    with pytest.raises(DataValidationError) as info:
+    with pytest.raises(DataError) as info:
         read_manifest(manifest)
     assert (info.value.row, info.value.field, info.value.reason) == (1, "path", "file not found")
-    with pytest.raises(DataValidationError, match="file not found"):
+    with pytest.raises(DataError, match="file not found"):
         read_manifest(tmp_path / "absent.yaml")
 
 
@@ -346,7 +342,7 @@ def test_manifest_entry_problems(tmp_path: Path) -> None:
                         ("- {path: c.parquet, language: en}", "format"),
                         ("- {path: c.parquet, format: retrieval}", "language")]:
         manifest.write_text(body + "\n")
-        with pytest.raises(DataValidationError) as info:
+        with pytest.raises(DataError) as info:
             read_manifest(manifest)
         assert (info.value.row, info.value.field) == (1, field), str(info.value)
 
@@ -393,7 +389,7 @@ def test_skip_mode_still_raises_when_nothing_is_left(tmp_path: Path) -> None:
 
 
 def test_error_survives_pickling(tmp_path: Path) -> None:
-    e = DataValidationError(tmp_path / "x.jsonl", "empty string", row=3, field="query",
-                            row_kind="line")
+    e = DataError(tmp_path / "x.jsonl", "empty string", row=3, field="query",
+                  row_kind="line")
     copy = pickle.loads(pickle.dumps(e))
     assert (str(copy), copy.row, copy.field) == (str(e), 3, "query")

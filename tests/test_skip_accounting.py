@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from f2llm.data.manifest_source import build_manifest_corpus
-from f2llm.data.readers import read_corpus
+from f2llm.data.corpus_io import read_corpus
+from f2llm.data.sources.manifest import build_manifest_corpus
 from tests.conftest import good, write_jsonl
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from f2llm.data.formats import FORMATS
+from f2llm.data.sources import get_source
 from f2llm.errors import UserError
 from f2llm.model.hub import resolve_pretrained
 from f2llm.objective.distillation import check_teacher_width
@@ -63,6 +64,8 @@ def check_config(cfg: DictConfig) -> None:
         except ValueError as e:
             raise ConfigError(f"data.num_negatives.{e}") from None
     corpus = data.get("corpus") or {}
+    if corpus.get("source") is not None:
+        get_source(corpus.source)  # a name no source registered stops here, before the model
     stored = corpus.get("num_negatives")
     if hasattr(stored, "get"):  # a manifest corpus stores a count per format
         stored = stored.get("retrieval")

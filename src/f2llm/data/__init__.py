@@ -1,27 +1,27 @@
-"""Records, the embedded gettext corpus, per-language sampling and the datamodule."""
+"""Training data: the corpus sources that build it (`sources`: gettext, manifest, f2llm_v2, and
+any registered with `sources.register`), the corpus files they write (`corpus_io`), the record
+checks (`records`), per-language sampling and the datamodule."""
 
 from f2llm.data.batch import EvalBatch, TrainBatch
 from f2llm.data.corpus import Corpus, TrainingDataset
+from f2llm.data.corpus_io import CorpusFile, read_corpus
 from f2llm.data.datamodule import F2LLMDataModule, memory_mapped_table
 from f2llm.data.formats import FORMATS, Format, get_format
-from f2llm.data.gettext_source import build_gettext_corpus
-from f2llm.data.readers import (
-    CorpusFile,
-    DatasetSpec,
-    read_corpus,
-    read_dataset,
-    read_manifest,
-    write_corpus,
-)
+from f2llm.data.readers import DatasetSpec, read_dataset, write_corpus
+from f2llm.data.records import DataError, SkipReport, check_language_code
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler, temperature_probs
-from f2llm.data.validation import DataValidationError, SkipReport, check_language_code
+from f2llm.data.sources import SOURCES, build_corpus, register
+from f2llm.data.sources.f2llm_v2 import build_f2llm_v2_corpus
+from f2llm.data.sources.gettext import build_gettext_corpus
+from f2llm.data.sources.manifest import build_manifest_corpus, read_manifest
 from f2llm.model.packing import pack_by_length
 
 __all__ = [
     "FORMATS",
+    "SOURCES",
     "Corpus",
     "CorpusFile",
-    "DataValidationError",
+    "DataError",
     "DatasetSpec",
     "EvalBatch",
     "F2LLMDataModule",
@@ -31,7 +31,10 @@ __all__ = [
     "StagedSampler",
     "TrainBatch",
     "TrainingDataset",
+    "build_corpus",
+    "build_f2llm_v2_corpus",
     "build_gettext_corpus",
+    "build_manifest_corpus",
     "check_language_code",
     "get_format",
     "memory_mapped_table",
@@ -39,6 +42,7 @@ __all__ = [
     "read_corpus",
     "read_dataset",
     "read_manifest",
+    "register",
     "temperature_probs",
     "write_corpus",
 ]

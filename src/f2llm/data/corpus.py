@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from f2llm.data.validation import SkipReport
-from f2llm.paths import private_tmp
+from f2llm.data.corpus_io import atomic_write, schema_metadata
+from f2llm.data.records import SkipReport
 
 log = logging.getLogger(__name__)
 # What a group is keyed by in the stored index: a record's language and translation direction.
@@ -36,13 +36,13 @@ class TrainingDataset:
 
 @dataclass
 class Corpus:
-    """A corpus source's result (`build_gettext_corpus`, `build_manifest_corpus`).
+    """What a corpus source (`f2llm.data.sources`) builds.
 
     `val` maps a held-out set's name to its parquet; each held-out task
     (`f2llm.evaluation.tasks`) reads the set it names, and a task whose set is absent is not
     run. `class_labels` are the label texts of the classification set; `skip_report` counts the
     records a reader skipped (None: the source skips nothing). `pretokenized` holds the stored
-    token ids of datasets that come tokenized (`f2llm_v2_corpus.PretokenizedDocs`): their texts
+    token ids of datasets that come tokenized (`sources.f2llm_v2.PretokenizedDocs`): their texts
     are never tokenized again. `groups` holds every group's record indices, stored with the
     corpus (None: the datamodule computes them at startup).
     """
@@ -106,8 +106,7 @@ class StoredGroups:
         start, count = time.perf_counter(), 0
         meta = {_GROUPS_METADATA_KEY: json.dumps({"fingerprint": fingerprint,
                                                  "columns": list(GROUP_COLUMNS)})}
-        tmp = private_tmp(path)
-        with pa.OSFile(str(tmp), "wb") as sink, \
+        with atomic_write(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_file(sink, _GROUPS_SCHEMA.with_metadata(meta)) as writer:
             for name, table in datasets:
                 groups = group_rows(table, list(GROUP_COLUMNS))
@@ -120,18 +119,14 @@ class StoredGroups:
                     [pa.array([name] * len(keys)), pa.array([k[0] for k in keys]),
                      pa.array([k[1] for k in keys]), rows], schema=_GROUPS_SCHEMA))
                 count += len(keys)
-        tmp.replace(path)
         log.info("wrote the group indices %s (%d groups) in %.2f s", path, count,
                  time.perf_counter() - start)
         return StoredGroups(path)
 
     def fingerprint(self) -> str | None:
         """The fingerprint of the corpus the index was written for (None: no readable index)."""
-        try:
-            schema = pa.ipc.open_file(pa.memory_map(str(self.path), "r")).schema
-            return json.loads(schema.metadata[_GROUPS_METADATA_KEY])["fingerprint"]
-        except (pa.ArrowException, OSError, KeyError, TypeError, ValueError):
-            return None
+        meta = schema_metadata(self.path, _GROUPS_METADATA_KEY)
+        return meta.get("fingerprint") if isinstance(meta, dict) else None
 
     def _load(self) -> dict[str, list[tuple[str, str, np.ndarray]]]:
         if self._index is None:

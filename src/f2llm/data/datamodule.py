@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from f2llm.data.batch import EvalBatch, TrainBatch, text_keys
 from f2llm.data.corpus import Corpus, TrainingDataset, group_rows
+from f2llm.data.corpus_io import read_corpus
 from f2llm.data.formats import FORMATS
-from f2llm.data.readers import read_corpus
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler
 from f2llm.evaluation.heldout import heldout_sets, read_val_sets
 from f2llm.model.packing import pack_by_length

@@ -1,4 +1,5 @@
-"""Readers of training data into the canonical table, and the corpus file the datamodule maps.
+"""Readers of training data into the canonical table, and `write_corpus`: datasets -> one
+corpus file (`corpus_io`), the file the datamodule maps.
 
 The canonical table (pyarrow, string columns, one row per record):
 
@@ -14,7 +15,6 @@ record or file with both is an error. Other fields are ignored unless named in `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -28,8 +28,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from f2llm.data.corpus_io import (
+    NEGATIVE_COLUMN,
+    CorpusEntry,
+    constant_column,
+    corpus_metadata,
+    fingerprint,
+    ipc_batches,
+    with_corpus_metadata,
+    write_ipc,
+)
 from f2llm.data.formats import FORMATS, Format, get_format
-from f2llm.data.validation import (
+from f2llm.data.records import (
     DUPLICATE_FIELD,
     EMPTY_FILE,
     FILE_NOT_FOUND,
@@ -44,7 +54,7 @@ from f2llm.data.validation import (
     UNKNOWN_LANGUAGE,
     UNREADABLE_FILE,
     WRONG_TYPE,
-    DataValidationError,
+    DataError,
     OnBadRecord,
     RecordChecker,
     SkipReport,
@@ -58,12 +68,8 @@ PASSAGE_ALIAS = "positive"
 # Records are processed in chunks of this many rows: bounded Python-level work per JSONL chunk,
 # and string columns stay far below Arrow's 2 GiB-per-array offset limit.
 CHUNK_ROWS = 65_536
-CORPUS_METADATA_KEY = b"f2llm.corpus"
 _CORPUS_VERSION = 1
-_NEGATIVE = re.compile(r"negative_([1-9][0-9]*)")
 _FILE_SUFFIXES = (".parquet", ".jsonl", ".ndjson")
-MANIFEST_KEYS = ("name", "path", "format", "language", "language_column", "instruction", "split",
-                 "extra_columns")
 
 
 @dataclass(frozen=True)
@@ -98,21 +104,21 @@ def check_spec(spec: DatasetSpec, extra_languages: Collection[str] = ()) -> Form
     try:
         fmt = get_format(spec.format)
     except ValueError:
-        raise DataValidationError(spec.path, UNKNOWN_FORMAT, f"{spec.format!r}; valid formats: "
-                                  f"{', '.join(sorted(FORMATS))}", field="format") from None
+        raise DataError(spec.path, UNKNOWN_FORMAT, f"{spec.format!r}; valid formats: "
+                        f"{', '.join(sorted(FORMATS))}", field="format") from None
     if (spec.language is None) == (spec.language_column is None):
-        raise DataValidationError(spec.path, INVALID_ENTRY, "give exactly one of language (a code "
-                                  "for the whole dataset) and language_column", field="language")
+        raise DataError(spec.path, INVALID_ENTRY, "give exactly one of language (a code "
+                        "for the whole dataset) and language_column", field="language")
     clash = [c for c in spec.extra_columns if c in canonical_schema(0).names
-             or c in (spec.language_column, PASSAGE_ALIAS) or _NEGATIVE.fullmatch(c)]
+             or c in (spec.language_column, PASSAGE_ALIAS) or NEGATIVE_COLUMN.fullmatch(c)]
     if clash:
-        raise DataValidationError(spec.path, INVALID_ENTRY, f"{clash[0]!r} is a column of the "
-                                  "canonical table already", field="extra_columns")
+        raise DataError(spec.path, INVALID_ENTRY, f"{clash[0]!r} is a column of the "
+                        "canonical table already", field="extra_columns")
     if spec.language is not None:
         problem = check_language_code(spec.language, extra_languages)
         if problem is not None:
-            raise DataValidationError(spec.path, f"{UNKNOWN_LANGUAGE} {spec.language!r}", problem,
-                                      field="language")
+            raise DataError(spec.path, f"{UNKNOWN_LANGUAGE} {spec.language!r}", problem,
+                            field="language")
     return fmt
 
 
@@ -122,109 +128,6 @@ def _required_negatives(fmt: Format, num_negatives: int | None) -> int:
         raise ValueError(f"num_negatives={need} for {fmt.name}: it stores at most "
                          f"{fmt.max_negatives} negatives per record")
     return need
-
-
-# ---------------------------------------------------------------------------------------------
-# Manifest
-
-
-def read_manifest(path: str | Path, extra_languages: Collection[str] = ()) -> list[DatasetSpec]:
-    """Dataset specs from a YAML or JSON manifest: a list of entries, or `{datasets: [...]}`.
-
-    Entry keys: path (relative to the manifest's folder), format, and language or
-    language_column; optional name, instruction, split, extra_columns. Every problem raises,
-    naming the entry (1-based) and key; listed files must exist.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise DataValidationError(file, FILE_NOT_FOUND)
-    raw = file.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataValidationError(file, INVALID_UTF8, f"at byte {e.start}") from None
-    if not text.strip():
-        raise DataValidationError(file, EMPTY_FILE, "no datasets listed")
-    data = _parse_manifest(file, text)
-    entries = data.get("datasets") if isinstance(data, dict) else data
-    if isinstance(data, dict) and set(data) != {"datasets"}:
-        raise DataValidationError(file, INVALID_ENTRY, "a manifest is a list of datasets or a "
-                                  f"mapping with the one key 'datasets', got keys {sorted(data)}")
-    if not isinstance(entries, list):
-        raise DataValidationError(file, INVALID_ENTRY, "expected a list of datasets")
-    if not entries:
-        raise DataValidationError(file, EMPTY_FILE, "no datasets listed")
-    specs: list[DatasetSpec] = []
-    names: set[str] = set()
-    for i, entry in enumerate(entries, 1):
-        spec = _manifest_entry(file, i, entry, extra_languages)
-        if spec.name in names:
-            raise DataValidationError(file, INVALID_ENTRY, f"dataset name {spec.name!r} is used "
-                                      "twice", i, "name", "entry")
-        names.add(spec.name)
-        specs.append(spec)
-    return specs
-
-
-def _parse_manifest(file: Path, text: str) -> Any:
-    if file.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataValidationError(file, MALFORMED_JSON, f"{e.msg} (column {e.colno})",
-                                      e.lineno, row_kind="line") from None
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise DataValidationError(file, UNREADABLE_FILE, f"invalid YAML: "
-                                  f"{getattr(e, 'problem', None) or e}", line, row_kind="line"
-                                  ) from None
-
-
-def _manifest_entry(file: Path, i: int, entry: Any, extra_languages: Collection[str]
-                    ) -> DatasetSpec:
-    def fail(reason: str, detail: str = "", key: str | None = None) -> DataValidationError:
-        return DataValidationError(file, reason, detail, i, key, "entry")
-
-    if not isinstance(entry, dict):
-        raise fail(INVALID_ENTRY, f"expected a mapping of {', '.join(MANIFEST_KEYS)}")
-    unknown = [k for k in entry if k not in MANIFEST_KEYS]
-    if unknown:
-        raise fail(INVALID_ENTRY, f"unknown key; valid keys: {', '.join(MANIFEST_KEYS)}",
-                   str(unknown[0]))
-    for key in ("path", "format"):
-        if entry.get(key) is None:
-            raise fail(MISSING_FIELD, key=key)
-    for key in ("name", "path", "format", "language", "language_column", "instruction", "split"):
-        value = entry.get(key)
-        if value is not None and not isinstance(value, str):
-            # YAML 1.1 reads the Norwegian code `no` (and yes/on/off) as a boolean.
-            hint = "; quote it, e.g. 'no'" if isinstance(value, bool) else ""
-            raise fail(WRONG_TYPE, f"got {type(value).__name__} {value!r}, expected a string"
-                                   f"{hint}", key)
-    extra = entry.get("extra_columns") or []
-    if not isinstance(extra, list) or not all(isinstance(c, str) for c in extra):
-        raise fail(WRONG_TYPE, "expected a list of column names", "extra_columns")
-    data_path = Path(entry["path"])
-    if not data_path.is_absolute():
-        data_path = file.parent / data_path
-    spec = DatasetSpec(
-        path=data_path, format=entry["format"], name=entry.get("name") or "",
-        language=entry.get("language"), language_column=entry.get("language_column"),
-        instruction=entry.get("instruction"), split=entry.get("split"),
-        extra_columns=tuple(extra),
-    )
-    try:
-        check_spec(spec, extra_languages)
-    except DataValidationError as e:
-        raise fail(e.reason, e.detail, e.field) from None
-    if not spec.path.exists():
-        raise fail(FILE_NOT_FOUND, str(spec.path), "path")
-    return spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +153,7 @@ def read_dataset(
     need = _required_negatives(fmt, num_negatives)
     path = spec.path
     if not path.exists():
-        raise DataValidationError(path, FILE_NOT_FOUND)
+        raise DataError(path, FILE_NOT_FOUND)
     checker = RecordChecker(path, fmt, need, mode, report, "row", spec.language_column,
                             spec.extra_columns, extra_languages)
     counts_before, read_before = dict(report.counts), report.records.get(str(path), 0)
@@ -262,14 +165,14 @@ def read_dataset(
         checker.row_kind = "line"
         pieces = _read_jsonl(spec, checker)
     else:
-        raise DataValidationError(path, UNREADABLE_FILE, "expected a .parquet or .jsonl file or "
-                                  "a datasets folder (save_to_disk)")
+        raise DataError(path, UNREADABLE_FILE, "expected a .parquet or .jsonl file or "
+                        "a datasets folder (save_to_disk)")
     reasons = {r: n - counts_before.get((f, r), 0) for (f, r), n in report.counts.items()
                if f == str(path) and n > counts_before.get((f, r), 0)}
     skipped, read = sum(reasons.values()), report.records.get(str(path), 0) - read_before
     kept = [(t, k) for t, k in pieces if t.num_rows]
     if not kept:
-        raise DataValidationError(path, NO_RECORDS_LEFT, f"all {read} records skipped: {reasons}")
+        raise DataError(path, NO_RECORDS_LEFT, f"all {read} records skipped: {reasons}")
     if skipped:
         log.warning("%s: skipped %d of %d records (see the skip report)", path, skipped, read)
     k = min(k for _, k in kept)
@@ -279,14 +182,14 @@ def read_dataset(
 def _parquet_table(spec: DatasetSpec, fmt: Format, need: int) -> pa.Table:
     path = spec.path
     if path.stat().st_size == 0:
-        raise DataValidationError(path, EMPTY_FILE, "0 bytes")
+        raise DataError(path, EMPTY_FILE, "0 bytes")
     try:
         names = pq.read_schema(path, memory_map=True).names
         # Only the columns used: a corpus may carry large ones we do not need.
-        columns = list(_source_columns(names, spec, fmt, need).values())
+        columns = list(source_columns(names, spec, fmt, need).values())
         return pq.read_table(path, columns=columns, memory_map=True)
     except (pa.ArrowException, OSError) as e:
-        raise DataValidationError(path, UNREADABLE_FILE, f"not a parquet file ({e})") from None
+        raise DataError(path, UNREADABLE_FILE, f"not a parquet file ({e})") from None
 
 
 def _datasets_folder_table(spec: DatasetSpec) -> pa.Table:
@@ -294,52 +197,55 @@ def _datasets_folder_table(spec: DatasetSpec) -> pa.Table:
 
     path = spec.path
     if not any(path.iterdir()):
-        raise DataValidationError(path, EMPTY_FILE, "empty folder")
+        raise DataError(path, EMPTY_FILE, "empty folder")
     try:
         ds = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError, OSError) as e:
-        raise DataValidationError(path, UNREADABLE_FILE, f"not a datasets folder ({e})"
-                                  ) from None
+        raise DataError(path, UNREADABLE_FILE, f"not a datasets folder ({e})"
+                        ) from None
     if isinstance(ds, datasets.DatasetDict):
         splits = sorted(ds)
         if spec.split is None and len(splits) != 1:
-            raise DataValidationError(path, INVALID_ENTRY, f"several splits {splits}; choose one "
-                                      "with split", field="split")
+            raise DataError(path, INVALID_ENTRY, f"several splits {splits}; choose one "
+                            "with split", field="split")
         split = spec.split if spec.split is not None else splits[0]
         if split not in ds:
-            raise DataValidationError(path, INVALID_ENTRY, f"no split {split!r}; splits: "
-                                      f"{splits}", field="split")
+            raise DataError(path, INVALID_ENTRY, f"no split {split!r}; splits: "
+                            f"{splits}", field="split")
         ds = ds[split]
     # The arrow view of a slice is zero-copy over the folder's memory-mapped files.
     return ds.with_format("arrow")[:]
 
 
-def _source_columns(names: Sequence[str], spec: DatasetSpec, fmt: Format, need: int
-                    ) -> dict[str, str]:
-    """canonical column -> source column, after file-level checks of the columns."""
+def source_columns(names: Sequence[str], spec: DatasetSpec, fmt: Format, need: int
+                   ) -> dict[str, str]:
+    """Canonical column -> the file's column, for a file with columns `names` read as `spec`
+    needing `need` negatives; file-level problems (no query or passage, both `passage` and
+    `positive`, gaps in or too few negative columns, a missing language or extra column)
+    raise a `DataError` naming the field."""
     path = spec.path
 
-    def missing(column: str, detail: str = "") -> DataValidationError:
-        return DataValidationError(path, MISSING_FIELD, detail or f"no such column; columns: "
-                                   f"{list(names)}", field=column)
+    def missing(column: str, detail: str = "") -> DataError:
+        return DataError(path, MISSING_FIELD, detail or f"no such column; columns: "
+                         f"{list(names)}", field=column)
 
     if "query" not in names:
         raise missing("query")
     if "passage" in names and PASSAGE_ALIAS in names:
-        raise DataValidationError(path, DUPLICATE_FIELD, f"both 'passage' and its alias "
-                                  f"{PASSAGE_ALIAS!r}", field=PASSAGE_ALIAS)
+        raise DataError(path, DUPLICATE_FIELD, f"both 'passage' and its alias "
+                        f"{PASSAGE_ALIAS!r}", field=PASSAGE_ALIAS)
     passage = "passage" if "passage" in names else PASSAGE_ALIAS
     if passage not in names:
         raise missing("passage")
-    numbers = sorted(int(m[1]) for c in names if (m := _NEGATIVE.fullmatch(c)))
+    numbers = sorted(int(m[1]) for c in names if (m := NEGATIVE_COLUMN.fullmatch(c)))
     for j, number in enumerate(numbers, 1):
         if number != j:
             raise missing(f"negative_{j}", f"negative columns are numbered 1..{numbers[-1]} "
                           "without gaps")
     if len(numbers) < need:
-        raise DataValidationError(path, TOO_FEW_NEGATIVES, f"the file has {len(numbers)} "
-                                  f"negative columns, {fmt.name} needs {need}",
-                                  field=f"negative_{len(numbers) + 1}")
+        raise DataError(path, TOO_FEW_NEGATIVES, f"the file has {len(numbers)} "
+                        f"negative columns, {fmt.name} needs {need}",
+                        field=f"negative_{len(numbers) + 1}")
     columns = {"query": "query", "passage": passage}
     columns.update({f"negative_{j}": f"negative_{j}" for j in numbers})
     for c in [spec.language_column, *spec.extra_columns]:
@@ -353,8 +259,8 @@ def _source_columns(names: Sequence[str], spec: DatasetSpec, fmt: Format, need: 
 def _check_table(table: pa.Table, spec: DatasetSpec, fmt: Format, need: int,
                  checker: RecordChecker) -> list[tuple[pa.Table, int]]:
     if table.num_rows == 0:
-        raise DataValidationError(spec.path, EMPTY_FILE, "no records")
-    columns = _source_columns(table.column_names, spec, fmt, need)
+        raise DataError(spec.path, EMPTY_FILE, "no records")
+    columns = source_columns(table.column_names, spec, fmt, need)
     checker.field_names = {c: s for c, s in columns.items() if c != s}
     table = table.select(list(columns.values())).rename_columns(list(columns))
     # Zero-copy re-chunking bounds the per-chunk work (UTF-8 scans, casts).
@@ -370,11 +276,11 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 def _read_jsonl(spec: DatasetSpec, checker: RecordChecker) -> list[tuple[pa.Table, int]]:
     path = spec.path
     if path.stat().st_size == 0:
-        raise DataValidationError(path, EMPTY_FILE, "0 bytes")
+        raise DataError(path, EMPTY_FILE, "0 bytes")
     read_before = checker.report.records.get(str(path), 0)
     pieces = [checker.check(table, rows) for table, rows in _jsonl_chunks(spec, checker)]
     if not pieces and checker.report.records.get(str(path), 0) == read_before:
-        raise DataValidationError(path, EMPTY_FILE, "no records (only blank lines)")
+        raise DataError(path, EMPTY_FILE, "no records (only blank lines)")
     return pieces
 
 
@@ -455,7 +361,7 @@ def _parse_jsonl_line(raw: bytes, wanted: set[str]
         return DUPLICATE_FIELD, PASSAGE_ALIAS, "both 'passage' and its alias 'positive'"
     out: dict[str, str | None] = {}
     for key, value in record.items():
-        if key in wanted or _NEGATIVE.fullmatch(key):
+        if key in wanted or NEGATIVE_COLUMN.fullmatch(key):
             if value is not None and not isinstance(value, str):
                 return WRONG_TYPE, key, (f"got a JSON {_JSON_TYPES.get(type(value), 'value')}, "
                                          "expected a string")
@@ -471,17 +377,12 @@ def _canonical(tables: Sequence[pa.Table], spec: DatasetSpec, fmt: Format, k: in
     for table in tables:
         for batch in table.to_batches(max_chunksize=CHUNK_ROWS):
             n = batch.num_rows
-
-            def constant(value: str | None, n: int = n) -> pa.Array:
-                if value is None:
-                    return pa.nulls(n, pa.string())
-                return pa.repeat(pa.scalar(value, pa.string()), n)
-
             language = (batch.column(spec.language_column) if spec.language_column
-                        else constant(spec.language))
+                        else constant_column(spec.language, n))
             arrays = [batch.column("query"), batch.column("passage"),
-                      *(batch.column(c) for c in negatives), constant(spec.name), language,
-                      constant(fmt.name), constant(spec.instruction),
+                      *(batch.column(c) for c in negatives), constant_column(spec.name, n),
+                      language, constant_column(fmt.name, n),
+                      constant_column(spec.instruction, n),
                       *(batch.column(c) for c in spec.extra_columns)]
             batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
     return pa.Table.from_batches(batches, schema)
@@ -498,38 +399,6 @@ def canonical_schema(num_negatives: int, extra_columns: Sequence[str] = ()) -> p
 # Corpus file
 
 
-@dataclass(frozen=True)
-class CorpusEntry:
-    """Where a dataset's rows sit in the corpus file, and how many negatives they store."""
-
-    name: str
-    format: str
-    num_negatives: int
-    offset: int
-    num_rows: int
-    path: str
-    instruction: str | None = None
-
-
-@dataclass
-class CorpusFile:
-    """A memory-mapped corpus file: datasets one after another, negatives padded with nulls to
-    the largest count among them."""
-
-    table: pa.Table
-    datasets: dict[str, CorpusEntry]
-
-    def dataset(self, name: str) -> pa.Table:
-        """One dataset's rows (zero-copy) with only the negative columns it fills."""
-        if name not in self.datasets:
-            raise KeyError(f"no dataset {name!r} in the corpus; datasets: {sorted(self.datasets)}")
-        entry = self.datasets[name]
-        rows = self.table.slice(entry.offset, entry.num_rows)
-        unused = [c for c in rows.column_names
-                  if (m := _NEGATIVE.fullmatch(c)) and int(m[1]) > entry.num_negatives]
-        return rows.drop_columns(unused)
-
-
 def write_corpus(
     specs: Iterable[DatasetSpec],
     path: str | Path,
@@ -542,9 +411,9 @@ def write_corpus(
     """Read, check and concatenate the datasets into one Arrow IPC file at `path`.
 
     Datasets are read one at a time and staged on disk, so at most one is held in memory. The
-    file's schema metadata lists each dataset's rows (see `read_corpus`) and a fingerprint of
-    the inputs and options: an existing file with the same fingerprint is reused (its skip
-    counts are added to `report`) unless `overwrite`.
+    file's schema metadata lists each dataset's rows (see `corpus_io.read_corpus`) and a
+    fingerprint of the inputs and options: an existing file with the same fingerprint is reused
+    (its skip counts are added to `report`) unless `overwrite`.
     """
     specs = list(specs)
     if not specs:
@@ -556,10 +425,10 @@ def write_corpus(
         raise ValueError(f"dataset names used more than once: {duplicates}")
     report = report if report is not None else SkipReport()
     out = Path(path)
-    fingerprint = _fingerprint(specs, num_negatives, mode, extra_languages)
+    key = fingerprint(_build_inputs(specs, num_negatives, mode, extra_languages))
     if out.exists() and not overwrite:
-        meta = _corpus_metadata(out)
-        if meta is not None and meta.get("fingerprint") == fingerprint:
+        meta = corpus_metadata(out)
+        if meta is not None and meta.get("fingerprint") == key:
             log.info("reusing corpus %s", out)
             report.update(meta["report"])
             return out
@@ -574,54 +443,24 @@ def write_corpus(
             need = (num_negatives or {}).get(fmt.name)
             table = read_dataset(spec, mode, build, need, extra_languages)
             part = staging / f"{i}.arrow"
-            _write_ipc(part, table.schema, [table])
-            k = sum(bool(_NEGATIVE.fullmatch(c)) for c in table.column_names)
+            write_ipc(part, table.schema, table.to_batches(max_chunksize=CHUNK_ROWS))
+            k = sum(bool(NEGATIVE_COLUMN.fullmatch(c)) for c in table.column_names)
             entries.append(CorpusEntry(spec.name, fmt.name, k, offset, table.num_rows,
                                        str(spec.path), spec.instruction))
             parts.append(part)
             offset += table.num_rows
             del table
         extras = list(dict.fromkeys(c for s in specs for c in s.extra_columns))
-        meta = {"version": _CORPUS_VERSION, "fingerprint": fingerprint,
-                "datasets": [asdict(e) for e in entries], "report": build.to_dict()}
-        schema = canonical_schema(max(e.num_negatives for e in entries), extras).with_metadata(
-            {CORPUS_METADATA_KEY: json.dumps(meta)})
-        _write_ipc(out, schema, (_padded(batch, schema) for part in parts
-                                 for batch in _ipc_batches(part)))
+        meta = {"version": _CORPUS_VERSION, "fingerprint": key, "report": build.to_dict()}
+        schema = with_corpus_metadata(
+            canonical_schema(max(e.num_negatives for e in entries), extras), meta, entries)
+        write_ipc(out, schema, (_padded(batch, schema) for part in parts
+                                for batch in ipc_batches(part)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.update(build.to_dict())
     log.info("corpus %s: %d records from %d datasets", out, offset, len(entries))
     return out
-
-
-def read_corpus(path: str | Path) -> CorpusFile:
-    """The corpus file written by `write_corpus`, memory-mapped (nothing is copied into RAM)."""
-    table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    if CORPUS_METADATA_KEY not in (table.schema.metadata or {}):
-        raise ValueError(f"{path} is not a corpus file written by write_corpus")
-    meta = json.loads(table.schema.metadata[CORPUS_METADATA_KEY])
-    entries = {e["name"]: CorpusEntry(**e) for e in meta["datasets"]}
-    return CorpusFile(table, entries)
-
-
-def _write_ipc(path: Path, schema: pa.Schema, items: Iterable[pa.Table | pa.RecordBatch]
-               ) -> None:
-    # Written under a temporary name so an interrupted write is never taken for a corpus.
-    tmp = path.with_name(path.name + ".tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for item in items:
-            if isinstance(item, pa.Table):
-                writer.write_table(item, max_chunksize=CHUNK_ROWS)
-            else:
-                writer.write_batch(item)
-    tmp.replace(path)
-
-
-def _ipc_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    for i in range(reader.num_record_batches):
-        yield reader.get_batch(i)
 
 
 def _padded(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -633,22 +472,16 @@ def _padded(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _corpus_metadata(path: Path) -> dict[str, Any] | None:
-    try:
-        schema = pa.ipc.open_file(pa.memory_map(str(path), "r")).schema
-        return json.loads(schema.metadata[CORPUS_METADATA_KEY])
-    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError):
-        return None  # not a corpus file (or an older one): rebuild
-
-
-def _fingerprint(specs: Sequence[DatasetSpec], num_negatives: Mapping[str, int] | None,
-                 mode: str, extra_languages: Collection[str]) -> str:
+def _build_inputs(specs: Sequence[DatasetSpec], num_negatives: Mapping[str, int] | None,
+                  mode: str, extra_languages: Collection[str]) -> dict[str, Any]:
+    """What `write_corpus` fingerprints: each dataset's spec and files (names, sizes, mtimes)
+    and the options."""
     def stat(p: Path) -> Any:
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
         return [[str(f.relative_to(p)) if p.is_dir() else f.name, f.stat().st_size,
                  f.stat().st_mtime_ns] for f in files if f.is_file()]
 
-    data = {
+    return {
         "version": _CORPUS_VERSION,
         "specs": [{**asdict(s), "path": str(s.path.resolve()),
                    "stat": stat(s.path) if s.path.exists() else None} for s in specs],
@@ -656,4 +489,3 @@ def _fingerprint(specs: Sequence[DatasetSpec], num_negatives: Mapping[str, int] 
         "on_bad_record": mode,
         "extra_languages": sorted(extra_languages),
     }
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

@@ -14,7 +14,9 @@ class PretrainedNotFound(UserError, FileNotFoundError):
     """A model name that is neither a local folder nor reachable; the message says what to do."""
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (`HF_ENDPOINT`, default huggingface.co) accepts a connection
+    on port 443 within `timeout` seconds."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = urlparse(endpoint).hostname or "huggingface.co"
     try:
@@ -24,7 +26,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """Whether `HF_HUB_OFFLINE` is set (1, true, yes or on): the hub client makes no calls."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
@@ -53,8 +56,8 @@ def resolve_pretrained(name_or_path: str | Path, setting: str = "model.pretraine
             return text
     except Exception:  # an invalid repo id: fall through to the message below
         pass
-    if _offline() or not _hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face hub is unreachable"
+    if hub_offline() or not hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face hub is unreachable"
         raise PretrainedNotFound(
             f"{setting}={text} is not a local folder and not in the local Hugging Face cache, "
             f"and {why}. Download it where there is a network (`huggingface-cli download "

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from f2llm.data.f2llm_v2 import FORMAT_OF_NAME
+from f2llm.data.sources.f2llm_v2.recipes import FORMAT_OF_NAME
 
 QWEN3_EOS_ID = 151643  # <|endoftext|>
 # Real names from the three lists, one of each kind: plain, ISO 639-3 / 639-1 / English name,

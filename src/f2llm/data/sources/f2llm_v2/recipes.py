@@ -1,6 +1,6 @@
 """The public F2LLM-v2 data recipe: format, language and instruction of every dataset by name.
 
-Format comes from the official name lists (`f2llm_v2_names`). Language comes from the name where
+Format comes from the official name lists (`names`). Language comes from the name where
 it says one: an ISO 639-1 code (`miracl_ar`, `mkqa_zh_cn`), an ISO 639-3 code (`webfaq_deu`),
 an English language name (`mmarco_german`, `nordic_sts_danish`) or a translation pair
 (`unpc_ar2en`, `paracrawl_en-sw`, `clirmatrix_ar-fr`: the query's language, and the pair as a
@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from f2llm.data.f2llm_v2_names import CLASSIFICATION, CLUSTERING, RETRIEVAL
 from f2llm.data.formats import FORMATS
-from f2llm.data.validation import ISO_639_1, check_language_code
+from f2llm.data.records import ISO_639_1, check_language_code
+from f2llm.data.sources.f2llm_v2.names import CLASSIFICATION, CLUSTERING, RETRIEVAL
 
 FORMAT_OF_NAME: dict[str, str] = {
     **{n: "classification" for n in CLASSIFICATION},
@@ -144,6 +144,8 @@ def _language_code(part: str, pairs: bool = False) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Instructions
 
+# Queries starting with this carry their instruction (`Instruct: {task}\nQuery: {text}`).
+INSTRUCTED_PREFIX = "Instruct:"
 # Stage-2 task instructions per dataset family, for queries that carry none. Sources: the
 # instructions E5-mistral trained with (Wang et al. 2024, "Improving Text Embeddings with Large
 # Language Models", table of training-data instructions) and the MTEB task instructions that

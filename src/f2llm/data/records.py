@@ -1,4 +1,4 @@
-"""Validation of training records: errors that name the file, row and field; a report of skipped
+"""Checks of training records: errors that name the file, row and field; a report of skipped
 records; language codes; the column-wise checks every reader runs on its records.
 
 Rows are located as `line N` (1-based line of a JSONL file), `row N (0-based)` (row index of a
@@ -48,7 +48,7 @@ DUPLICATE_FIELD = "duplicate field"
 NO_RECORDS_LEFT = "no valid records left"
 
 
-class DataValidationError(UserError, ValueError):
+class DataError(UserError, ValueError):
     """A problem with training data, located by file, row (see `row_kind`) and field."""
 
     def __init__(
@@ -85,6 +85,7 @@ class DataValidationError(UserError, ValueError):
 
 
 def location(row: int, row_kind: RowKind) -> str:
+    """How a message names a row: `line 17`, `row 5 (0-based)` or `entry 2`."""
     return f"row {row} (0-based)" if row_kind == "row" else f"{row_kind} {row}"
 
 
@@ -148,7 +149,18 @@ class SkipReport:
                 self.add(file, reason, item["count"], item.get("examples", []))
 
 
+def check_records_kept(file: str | Path, read: int, kept: int) -> None:
+    """A `DataError` for a file that held no records, or whose `read` records were all
+    skipped."""
+    if read == 0:
+        raise DataError(file, EMPTY_FILE, "no records")
+    if kept == 0:
+        raise DataError(file, NO_RECORDS_LEFT, f"all {read} records skipped (see the skip "
+                        "report)")
+
+
 def check_on_bad_record(value: str) -> OnBadRecord:
+    """`value` if it is an `on_bad_record` mode (raise or skip), else a ValueError."""
     if value not in ("raise", "skip"):
         raise ValueError(f"on_bad_record must be 'raise' or 'skip', got {value!r}")
     return value  # type: ignore[return-value]
@@ -352,8 +364,8 @@ class RecordChecker:
         return self.field_names.get(column, column)
 
     def error(self, reason: str, detail: str = "", row: int | None = None,
-              field: str | None = None) -> DataValidationError:
-        return DataValidationError(self.file, reason, detail, row, field, self.row_kind)
+              field: str | None = None) -> DataError:
+        return DataError(self.file, reason, detail, row, field, self.row_kind)
 
     def reject(self, row: int, reason: str, field: str | None = None, detail: str = "") -> None:
         """A record found bad while parsing it: raise, or count it as read and skipped."""
