@@ -1,5 +1,5 @@
 """What the README promises, run as a user runs it: a trained run beats its untrained self on
-held-out data; `callbacks.stages.restart_lr=true` restarts the lr at the stage switch; stage 2
+held-out data; `scheduler.restart_per_stage=true` restarts the lr at the stage switch; stage 2
 switches the held-out queries' instructions on; the `mix/*` TensorBoard tags;
 `model.gradient_checkpointing=true` trains the same steps; `optimized_metric` is what a sweeper
 gets back."""
@@ -52,7 +52,7 @@ def user_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path
     cwd = copy_repository(tmp_path_factory.mktemp("user") / "f2llm")
     probe = cwd / "probe.jsonl"
     overrides = [
-        "callbacks.stages.restart_lr=true", "callbacks.data_mix.every_n_steps=1",
+        "scheduler.restart_per_stage=true", "callbacks.data_mix.every_n_steps=1",
         f"data.corpus.locale_dir={locale_dir}",
         "data.corpus.val_catalogs=[" + ",".join(TEST_VAL_CATALOGS) + "]",
         "data.corpus.val_min_pairs=16", "data.corpus.val_max_pairs=32", "data.batch_size=8",

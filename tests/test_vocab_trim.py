@@ -18,7 +18,7 @@ from f2llm.model.vocab import (
     trim_input_embeddings,
     untrimmed_state,
 )
-from f2llm.module import cosine_with_warmup
+from f2llm.schedule import cosine_with_warmup
 from f2llm.train import train
 from tests.conftest import tiny_encoder
 
