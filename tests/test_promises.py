@@ -19,7 +19,9 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from f2llm.eval import encoder_embedder, heldout_metrics
+from f2llm.callbacks import MatryoshkaEval
+from f2llm.evaluation.embedders import EncoderEmbedder
+from f2llm.evaluation.heldout import HeldoutEvaluator
 from f2llm.train import build, main, train
 from tests.conftest import (
     TEST_VAL_CATALOGS,
@@ -31,7 +33,8 @@ from tests.conftest import (
 
 
 class ValidationProbe(L.Callback):
-    """Appends (step, instructions on, instructed sets) per held-out evaluation to `path`."""
+    """Appends (step, instructions on, instructed sets) per held-out evaluation to `path`
+    (configured after `MatryoshkaEval`, so it reads the evaluation just made)."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -39,10 +42,10 @@ class ValidationProbe(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        texts = trainer.datamodule._eval
+        (evaluation,) = [cb for cb in trainer.callbacks if isinstance(cb, MatryoshkaEval)]
+        instructed = list(evaluation.scores.instructed)
         with self.path.open("a") as fh:
-            fh.write(json.dumps([trainer.global_step, texts.instructed,
-                                 sorted(texts.instructions)]) + "\n")
+            fh.write(json.dumps([trainer.global_step, bool(instructed), instructed]) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ def test_a_trained_run_beats_its_untrained_init(tmp_path: Path, locale_dir: Path
     L.seed_everything(cfg.seed, workers=True)
     untrained = instantiate(cfg.model)  # the init `train` starts from (same seed, same order)
     corpus = instantiate(cfg.data.corpus)()
-    before = heldout_metrics(encoder_embedder(untrained), untrained.hidden_size, {}, corpus)
+    before = HeldoutEvaluator(corpus)(EncoderEmbedder(untrained), instructed=False).metrics
     after = train(cfg)
     for metric in ("bitext/accuracy@32", "bitext/accuracy@8", "retrieval/ndcg_at_10@32"):
         assert after[f"val/{metric}"] > before[metric] + 0.03, (metric, before[metric])

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.data.batch import TrainBatch
 from f2llm.data.datamodule import F2LLMDataModule
 from f2llm.errors import UserError
 from f2llm.model import Encoder
@@ -62,7 +62,7 @@ class F2LLMModule(L.LightningModule):
     dataset, language and position; `max_nonfinite_in_a_row` of them stop the run.
 
     `scheduler` (e.g. `f2llm.schedule.cosine_with_warmup`, partial) is called with the
-    optimiser, `total_steps` and the datamodule's `stage_starts`.
+    optimiser, `total_steps` and the datamodule's `stage_starts` (`DataPlan.starts`).
     """
 
     def __init__(
@@ -246,9 +246,9 @@ class F2LLMModule(L.LightningModule):
         for frozen in self._frozen():
             frozen.flush()
 
-    def validation_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Any]:
-        emb = self.encoder.forward_chunks(batch.chunks, batch.restore)
-        return {"embeddings": emb.float(), "rows": batch.rows, "side": batch.side}
+    def validation_step(self, batch: None, batch_idx: int) -> None:
+        """Nothing per item: `callbacks.MatryoshkaEval` evaluates the held-out sets when the
+        validation loop ends. Lightning runs that loop only for a model with this step."""
 
     def param_groups(self) -> list[Tensor] | list[dict[str, Any]]:
         """The trainable parameters; with `embedding_lr_scale` != 1, two groups: the rest
@@ -277,11 +277,10 @@ class F2LLMModule(L.LightningModule):
             return {"optimizer": optimizer}
         # The stages' starts let the schedule restart per stage (`f2llm.schedule`).
         datamodule = self.trainer.datamodule
-        schedule = (datamodule.stage_schedule() if isinstance(datamodule, F2LLMDataModule)
-                    else None)
+        starts = datamodule.plan.starts if isinstance(datamodule, F2LLMDataModule) else None
         scheduler = self.scheduler_factory(
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches),
-            stage_starts=schedule[1] if schedule is not None else None,
+            stage_starts=starts,
         )
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -26,10 +26,6 @@ class StageTransition(L.Callback):
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.current: str | None = None
 
-    def _stages(self, trainer: L.Trainer) -> tuple[list[str], list[int]] | None:
-        schedule = getattr(trainer.datamodule, "stage_schedule", None)
-        return schedule() if schedule is not None else None
-
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
         if not isinstance(batch, TrainBatch):
@@ -39,16 +35,15 @@ class StageTransition(L.Callback):
             if self.current is not None:
                 log.info("stage %s -> %s at step %d", self.current, stage, trainer.global_step)
             self.current = stage
-        stages = self._stages(trainer)
-        if stages is not None:
-            pl_module.log("train/stage", float(stages[0].index(stage)), batch_size=1)
+        names = list(trainer.datamodule.plan.stages)
+        pl_module.log("train/stage", float(names.index(stage)), batch_size=1)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        stages = self._stages(trainer)
-        if stages is None or self.checkpoint_dir is None or not isinstance(batch, TrainBatch):
+        if self.checkpoint_dir is None or not isinstance(batch, TrainBatch):
             return
-        names, starts = stages
+        plan = trainer.datamodule.plan
+        names, starts = list(plan.stages), list(plan.starts)
         next_position = int(batch.position) + 1
         if next_position in starts[1:]:
             name = names[starts.index(next_position) - 1]

@@ -1,6 +1,6 @@
 """Records, the embedded gettext corpus, per-language sampling and the datamodule."""
 
-from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.data.batch import TrainBatch
 from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.datamodule import F2LLMDataModule, memory_mapped_table
 from f2llm.data.formats import FORMATS, Format, get_format
@@ -23,7 +23,6 @@ __all__ = [
     "CorpusFile",
     "DataValidationError",
     "DatasetSpec",
-    "EvalBatch",
     "F2LLMDataModule",
     "Format",
     "LanguageTemperatureSampler",
