@@ -93,3 +93,23 @@ def test_held_out_instructions_follow_the_last_trained_batch(cfg_tiny: DictConfi
     assert datamodule.plan is plan
     assert datamodule.trained_stage().instructions
 
+
+def test_held_out_instructions_after_a_resume_follow_the_checkpoint(cfg_tiny: DictConfig
+                                                                     ) -> None:
+    """A resumed run validating before its first batch: the checkpoint says which stage trained
+    last, even once the loader has drawn the next stage's batch ahead (its workers do)."""
+    with open_dict(cfg_tiny):
+        cfg_tiny.data.stages[0].steps = 2
+    encoder = instantiate(cfg_tiny.model)
+    datamodule = instantiate(cfg_tiny.data, encoder=encoder)
+    datamodule.setup("fit")
+    batches = iter(datamodule.train_dataloader())
+    for _ in range(2):  # stage 1's two batches, trained
+        datamodule.on_before_batch_transfer(next(batches), 0)
+    state = datamodule.state_dict()
+    resumed = instantiate(cfg_tiny.data, encoder=encoder)
+    resumed.setup("fit")
+    resumed.load_state_dict(state)  # Lightning restores after setup
+    ahead = next(iter(resumed.train_dataloader()))
+    assert (ahead.stage, ahead.position) == ("stage2", 2)  # drawn, not trained
+    assert resumed.trained_stage().name == "stage1"

@@ -343,9 +343,9 @@ class F2LLMDataModule(L.LightningDataModule):
         """The stage of the last batch trained on: the held-out queries carry instructions when
         it trains with them.
 
-        Counted from the batches consumed (`on_before_batch_transfer`), not from the sampler,
-        which runs ahead of training (the loop and the loader workers prefetch). Before any
-        batch (a resumed run's first validation) the sampler's restored position says it."""
+        Counted from the batches consumed (`on_before_batch_transfer`, or the checkpoint a run
+        resumed from), not from the sampler, which runs ahead of training (the loop and the
+        loader workers prefetch); before any batch, from the sampler's position."""
         sampler = self.sampler
         if sampler is None:
             raise RuntimeError("the datamodule has no sampler before setup(): call setup() first")
@@ -447,6 +447,9 @@ class F2LLMDataModule(L.LightningDataModule):
         if not state:
             return
         self._pending_state = dict(state)
+        # The checkpoint's position is the batches consumed: what `trained_stage` counts from
+        # until this run consumes its own (its loader workers may have drawn some already).
+        self._consumed = {"epoch": int(state["epoch"]), "position": int(state["position"])}
         if self.sampler is not None:
             self.sampler.load_state_dict(state)
             self.realised = _realised_from_state(state)
