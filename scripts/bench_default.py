@@ -7,9 +7,10 @@ copies of the same initial model on them, one with the full embedding and one wi
 `f2llm.model.vocab.TrimmedEmbedding`, alternating A and B step by step so that the machine's
 drift hits both alike. Each step is timed in parts (forward + loss, backward, AdamW step,
 zero_grad), in wall and in process CPU time (on a shared machine CPU time varies less).
-`--keep 0` keeps the token ids the training data contains (`training_token_ids`: tokenizes
-every distinct training text once, minutes on a slow machine); `--keep K` keeps the batches'
-ids plus random others up to K rows (the step cost depends on K only).
+`--keep 0` keeps the token ids the training data contains
+(`F2LLMDataModule.training_token_ids`: tokenizes every distinct training text once, minutes on
+a slow machine); `--keep K` keeps the batches' ids plus random others up to K rows (the step
+cost depends on K only).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from f2llm.model.vocab import training_token_ids, trim_input_embeddings
+    from f2llm.model.vocab import trim_input_embeddings
 
     cfg = compose_train(args.overrides, scratch_dir("bench_default_"))
     module, dm, _ = entry.build(cfg)
@@ -66,7 +67,7 @@ def main() -> None:
         keep = torch.cat([keep, extra])
     else:
         start = time.perf_counter()
-        keep = training_token_ids(dm)
+        keep = dm.training_token_ids()
         print(f"training_token_ids: {keep.numel()} ids in {time.perf_counter() - start:.0f} s",
               flush=True)
     models = {"A": module, "B": copy.deepcopy(module)}

@@ -8,8 +8,9 @@ For each seed, two runs of the embedded default with a `--depth`-layer tiny mode
 `objective.layers=--layers`. Each trained encoder is then pruned to `--keep` layers with the
 project's pruning (`f2llm.pruning.prune_backbone`: first-k layers, and activation importance
 on the stage's calibration texts), without further training, and scored on the held-out sets
-(`f2llm.eval.heldout_metrics`). Prints a markdown table of held-out bitext accuracy at full
-width and retrieval nDCG@10 before and after pruning; `--json` writes every metric.
+(`f2llm.evaluation.heldout.HeldoutEvaluator`). Prints a markdown table of held-out bitext
+accuracy at full width and retrieval nDCG@10 before and after pruning; `--json` writes every
+metric.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import torch
 from _common import compose_train, machine, scratch_dir
 from hydra.utils import instantiate
 
-from f2llm.eval import encoder_embedder, heldout_metrics
+from f2llm.evaluation.embedders import EncoderEmbedder
+from f2llm.evaluation.heldout import HeldoutEvaluator
 from f2llm.pruning import encoder_importance, prune_backbone
 from f2llm.train import train
 
@@ -72,20 +74,16 @@ def measure(cfg, keep: int) -> dict[str, dict[str, float]]:
     holder = KeepModule()
     train(cfg, callbacks=[holder])
     encoder = holder.module.encoder.eval()
-    found = instantiate(cfg.data.corpus)()
-    instructions = found.instructions()
-    datamodule = instantiate(cfg.data)
-    datamodule.attach_encoder(encoder)
+    evaluator = HeldoutEvaluator(instantiate(cfg.data.corpus)())
+    datamodule = instantiate(cfg.data, encoder=encoder)
     datamodule.setup("fit")
     texts = datamodule.calibration_texts(256, cfg.seed)
-    rows = {"unpruned": heldout_metrics(encoder_embedder(encoder), encoder.hidden_size,
-                                        instructions, found)}
+    rows = {"unpruned": evaluator(EncoderEmbedder(encoder)).metrics}
     for method in ("first_k", "activation"):
         student = copy.deepcopy(encoder)
         importance = encoder_importance(student, texts) if method == "activation" else None
         prune_backbone(student.backbone, {"num_hidden_layers": keep}, importance, method=method)
-        rows[f"pruned to {keep}, {method}"] = heldout_metrics(
-            encoder_embedder(student), student.hidden_size, instructions, found)
+        rows[f"pruned to {keep}, {method}"] = evaluator(EncoderEmbedder(student)).metrics
     return rows
 
 

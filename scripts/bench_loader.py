@@ -46,8 +46,7 @@ SCRATCH = "bench_loader_"
 
 def loader_batches(cfg, n: int, start: int) -> tuple[float, list[TrainBatch]]:
     """Seconds for `n` batches of the training loader from schedule position `start`."""
-    datamodule = instantiate(cfg.data)
-    datamodule.attach_encoder(instantiate(cfg.model))
+    datamodule = instantiate(cfg.data, encoder=instantiate(cfg.model))
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.sampler.load_state_dict({**datamodule.sampler.state_dict(), "position": start})

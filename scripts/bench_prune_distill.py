@@ -45,7 +45,8 @@ from _common import ROOT, StepTimer, alternating_rounds, compose_train, machine
 from hydra.utils import instantiate
 
 from f2llm.data import F2LLMDataModule
-from f2llm.eval import encoder_embedder, heldout_metrics
+from f2llm.evaluation.embedders import EncoderEmbedder
+from f2llm.evaluation.heldout import HeldoutEvaluator
 from f2llm.pruning import encoder_importance, prune_backbone
 from f2llm.train import train
 
@@ -98,24 +99,20 @@ def main() -> None:
     # (a) pruning alone.
     cfg = compose_cfg(export, args.out / "a", [])
     config_seed = cfg.seed
-    found = instantiate(cfg.data.corpus)()
-    datamodule = instantiate(cfg.data)
+    evaluator = HeldoutEvaluator(instantiate(cfg.data.corpus)())
     teacher_encoder = instantiate(cfg.model)
-    datamodule.attach_encoder(teacher_encoder)
+    datamodule = instantiate(cfg.data, encoder=teacher_encoder)
     datamodule.setup("fit")
     texts = datamodule.calibration_texts(cfg.callbacks.pruning.calibration_texts, cfg.seed)
     target = dict(cfg.callbacks.pruning.target.shape)
-    instructions = found.instructions()
-    rows["unpruned (teacher)"] = heldout_metrics(encoder_embedder(teacher_encoder),
-                                                 teacher_encoder.hidden_size, instructions, found)
+    rows["unpruned (teacher)"] = evaluator(EncoderEmbedder(teacher_encoder)).metrics
     for method, hidden in (("activation", "method"), ("first_k", "method"),
                            ("activation", "prefix")):
         student = copy.deepcopy(teacher_encoder)
         importance = encoder_importance(student, texts) if method == "activation" else None
         prune_backbone(student.backbone, target, importance, method=method, hidden=hidden)
         name = f"{method}{', prefix hidden' if hidden == 'prefix' else ''}"
-        rows[f"pruned, {name}, no training"] = heldout_metrics(
-            encoder_embedder(student), student.hidden_size, instructions, found)
+        rows[f"pruned, {name}, no training"] = evaluator(EncoderEmbedder(student)).metrics
 
     # (b) + (c): stage 2 from the pruned model, with and without KD; step times.
     base = stage2_overrides(args.steps)

@@ -21,14 +21,15 @@ def realised_language_shares(overrides: list[str], batches: int) -> tuple[Counte
     cfg = compose_train(overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    groups = datamodule.plan.groups
     stored: Counter = Counter()
-    for group, size in datamodule.group_sizes.items():
-        stored[datamodule.group_language[group]] += size
+    for group in groups.values():
+        stored[group.language] += len(group.rows)
     drawn: Counter = Counter()
     for i, item in enumerate(datamodule.sampler):
         if i == batches:
             break
-        drawn[datamodule.group_language[item["group"]]] += len(item["indices"])
+        drawn[groups[item["group"]].language] += len(item["indices"])
     return drawn, stored
 
 

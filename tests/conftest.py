@@ -27,9 +27,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from f2llm.data.batch import TrainBatch
-from f2llm.data.corpus import TrainingDataset
-from f2llm.data.datamodule import Stage, TrainBatches
-from f2llm.model import Encoder, build_encoder
+from f2llm.data.corpus import Corpus, TrainingDataset
+from f2llm.data.datamodule import DataPlan, Group, Stage, TrainBatches
+from f2llm.model import Encoder, TruncatingTokenizer, build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -158,6 +158,18 @@ def _text(rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, size=int(rng.integers(1, 12))))
 
 
+def one_group_plan(table: pa.Table, dataset: TrainingDataset, instructions: bool,
+                   num_negatives: dict[str, int]) -> DataPlan:
+    """A `DataPlan` of one stage "s" over `dataset` (records `table`), all in one group
+    "toy/xx" of language "xx"."""
+    rows = np.arange(table.num_rows)
+    return DataPlan(corpus=Corpus(train=[dataset]),
+                    stages={"s": Stage("s", (dataset.name,), instructions=instructions)},
+                    datasets={dataset.name: dataset}, tables={dataset.name: table},
+                    groups={"toy/xx": Group("toy/xx", dataset.name, "xx", rows)},
+                    num_negatives=num_negatives, starts=(0, 1))
+
+
 def collated_batches(encoder: Encoder, fmt: str, count: int, batch_size: int = 8,
                      max_tokens: int = 48) -> list[TrainBatch]:
     """Batches from the datamodule's collate path (TrainBatches) over an in-memory table.
@@ -168,13 +180,10 @@ def collated_batches(encoder: Encoder, fmt: str, count: int, batch_size: int = 8
     columns = ["query", "passage", *(f"negative_{j + 1}" for j in range(TOY_NEGATIVES))]
     table = pa.table({c: [_text(rng) for _ in range(TOY_RECORDS)] for c in columns})
     dataset = TrainingDataset("toy", None, fmt, instruction="Find the matching text")
-    items = TrainBatches(
-        {"toy": table}, {"toy": dataset}, {"toy/xx": "toy"}, {"toy/xx": "xx"},
-        {"s": Stage("s", ["toy"], instructions=True)},
-        {"retrieval": TOY_NEGATIVES, "clustering": TOY_NEGATIVES, "classification": 1},
-        lambda texts: encoder.tokenizer(texts)["input_ids"], encoder.tokenizer.pad_token_id,
-        max_tokens, encoder.format_query,
-    )
+    plan = one_group_plan(table, dataset, instructions=True, num_negatives={
+        "retrieval": TOY_NEGATIVES, "clustering": TOY_NEGATIVES, "classification": 1})
+    items = TrainBatches(plan, TruncatingTokenizer(encoder.tokenizer, 512), encoder.format_query,
+                         max_tokens)
     starts = [(i * batch_size) % (TOY_RECORDS - batch_size) for i in range(count)]
     return [items[{"group": "toy/xx", "indices": list(range(s, s + batch_size)), "stage": "s",
                    "epoch": 0, "position": i}] for i, s in enumerate(starts)]

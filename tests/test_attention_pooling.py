@@ -142,10 +142,10 @@ def test_the_export_embeds_identically_under_every_loader(
     torch.testing.assert_close(again.encode(TEXTS), ours, atol=1e-5, rtol=0)
     teacher = build_teacher(folder, mode="online")
     torch.testing.assert_close(teacher.encoder.encode(TEXTS), ours, atol=1e-5, rtol=0)
-    embed, width, _ = load_embedder(folder)
-    assert width == enc.hidden_size
-    torch.testing.assert_close(torch.nn.functional.normalize(embed(TEXTS, None), dim=-1), ours,
-                               atol=1e-5, rtol=0)
+    model = load_embedder(folder)
+    assert model.width == enc.hidden_size
+    torch.testing.assert_close(torch.nn.functional.normalize(model.embed(TEXTS, None), dim=-1),
+                               ours, atol=1e-5, rtol=0)
 
 
 def test_an_explicit_option_overrides_the_folder(tmp_path: Path) -> None:
@@ -215,10 +215,10 @@ def test_training_with_the_options_on_as_a_user_types_it(
     texts = ["Open file", "Ouvrir le fichier", "Datei öffnen"]
     # As eval.py run in the copy would: its paths (the corpus for instructions) are the copy's.
     monkeypatch.setenv("PROJECT_ROOT", str(repo))
-    from_export, _, _ = load_embedder(export)
-    from_ckpt, _, _ = load_embedder(run / "checkpoints" / "last.ckpt")
-    torch.testing.assert_close(from_export(texts, None), torch.nn.functional.normalize(
-        from_ckpt(texts, None), dim=-1), atol=1e-5, rtol=0)
+    from_export = load_embedder(export)
+    from_ckpt = load_embedder(run / "checkpoints" / "last.ckpt")
+    torch.testing.assert_close(from_export.embed(texts, None), torch.nn.functional.normalize(
+        from_ckpt.embed(texts, None), dim=-1), atol=1e-5, rtol=0)
 
     merged = tmp_path / "merged"
     cmd = [sys.executable, "src/f2llm/merge.py", f"run={run}", "last=2", f"out={merged}"]

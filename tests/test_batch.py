@@ -1,5 +1,5 @@
-"""The batch contracts: Lightning moves a TrainBatch / EvalBatch as a whole (through their
-`.to`), and `split` inverts the layout the datamodule builds."""
+"""The batch contracts: Lightning moves a TrainBatch as a whole (through its `.to`), and
+`split` inverts the layout the datamodule builds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.data.batch import TrainBatch
 from f2llm.model.packing import pack_by_length
 
 B, K, D = 3, 2, 4
@@ -30,9 +30,6 @@ def test_lightning_moves_the_whole_batch() -> None:
     assert moved.restore.device.type == "meta"
     assert (moved.position, moved.dataset, moved.num_tokens) == (7, "toy", batch.num_tokens)
     assert batch.restore.device.type == "cpu"  # the original is left as it was
-    evaluated = EvalBatch(batch.chunks, batch.restore, rows=[0, 1], side="bitext/source")
-    assert move_data_to_device(evaluated, torch.device("meta")).chunks[0][
-        "input_ids"].device.type == "meta"
 
 
 def test_split_inverts_the_layout() -> None:

@@ -3,7 +3,6 @@ as the run's own final validation did."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -53,9 +52,10 @@ def test_eval_export_and_checkpoint_agree(cfg_tiny: DictConfig, tmp_path: Path) 
 @pytest.mark.slow
 def test_final_validation_equals_eval_py_on_the_export(trained_repo: Path,
                                                         locale_dir: Path) -> None:
-    """The run ends in stage 2 (instructions on) and validates once more after fit, where
-    `trainer.validate` sets the datamodule up again: its clustering and classification queries
-    must still get the stage-2 instructions, as eval.py gives them from the export's prompts."""
+    """The run ends in stage 2 (instructions on) and validates once more after fit
+    (`trainer.validate`, which sets the datamodule up again): its clustering and classification
+    queries must still get the stage-2 instructions, as eval.py gives them from the export's
+    prompts."""
     run = run_folders(trained_repo)[0]  # the fixture's; tests of other modules add later runs
     final = json.loads((run / "final_metrics.json").read_text())
     corpus = [a for a in small_run(locale_dir) if a.startswith("data.corpus.")]
@@ -71,22 +71,45 @@ def test_final_validation_equals_eval_py_on_the_export(trained_repo: Path,
 
 
 def test_held_out_instructions_follow_the_last_trained_batch(cfg_tiny: DictConfig) -> None:
-    """Stage 2's instructions stay on for a validation after its batches, also once `setup` has
-    rebuilt the sampler at position 0 (stage 1), as `trainer.validate` after fit does."""
+    """The stage trained last says whether held-out queries carry instructions: stage 2's stay
+    on for a validation after its batches, also once `setup` is called again, as
+    `trainer.validate` after fit does (the plan and the sampler's place stay)."""
     with open_dict(cfg_tiny):
         cfg_tiny.data.stages[0].steps = 2
-    datamodule = instantiate(cfg_tiny.data)
-    datamodule.attach_encoder(instantiate(cfg_tiny.model))
+    datamodule = instantiate(cfg_tiny.data, encoder=instantiate(cfg_tiny.model))
     datamodule.setup("fit")
-    datamodule.val_dataloader()
+    assert datamodule.trained_stage().name == "stage1"  # before any batch: position 0
     trained = []
-    for batch in itertools.islice(datamodule.train_dataloader(), 3):
+    batches = iter(datamodule.train_dataloader())
+    ahead = next(batches)
+    for _ in range(3):
+        # Lightning's loop fetches the next batch before training this one: the sampler is ahead.
+        batch, ahead = ahead, next(batches)
         trained.append(datamodule.on_before_batch_transfer(batch, 0).stage)
-        datamodule.update_eval_instructions()
-        assert datamodule._eval.instructed == (trained[-1] == "stage2"), trained
+        assert datamodule.trained_stage().name == trained[-1], trained
     assert trained == ["stage1", "stage1", "stage2"]
+    plan = datamodule.plan
     datamodule.setup("validate")
-    assert datamodule.sampler.position == 0
-    datamodule.val_dataloader()
-    datamodule.update_eval_instructions()
-    assert datamodule._eval.instructed
+    assert datamodule.plan is plan
+    assert datamodule.trained_stage().instructions
+
+
+def test_held_out_instructions_after_a_resume_follow_the_checkpoint(cfg_tiny: DictConfig
+                                                                     ) -> None:
+    """A resumed run validating before its first batch: the checkpoint says which stage trained
+    last, even once the loader has drawn the next stage's batch ahead (its workers do)."""
+    with open_dict(cfg_tiny):
+        cfg_tiny.data.stages[0].steps = 2
+    encoder = instantiate(cfg_tiny.model)
+    datamodule = instantiate(cfg_tiny.data, encoder=encoder)
+    datamodule.setup("fit")
+    batches = iter(datamodule.train_dataloader())
+    for _ in range(2):  # stage 1's two batches, trained
+        datamodule.on_before_batch_transfer(next(batches), 0)
+    state = datamodule.state_dict()
+    resumed = instantiate(cfg_tiny.data, encoder=encoder)
+    resumed.setup("fit")
+    resumed.load_state_dict(state)  # Lightning restores after setup
+    ahead = next(iter(resumed.train_dataloader()))
+    assert (ahead.stage, ahead.position) == ("stage2", 2)  # drawn, not trained
+    assert resumed.trained_stage().name == "stage1"

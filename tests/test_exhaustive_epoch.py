@@ -167,8 +167,7 @@ def _epoch_worker(rank: int, out: str, data_cfg: dict, model_cfg: dict) -> None:
                       NODE_RANK="0", LOCAL_RANK=str(rank), RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
                             world_size=WORLD)
-    datamodule = instantiate(data_cfg)
-    datamodule.attach_encoder(instantiate(model_cfg))
+    datamodule = instantiate(data_cfg, encoder=instantiate(model_cfg))
     recorder = IndexRecorder()
     # The configured trainer's data settings (use_distributed_sampler=False) on 2 gloo ranks.
     trainer = L.Trainer(accelerator="cpu", devices=WORLD,
@@ -209,7 +208,7 @@ def test_ddp_epoch_trains_on_every_record_exactly_once(tmp_path: Path,
     reference = instantiate(data_cfg)
     reference.prepare_data()
     reference.setup()
-    rows = {name: t.num_rows for name, t in reference.tables.items()}
+    rows = {name: t.num_rows for name, t in reference.plan.tables.items()}
     assert set(rows) == {"gettext_bitext", "gettext_domains", "gettext_names"}
 
     out = tmp_path / "ranks"

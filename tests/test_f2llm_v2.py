@@ -304,30 +304,29 @@ def test_group_indices_are_stored_with_the_corpus_and_read_at_startup(
     cfg = compose_train([f"data.corpus.root={root}", "model=tiny", "trainer=cpu",
                          f"paths.data_dir={tmp_path / 'data'}", "data.batch_size=4",
                          "data.num_workers=0"], experiment="f2llm_v2_stage2")
-    data = instantiate(cfg.data)
-    data.attach_encoder(instantiate(cfg.model))
+    data = instantiate(cfg.data, encoder=instantiate(cfg.model))
     data.setup("fit")
     assert "reusing the F2LLM-v2 corpus" in caplog.text
     assert "group indices read from" in caplog.text
     assert "wrote the group indices" not in caplog.text  # read, not recomputed
     assert index.stat().st_mtime_ns == stamp
-    assert data.found.groups.path == index
+    assert data.plan.corpus.groups.path == index
     # Equal to the computation at startup they replace, for every grouping they serve.
     sampler = data.sampler.samplers[0]
     served = dict(zip(sampler.keys, sampler.groups, strict=True))
     assert len(served) == len(names) + 2  # msmarco has three languages
     for name in names:
-        table = data.tables[name]
+        table = data.plan.tables[name]
         for columns in (["language", "direction"], ["language"], ["direction"]):
-            stored = data.found.groups.rows(name, columns)
+            stored = data.plan.corpus.groups.rows(name, columns)
             computed = group_rows(table, columns)
             assert stored.keys() == computed.keys(), (name, columns)
             for key, rows in computed.items():
                 np.testing.assert_array_equal(stored[key], rows)
                 if columns == ["language", "direction"]:
                     np.testing.assert_array_equal(served[f"{name}/{key}"], rows)
-    assert data.found.groups.rows("msmarco", ["format"]) is None  # not stored: computed
-    assert data.found.groups.rows("no_such_dataset", ["language"]) is None
+    assert data.plan.corpus.groups.rows("msmarco", ["format"]) is None  # not stored: computed
+    assert data.plan.corpus.groups.rows("no_such_dataset", ["language"]) is None
     # A changed file rebuilds the corpus and its index (the fingerprint covers both).
     write_synthetic(root, layout, ["mela"], 12, seed=3,
                     tokenizer=tokenizer if layout == "tokenized" else None)
@@ -542,9 +541,9 @@ def test_prune_distill_takes_any_data_group_without_a_stages_override(
                         experiment="prune_distill_80m")
     module = instantiate(cfg.data)
     module.setup("fit")
-    (stage,) = module.stages.values()
+    (stage,) = module.plan.stages.values()
     assert (stage.name, stage.instructions, stage.steps) == ("stage2", True, 2000)
-    assert set(stage.datasets) == expected == set(module.datasets)
+    assert set(stage.datasets) == expected == set(module.plan.datasets)
 
 
 def test_model_override_leaves_no_hub_name_behind(tmp_path: Path) -> None:
@@ -600,10 +599,9 @@ def test_datamodule_serves_stored_ids_and_decodes_them_for_calibration(tmp_path:
                          f"paths.data_dir={tmp_path / 'data'}", "data.batch_size=4",
                          "data.num_workers=0"], experiment="f2llm_v2_stage2")
     encoder = instantiate(cfg.model)
-    data = instantiate(cfg.data)
-    data.attach_encoder(encoder)
+    data = instantiate(cfg.data, encoder=encoder)
     data.setup("fit")
-    assert set(data.stages["stage2"].datasets) == set(NAMES)  # the `*` selector
+    assert set(data.plan.stages["stage2"].datasets) == set(NAMES)  # the `*` selector
     texts = data.calibration_texts(24)
     assert texts and all(isinstance(t, str) for t in texts)
     assert any(t.startswith("Instruct: ") for t in texts)  # stage-2 queries, decoded

@@ -21,7 +21,7 @@ from f2llm.objective.false_negatives import (
     mask_logits,
     same_text_mask,
 )
-from tests.conftest import tiny_encoder
+from tests.conftest import one_group_plan, tiny_encoder
 
 INBATCH = torch.arange(3)
 
@@ -333,17 +333,17 @@ def test_datamodule_batches_carry_one_key_per_positive_and_negative() -> None:
     import pyarrow as pa
 
     from f2llm.data.corpus import TrainingDataset
-    from f2llm.data.datamodule import Stage, TrainBatches
+    from f2llm.data.datamodule import TrainBatches
+    from f2llm.model import TruncatingTokenizer
 
     encoder = tiny_encoder()
     table = pa.table({"query": ["a b", "c d", "e f"],
                       "passage": ["same message", "other", "same message"],
                       "negative_1": ["x", "same message", "y"]})
-    items = TrainBatches(
-        {"toy": table}, {"toy": TrainingDataset("toy", None, "retrieval")}, {"toy/xx": "toy"},
-        {"toy/xx": "xx"}, {"s": Stage("s", ["toy"], instructions=False)}, {"retrieval": 1},
-        lambda texts: encoder.tokenizer(texts)["input_ids"], encoder.tokenizer.pad_token_id,
-        64, encoder.format_query)
+    plan = one_group_plan(table, TrainingDataset("toy", None, "retrieval"), instructions=False,
+                          num_negatives={"retrieval": 1})
+    items = TrainBatches(plan, TruncatingTokenizer(encoder.tokenizer, 512), encoder.format_query,
+                         64)
     batch = items[{"group": "toy/xx", "indices": np.arange(3), "stage": "s", "epoch": 0,
                    "position": 0}]
     positive_keys, negative_keys = batch.candidate_keys()

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 
 from f2llm.data.batch import TrainBatch
 from f2llm.model import Encoder
-from f2llm.module import F2LLMModule, cosine_with_warmup
+from f2llm.module import F2LLMModule
 from f2llm.objective import F2LLMObjective, gradcache_step
+from f2llm.schedule import cosine_with_warmup
 from tests.conftest import collated_batches, grads, tiny_encoder
 
 

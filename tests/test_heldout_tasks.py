@@ -18,10 +18,9 @@ from omegaconf import open_dict
 from torch import Tensor
 from torch.nn import functional as F
 
-from f2llm.data.corpus import Corpus
+from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.sources.manifest import build_manifest_corpus
-from f2llm.eval import heldout_metrics
-from f2llm.evaluation.heldout import heldout_sets, main_metrics, read_val_sets
+from f2llm.evaluation.heldout import HeldoutEvaluator, main_metrics
 from f2llm.evaluation.tasks import TASKS, HeldoutTask, Table, register
 from f2llm.train import train
 from tests.conftest import compose_train, tiny_overrides
@@ -54,14 +53,20 @@ class PairMatching(HeldoutTask):
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-def hashed_embed(texts: Sequence[str], instruction: str | None) -> Tensor:
-    """A fixed, model-free embedder: character trigrams hashed into 32 dims."""
-    out = torch.zeros(len(texts), 32)
-    for i, text in enumerate(texts):
-        text = f"{instruction or ''}|{text}"
-        for j in range(len(text) - 2):
-            out[i, zlib.crc32(text[j : j + 3].encode()) % 32] += 1.0
-    return out
+class HashedEmbedder:
+    """A fixed, model-free embedder: character trigrams (of the query's instruction and the
+    text) hashed into 32 dims."""
+
+    width = 32
+
+    def embed(self, texts: Sequence[str], query: TrainingDataset | None) -> Tensor:
+        instruction = query.instruction if query is not None else None
+        out = torch.zeros(len(texts), self.width)
+        for i, text in enumerate(texts):
+            text = f"{instruction or ''}|{text}"
+            for j in range(len(text) - 2):
+                out[i, zlib.crc32(text[j : j + 3].encode()) % self.width] += 1.0
+        return out
 
 
 def user_data(root: Path) -> tuple[Path, dict[str, Path]]:
@@ -108,7 +113,7 @@ def test_a_manifest_corpus_with_only_bitext_held_out_evaluates(tmp_path: Path) -
     manifest, val = user_data(tmp_path / "user")
     corpus = build_manifest_corpus(manifest, tmp_path / "out", val={"bitext": str(val["bitext"])})
     assert corpus.class_labels == [] and set(corpus.val) == {"bitext"}
-    metrics = heldout_metrics(hashed_embed, 32, corpus.instructions(), corpus, dims=[32, 8])
+    metrics = HeldoutEvaluator(corpus)(HashedEmbedder(), dims=[32, 8]).metrics
     assert {k.split("/")[0] for k in metrics} == {"bitext", "retrieval"}
     assert {"bitext/accuracy@8", "bitext/accuracy@32", "retrieval/ndcg_at_10@8"} <= set(metrics)
     assert metrics["bitext/accuracy"] == metrics["bitext/accuracy@32"]
@@ -120,7 +125,7 @@ def test_held_out_classification_without_label_texts_says_so(tmp_path: Path) -> 
                    path)
     corpus = Corpus(train=[], val={"classification": path})
     with pytest.raises(ValueError, match="needs the corpus's label texts"):
-        heldout_sets(read_val_sets(corpus), corpus)
+        HeldoutEvaluator(corpus)
 
 
 def test_a_registered_task_runs_in_training_and_in_eval(tmp_path: Path, locale_dir: Path
@@ -136,13 +141,12 @@ def test_a_registered_task_runs_in_training_and_in_eval(tmp_path: Path, locale_d
         cfg.data.stages = [{"name": "s", "datasets": ["retrieval"], "instructions": True,
                             "steps": 4}]
 
-    # The datamodule serves the task's sets; its left side gets the retrieval instruction.
-    datamodule = instantiate(cfg.data)
-    datamodule.attach_encoder(instantiate(cfg.model))
-    datamodule.setup()
-    texts = datamodule.eval_texts()
-    assert {"pairs/left", "pairs/right", "bitext/source", "bitext/target"} == set(texts.sets)
-    assert texts.instructions == {"pairs/left": "Find the matching passage"}
+    # The evaluator embeds the task's sets; its left side gets the retrieval instruction.
+    corpus = instantiate(cfg.data.corpus)()
+    evaluator = HeldoutEvaluator(corpus)
+    assert {"pairs/left", "pairs/right", "bitext/source", "bitext/target"} == set(evaluator.sets)
+    assert {name: query.instruction for name, query in evaluator.queries.items()} == {
+        "pairs/left": "Find the matching passage"}
 
     metrics = train(cfg)
     dims = [32, 16, 8]
@@ -156,9 +160,7 @@ def test_a_registered_task_runs_in_training_and_in_eval(tmp_path: Path, locale_d
     # eval.py on the export iterates the same registry: the same scores.
     from f2llm.eval import load_embedder
 
-    embed, width, instructions = load_embedder(run / "export")
-    corpus = instantiate(cfg.data.corpus)()
-    again = heldout_metrics(embed, width, instructions, corpus, dims)
+    again = evaluator(load_embedder(run / "export"), dims).metrics
     for d in dims:
         assert again[f"pairs/accuracy@{d}"] == pytest.approx(metrics[f"val/pairs/accuracy@{d}"],
                                                              abs=1e-4)

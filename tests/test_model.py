@@ -83,7 +83,7 @@ def test_missing_model_source_is_a_clear_error() -> None:
 
 def test_loader_tokenization_equals_the_tokenizer_call() -> None:
     """The datamodule's Rust fast path gives the ids of `tokenizer(truncation=True)`."""
-    from f2llm.data.datamodule import encode_ids, truncating_backend
+    from f2llm.model.tokenizer import encode_ids, truncating_backend
 
     enc = tiny_encoder()
     texts = ["", "file not found", "Datei nicht gefunden " * 40, "日本語のテキスト " * 30,

@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.optim import Optimizer
 
-from f2llm.module import F2LLMModule, cosine_with_warmup
+from f2llm.module import F2LLMModule
+from f2llm.schedule import cosine_with_warmup
 from tests.conftest import compose_train, tiny_encoder
 
 STEPS = 5

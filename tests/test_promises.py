@@ -1,5 +1,5 @@
 """What the README promises, run as a user runs it: a trained run beats its untrained self on
-held-out data; `callbacks.stages.restart_lr=true` restarts the lr at the stage switch; stage 2
+held-out data; `scheduler.restart_per_stage=true` restarts the lr at the stage switch; stage 2
 switches the held-out queries' instructions on; the `mix/*` TensorBoard tags;
 `model.gradient_checkpointing=true` trains the same steps; `optimized_metric` is what a sweeper
 gets back."""
@@ -19,7 +19,9 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from f2llm.eval import encoder_embedder, heldout_metrics
+from f2llm.callbacks import MatryoshkaEval
+from f2llm.evaluation.embedders import EncoderEmbedder
+from f2llm.evaluation.heldout import HeldoutEvaluator
 from f2llm.train import build, main, train
 from tests.conftest import (
     TEST_VAL_CATALOGS,
@@ -31,7 +33,8 @@ from tests.conftest import (
 
 
 class ValidationProbe(L.Callback):
-    """Appends (step, instructions on, instructed sets) per held-out evaluation to `path`."""
+    """Appends (step, instructions on, instructed sets) per held-out evaluation to `path`
+    (configured after `MatryoshkaEval`, so it reads the evaluation just made)."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -39,10 +42,10 @@ class ValidationProbe(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        texts = trainer.datamodule._eval
+        (evaluation,) = [cb for cb in trainer.callbacks if isinstance(cb, MatryoshkaEval)]
+        instructed = list(evaluation.scores.instructed)
         with self.path.open("a") as fh:
-            fh.write(json.dumps([trainer.global_step, texts.instructed,
-                                 sorted(texts.instructions)]) + "\n")
+            fh.write(json.dumps([trainer.global_step, bool(instructed), instructed]) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def user_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path
     cwd = copy_repository(tmp_path_factory.mktemp("user") / "f2llm")
     probe = cwd / "probe.jsonl"
     overrides = [
-        "callbacks.stages.restart_lr=true", "callbacks.data_mix.every_n_steps=1",
+        "scheduler.restart_per_stage=true", "callbacks.data_mix.every_n_steps=1",
         f"data.corpus.locale_dir={locale_dir}",
         "data.corpus.val_catalogs=[" + ",".join(TEST_VAL_CATALOGS) + "]",
         "data.corpus.val_min_pairs=16", "data.corpus.val_max_pairs=32", "data.batch_size=8",
@@ -122,7 +125,7 @@ def test_a_trained_run_beats_its_untrained_init(tmp_path: Path, locale_dir: Path
     L.seed_everything(cfg.seed, workers=True)
     untrained = instantiate(cfg.model)  # the init `train` starts from (same seed, same order)
     corpus = instantiate(cfg.data.corpus)()
-    before = heldout_metrics(encoder_embedder(untrained), untrained.hidden_size, {}, corpus)
+    before = HeldoutEvaluator(corpus)(EncoderEmbedder(untrained), instructed=False).metrics
     after = train(cfg)
     for metric in ("bitext/accuracy@32", "bitext/accuracy@8", "retrieval/ndcg_at_10@32"):
         assert after[f"val/{metric}"] > before[metric] + 0.03, (metric, before[metric])

@@ -18,7 +18,7 @@ from f2llm.model.vocab import (
     trim_input_embeddings,
     untrimmed_state,
 )
-from f2llm.module import cosine_with_warmup
+from f2llm.schedule import cosine_with_warmup
 from f2llm.train import train
 from tests.conftest import tiny_encoder
 
@@ -102,8 +102,6 @@ def test_training_token_ids_cover_every_batch_of_both_stages(cfg_tiny: DictConfi
     (the second with instructions, which changes how a query's first word tokenizes)."""
     from hydra.utils import instantiate
 
-    from f2llm.model.vocab import training_token_ids
-
     cfg = cfg_tiny.copy()
     with open_dict(cfg):
         cfg.data.stages = [
@@ -111,11 +109,10 @@ def test_training_token_ids_cover_every_batch_of_both_stages(cfg_tiny: DictConfi
             {"name": "s2", "datasets": ["gettext_bitext", "gettext_domains", "gettext_names"],
              "instructions": True, "steps": 6}]
     encoder = instantiate(cfg.model)
-    dm = instantiate(cfg.data)
-    dm.attach_encoder(encoder)
+    dm = instantiate(cfg.data, encoder=encoder)
     dm.prepare_data()
     dm.setup("fit")
-    keep = set(training_token_ids(dm).tolist())
+    keep = set(dm.training_token_ids().tolist())
     drawn = {i for batch in dm.train_dataloader() for chunk in batch.chunks
              for i in chunk["input_ids"].reshape(-1).tolist()}
     assert drawn <= keep

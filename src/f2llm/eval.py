@@ -12,9 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
@@ -22,23 +20,25 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 import hydra  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from torch import Tensor  # noqa: E402
 
 from f2llm.checkpoints import newest_loadable, read_checkpoint  # noqa: E402
-from f2llm.data.corpus import Corpus  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
+from f2llm.evaluation.embedders import (  # noqa: E402
+    Embedder,
+    EncoderEmbedder,
+    SentenceTransformerEmbedder,
+)
 from f2llm.evaluation.figure import matryoshka_figure, save_figure  # noqa: E402
-from f2llm.evaluation.heldout import curves, heldout_sets, read_val_sets, score_heldout  # noqa: E402
-from f2llm.objective.matryoshka import matryoshka_dims  # noqa: E402
+from f2llm.evaluation.heldout import HeldoutEvaluator, curves  # noqa: E402
 from f2llm.paths import set_project_root  # noqa: E402
 
 set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 log = logging.getLogger("f2llm.eval")
-Embed = Callable[[Sequence[str], str | None], Tensor]
 
 
-def _checkpoint_embedder(ckpt: Path, batch_size: int) -> tuple[Embed, int, dict[str, str]]:
-    """Rebuild the run's encoder from its saved Hydra config and load the checkpoint weights."""
+def _checkpoint_embedder(ckpt: Path, batch_size: int) -> EncoderEmbedder:
+    """Rebuild the run's encoder from its saved Hydra config and load the checkpoint weights;
+    queries get the run's instructions when its last stage trained with them."""
     run = ckpt.parent.parent
     saved = run / ".hydra" / "config.yaml"
     if not saved.exists():
@@ -53,26 +53,15 @@ def _checkpoint_embedder(ckpt: Path, batch_size: int) -> tuple[Embed, int, dict[
     stages = cfg.data.get("stages") or []
     if stages and stages[-1].get("instructions"):
         instructions = instantiate(cfg.data.corpus)().instructions()
-
-    return encoder_embedder(encoder, batch_size), encoder.hidden_size, instructions
+    return EncoderEmbedder(encoder, batch_size, instructions)
 
 
 def _sentence_transformer_embedder(folder: Path, batch_size: int
-                                   ) -> tuple[Embed, int, dict[str, str]]:
+                                   ) -> SentenceTransformerEmbedder:
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(folder), device="cpu")
-    prompts = dict(model.prompts or {})
-
-    def embed(texts: Sequence[str], prompt_name: str | None) -> Tensor:
-        kwargs = {"prompt_name": prompt_name} if prompt_name else {}
-        return model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
-                            **kwargs).float().cpu()
-
-    # sentence-transformers 5 renamed it (the old name warns); older releases have only the old.
-    width = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
-    # Named prompts are applied by name: map dataset name -> itself.
-    return embed, width, {name: name for name in prompts if prompts[name]}
+    return SentenceTransformerEmbedder(SentenceTransformer(str(folder), device="cpu"),
+                                       batch_size)
 
 
 MINILM = "all-MiniLM-L6-v2"
@@ -89,8 +78,9 @@ def minilm_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def load_embedder(path: str | Path, batch_size: int = 256) -> tuple[Embed, int, dict[str, str]]:
-    """(embed(texts, instruction or prompt name), width, dataset -> instruction/prompt name)."""
+def load_embedder(path: str | Path, batch_size: int = 256) -> Embedder:
+    """The model at `path` (an export or any sentence-transformers folder, a run folder, a
+    .ckpt, or all-MiniLM-L6-v2) as a `HeldoutEvaluator` embeds with it."""
     if str(path) == MINILM and not Path(path).exists():
         path = minilm_folder()
     path = Path(path)
@@ -108,43 +98,13 @@ def load_embedder(path: str | Path, batch_size: int = 256) -> tuple[Embed, int, 
     raise NotFound(f"model_path={path}: not a model folder, run folder or .ckpt file")
 
 
-def heldout_metrics(embed: Embed, width: int, instructions: dict[str, str],
-                    corpus: Corpus, dims: Sequence[int] | None = None,
-                    use_instructions: bool = True) -> dict[str, float]:
-    """Every held-out task (`f2llm.evaluation.tasks`) whose set `corpus` has, at every dim, for
-    one embedder (`load_embedder`'s triple)."""
-    val = read_val_sets(corpus)
-    sets, instructed = heldout_sets(val, corpus)
-    by_format = corpus.dataset_of_format()
-
-    def query_side(name: str) -> str | None:
-        fmt = instructed.get(name)
-        if not use_instructions or fmt not in by_format:
-            return None
-        return instructions.get(by_format[fmt].name)
-
-    embeddings = {name: embed(texts, query_side(name)) for name, texts in sets.items()}
-    dims = list(dims) if dims else matryoshka_dims(width)
-    return score_heldout(embeddings, val, sorted(dims, reverse=True))[0]
-
-
-def encoder_embedder(encoder: Any, batch_size: int = 256) -> Embed:
-    """`embed(texts, instruction)` for an in-memory `f2llm.model.Encoder`."""
-
-    def embed(texts: Sequence[str], instruction: str | None) -> Tensor:
-        return encoder.encode(list(texts), batch_size, instruction=instruction, normalize=False)
-
-    return embed
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    embed, width, instructions = load_embedder(cfg.model_path, cfg.batch_size)
-    corpus = instantiate(cfg.data.corpus)()
-    metrics = heldout_metrics(embed, width, instructions, corpus, cfg.dims,
-                              use_instructions=cfg.instructions == "auto")
+    model = load_embedder(cfg.model_path, cfg.batch_size)
+    evaluator = HeldoutEvaluator(instantiate(cfg.data.corpus)())
+    metrics = evaluator(model, cfg.dims, instructed=cfg.instructions == "auto").metrics
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model_path": str(cfg.model_path), "width": width, "metrics": metrics}
+    record = {"model_path": str(cfg.model_path), "width": model.width, "metrics": metrics}
     (out / "eval_metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     save_figure(matryoshka_figure(curves(metrics), title=str(cfg.model_path)),
                 out / "matryoshka.png")

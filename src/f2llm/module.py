@@ -12,9 +12,10 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.optim.lr_scheduler import LRScheduler
 
-from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.data.batch import TrainBatch
+from f2llm.data.datamodule import F2LLMDataModule
 from f2llm.errors import UserError
 from f2llm.model import Encoder
 from f2llm.model.teacher import Teacher, check_same_tokenizer
@@ -22,41 +23,6 @@ from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.objective.distillation import check_teacher_width
 
 log = logging.getLogger(__name__)
-
-
-def cosine_with_warmup(
-    optimizer: Optimizer,
-    warmup_steps: int,
-    total_steps: int,
-    min_lr: float = 0.0,
-) -> LambdaLR:
-    """Linear warmup to the optimiser's lr, then cosine decay to `min_lr` at `total_steps`."""
-    base = optimizer.param_groups[0]["lr"]
-    floor = min_lr / base if base else 0.0
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return LambdaLR(optimizer, factor)
-
-
-def restarted_per_stage(factor: Callable[[int], float], starts: list[int], epoch_len: int
-                        ) -> Callable[[int], float]:
-    """`factor` (an lr factor over `epoch_len` steps) replayed within each stage, squeezed onto
-    the stage's length; `starts` are the steps where the stages begin. A pure function of the
-    step, so a resumed run gets the same lr."""
-    bounds = [*starts, epoch_len]
-
-    def stage_factor(step: int) -> float:
-        position = step % epoch_len
-        i = max(j for j, s in enumerate(starts) if s <= position)
-        length = bounds[i + 1] - bounds[i]
-        return factor(int((position - bounds[i]) * epoch_len / length))
-
-    return stage_factor
 
 
 class NonFiniteLoss(RuntimeError):
@@ -94,6 +60,9 @@ class F2LLMModule(L.LightningModule):
 
     A NaN or Inf loss skips the step (on every rank together) and is logged with the batch's
     dataset, language and position; `max_nonfinite_in_a_row` of them stop the run.
+
+    `scheduler` (e.g. `f2llm.schedule.cosine_with_warmup`, partial) is called with the
+    optimiser, `total_steps` and the datamodule's `stage_starts` (`DataPlan.starts`).
     """
 
     def __init__(
@@ -277,9 +246,9 @@ class F2LLMModule(L.LightningModule):
         for frozen in self._frozen():
             frozen.flush()
 
-    def validation_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, Any]:
-        emb = self.encoder.forward_chunks(batch.chunks, batch.restore)
-        return {"embeddings": emb.float(), "rows": batch.rows, "side": batch.side}
+    def validation_step(self, batch: None, batch_idx: int) -> None:
+        """Nothing per item: `callbacks.MatryoshkaEval` evaluates the held-out sets when the
+        validation loop ends. Lightning runs that loop only for a model with this step."""
 
     def param_groups(self) -> list[Tensor] | list[dict[str, Any]]:
         """The trainable parameters; with `embedding_lr_scale` != 1, two groups: the rest
@@ -306,8 +275,12 @@ class F2LLMModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.param_groups())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
+        # The stages' starts let the schedule restart per stage (`f2llm.schedule`).
+        datamodule = self.trainer.datamodule
+        starts = datamodule.plan.starts if isinstance(datamodule, F2LLMDataModule) else None
         scheduler = self.scheduler_factory(
-            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches),
+            stage_starts=starts,
         )
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from f2llm.callbacks.export import ExportOnFitEnd  # noqa: E402
+from f2llm.callbacks.matryoshka_eval import MatryoshkaEval  # noqa: E402
 from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_checkpoint  # noqa: E402
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
@@ -37,8 +38,7 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
     """Instantiate encoder, datamodule, module, callbacks, loggers and trainer from `cfg`;
     `callbacks` are added to the configured ones (how benchmarks time steps)."""
     encoder = instantiate(cfg.model)
-    datamodule = instantiate(cfg.data)
-    datamodule.attach_encoder(encoder)
+    datamodule = instantiate(cfg.data, encoder=encoder)  # batches follow its tokenizer
     gradcache = bool(cfg.module.get("gradcache", False))
     module = instantiate(cfg.module)(
         encoder=encoder,
@@ -118,10 +118,12 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     # weights_only: a checkpoint is data, never code to run (tensors and plain containers only).
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
+    evaluated_now = any(isinstance(cb, MatryoshkaEval) and cb.last_step == trainer.global_step
                         for cb in trainer.callbacks)
     if cfg.get("final_validate") and not evaluated_now:
-        for results in trainer.validate(module, datamodule):  # none without held-out sets
+        # The validation loop again (MatryoshkaEval evaluates in it): it places the model on
+        # its devices and runs on every rank, as during fit. None without held-out sets.
+        for results in trainer.validate(module, datamodule):
             metrics.update({k: float(v) for k, v in results.items()})
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)

@@ -34,7 +34,7 @@ class DataMixLogger(L.Callback):
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step % self.every_n_steps:
             return
-        realised = getattr(trainer.datamodule, "realised", None)
+        realised = trainer.datamodule.realised
         if not realised:
             return
         shares = {f"mix/format/{k}": v for k, v in mix_shares(realised, 2).items()}
@@ -42,8 +42,7 @@ class DataMixLogger(L.Callback):
         pl_module.log_dict(shares, batch_size=1)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        corpus = getattr(trainer.datamodule, "found", None)
-        report = corpus.skip_report if corpus is not None else None
+        report = trainer.datamodule.plan.corpus.skip_report
         if report is not None and trainer.is_global_zero:
             if report.skipped:
                 log.warning("skipped %d bad records while reading the data:\n%s",
@@ -52,7 +51,7 @@ class DataMixLogger(L.Callback):
                 self.output_dir.mkdir(parents=True, exist_ok=True)
                 (self.output_dir / "skip_report.json").write_text(
                     json.dumps(report.to_dict(), indent=2))
-        realised = getattr(trainer.datamodule, "realised", None)
+        realised = trainer.datamodule.realised
         if not realised or not trainer.is_global_zero:
             return
         summary = {

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from f2llm.callbacks.matryoshka_eval import MatryoshkaEval
 from f2llm.export import export_sentence_transformers
 from f2llm.model_card import write_model_card
 from f2llm.parallel import gathered_encoder
@@ -36,15 +37,13 @@ class ExportOnFitEnd(L.Callback):
         if not trainer.is_global_zero:
             return
         query, tasks = self.query_instruction, {}
-        dm = trainer.datamodule
-        stages = getattr(dm, "stages", None)
-        if stages:
-            last = list(stages.values())[-1]
-            if last.instructions:
-                specs = [dm.datasets[name] for name in last.datasets]
-                tasks = {d.name: d.instruction for d in specs if d.instruction}
-                retrieval = [d.instruction for d in specs if d.format == "retrieval"]
-                query = query or (retrieval[0] if retrieval else None)
+        plan = trainer.datamodule.plan
+        last = list(plan.stages.values())[-1]
+        if last.instructions:
+            specs = [plan.datasets[name] for name in last.datasets]
+            tasks = {d.name: d.instruction for d in specs if d.instruction}
+            retrieval = [d.instruction for d in specs if d.format == "retrieval"]
+            query = query or (retrieval[0] if retrieval else None)
         export_sentence_transformers(encoder, self.path, query,
                                      task_instructions=tasks)
         self.exported = True
@@ -55,7 +54,7 @@ class ExportOnFitEnd(L.Callback):
         if not (self.exported and trainer.is_global_zero):
             return
         evaluated = [cb.last_step for cb in trainer.callbacks
-                     if getattr(cb, "last_step", None) is not None]
+                     if isinstance(cb, MatryoshkaEval) and cb.last_step is not None]
         card = write_model_card(self.path, cfg.paths.output_dir, cfg, metrics,
                                 trainer.global_step, trainer.world_size, self.license,
                                 max(evaluated, default=None))

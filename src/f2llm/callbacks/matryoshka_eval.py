@@ -5,66 +5,54 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import lightning as L
-import torch
 
+from f2llm.evaluation.embedders import PackedEncoder
 from f2llm.evaluation.figure import figure_to_array, matryoshka_figure, save_figure
-from f2llm.evaluation.heldout import curves, score_heldout
+from f2llm.evaluation.heldout import HeldoutEvaluator, HeldoutScores, curves
 
 log = logging.getLogger(__name__)
 
 
 class MatryoshkaEval(L.Callback):
-    """Collects the validation embeddings of every held-out set and scores every dim.
+    """At the end of each validation, scores the held-out tasks at every dim with a
+    `HeldoutEvaluator` of the datamodule's corpus; the held-out queries carry instructions when
+    the stage trained last does (`F2LLMDataModule.trained_stage`).
 
-    Logs `val/<task>/<metric>@<dim>` (bitext, retrieval, clustering, classification) and each
-    task's main metric at full width as `val/<task>/<metric>`; draws the score-vs-dim figure
-    into TensorBoard (`val/matryoshka`) and `<output_dir>/matryoshka.png`; appends every
-    metric and the per-language bitext table to `<output_dir>/matryoshka_eval.jsonl`.
+    Every rank embeds every held-out text (a sharded encoder needs every rank in each forward)
+    and gets the same scores. Logs `val/<task>/<metric>@<dim>` (bitext, retrieval, clustering,
+    classification) and each task's main metric at full width as `val/<task>/<metric>`; draws
+    the score-vs-dim figure into TensorBoard (`val/matryoshka`) and
+    `<output_dir>/matryoshka.png`; appends every metric and the per-language bitext table to
+    `<output_dir>/matryoshka_eval.jsonl`.
     """
 
     def __init__(self, output_dir: str | Path | None = None, figure: bool = True) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
         self.figure = figure
-        self._parts: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
-        self.last: dict[str, float] = {}
+        self.evaluator: HeldoutEvaluator | None = None
+        self.scores: HeldoutScores | None = None  # the latest evaluation's
         self.last_step: int | None = None  # global step of the latest evaluation
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._parts = {}
-        update = getattr(trainer.datamodule, "update_eval_instructions", None)
-        if update is not None:
-            update()
-
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._parts.setdefault(outputs["side"], []).append(
-            (outputs["rows"], outputs["embeddings"].cpu()))
-
-    def _assemble(self, name: str) -> torch.Tensor:
-        parts = self._parts[name]
-        n = sum(len(rows) for rows, _ in parts)
-        out = torch.empty(n, parts[0][1].shape[1])
-        for rows, emb in parts:
-            out[torch.as_tensor(rows)] = emb
-        return out
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The datamodule is set up before the callbacks: its corpus holds the held-out sets.
+        if self.evaluator is None:
+            self.evaluator = HeldoutEvaluator(trainer.datamodule.plan.corpus)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._parts:
+        if trainer.sanity_checking:
             return
-        embeddings = {name: self._assemble(name) for name in self._parts}
-        metrics, details = score_heldout(embeddings, trainer.datamodule.val_sets,
-                                         pl_module.mrl_dims)
-        self.last, self.last_step = metrics, trainer.global_step
+        datamodule = trainer.datamodule
+        model = PackedEncoder(pl_module.encoder, datamodule.tokenize, pl_module.device)
+        # The context Lightning gives a validation step (autocast under mixed precision).
+        with trainer.precision_plugin.val_step_context():
+            scores = self.evaluator(model, pl_module.mrl_dims,
+                                    instructed=datamodule.trained_stage().instructions)
+        metrics = scores.metrics
+        if not metrics:
+            return
+        self.scores, self.last_step = scores, trainer.global_step
         for name, value in metrics.items():
             pl_module.log(f"val/{name}", value, prog_bar=name == "bitext/accuracy")
         lines = curves(metrics)
@@ -85,6 +73,6 @@ class MatryoshkaEval(L.Callback):
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             record = {"step": trainer.global_step, "metrics": metrics,
-                      "bitext_per_language": details.get("bitext", {})}
+                      "bitext_per_language": scores.details.get("bitext", {})}
             with (self.output_dir / "matryoshka_eval.jsonl").open("a") as fh:
                 fh.write(json.dumps(record) + "\n")

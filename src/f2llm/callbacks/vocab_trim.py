@@ -11,12 +11,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from f2llm.model.vocab import (
-    TrimmedEmbedding,
-    track_weight_decay,
-    training_token_ids,
-    trim_input_embeddings,
-)
+from f2llm.data.datamodule import F2LLMDataModule
+from f2llm.model.vocab import TrimmedEmbedding, track_weight_decay, trim_input_embeddings
 from f2llm.paths import private_tmp
 
 log = logging.getLogger(__name__)
@@ -40,31 +36,31 @@ class TrimVocabulary(L.Callback):
         self.trimmed: TrimmedEmbedding | None = None
         self._hook = None
 
-    def _cache_key(self, dm: object) -> str:
-        enc = dm.encoder
+    def _cache_key(self, dm: F2LLMDataModule) -> str:
+        plan, tokenize = dm.plan, dm.tokenize
         parts: dict[str, object] = {
-            "tokenizer": str(getattr(enc.tokenizer, "name_or_path", "")),
-            "vocab": len(enc.tokenizer), "max_length": dm.max_length or enc.max_length,
-            "query_template": enc.query_template, "stages": []}
-        for stage in dm.stages.values():
+            "tokenizer": str(getattr(tokenize.tokenizer, "name_or_path", "")),
+            "vocab": len(tokenize.tokenizer), "max_length": tokenize.max_length,
+            "query_template": dm.encoder.query_template, "stages": []}
+        for stage in plan.stages.values():
             for name in stage.datasets:
-                spec = dm.datasets[name]
+                spec = plan.datasets[name]
                 path = Path(spec.path)
                 stat = path.stat() if path.exists() else None
                 parts["stages"].append([
                     name, str(path.resolve()), stat.st_size if stat else None,
-                    stat.st_mtime_ns if stat else None, spec.instruction if stage.instructions
-                    else None, dm.num_negatives[spec.format]])
+                    stat.st_mtime_ns if stat else None, plan.instruction(name, stage.name),
+                    plan.num_negatives[spec.format]])
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
-    def _token_ids(self, dm: object) -> torch.Tensor:
+    def _token_ids(self, dm: F2LLMDataModule) -> torch.Tensor:
         cache = None
         if self.cache_dir is not None:
             cache = self.cache_dir / f"token_ids-{self._cache_key(dm)}.pt"
             if cache.is_file():
                 return torch.load(cache)
         start = time.perf_counter()
-        ids = training_token_ids(dm)
+        ids = dm.training_token_ids()
         log.info("vocabulary trimming: %d token ids in the training data (%.0f s)",
                  ids.numel(), time.perf_counter() - start)
         if cache is not None:

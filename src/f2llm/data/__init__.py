@@ -2,7 +2,7 @@
 any registered with `sources.register`), the corpus files they write (`corpus_io`), the record
 checks (`records`), per-language sampling and the datamodule."""
 
-from f2llm.data.batch import EvalBatch, TrainBatch
+from f2llm.data.batch import TrainBatch
 from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.corpus_io import CorpusFile, read_corpus
 from f2llm.data.datamodule import F2LLMDataModule, memory_mapped_table
@@ -23,7 +23,6 @@ __all__ = [
     "CorpusFile",
     "DataError",
     "DatasetSpec",
-    "EvalBatch",
     "F2LLMDataModule",
     "Format",
     "LanguageTemperatureSampler",

@@ -1,4 +1,4 @@
-"""What crosses from the datamodule to the model: one training batch, one evaluation item."""
+"""What crosses from the datamodule to the model: one training batch."""
 
 from __future__ import annotations
 
@@ -92,16 +92,3 @@ def split_embeddings(emb: Tensor, batch_size: int, num_negatives: int
     negatives = emb[2 * b :].view(k, b, *emb.shape[1:]).transpose(0, 1) if k else None
     return emb[:b], emb[b : 2 * b], negatives
 
-
-@dataclass
-class EvalBatch:
-    """Held-out texts of one set (`side`, e.g. "bitext/source"), rows `rows` of it, packed."""
-
-    chunks: list[dict[str, Tensor]]
-    restore: Tensor
-    rows: list[int]
-    side: str
-
-    def to(self, device: Any, non_blocking: bool = False) -> EvalBatch:
-        return replace(self, chunks=_chunks_to(self.chunks, device, non_blocking),
-                       restore=self.restore.to(device, non_blocking=non_blocking))

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from f2llm.data.batch import EvalBatch, TrainBatch, text_keys
+from f2llm.data.batch import TrainBatch, text_keys
 from f2llm.data.corpus import Corpus, TrainingDataset, group_rows
 from f2llm.data.corpus_io import read_corpus
 from f2llm.data.formats import FORMATS
 from f2llm.data.sampler import LanguageTemperatureSampler, StagedSampler
-from f2llm.evaluation.heldout import heldout_sets, read_val_sets
 from f2llm.model.packing import pack_by_length
+from f2llm.model.tokenizer import TruncatingTokenizer
+
+if TYPE_CHECKING:
+    from f2llm.model import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +67,54 @@ def take_rows(table: pa.Table, indices: np.ndarray, columns: list[str]) -> dict[
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
     """A training stage: which datasets, whether queries carry instructions, how many steps."""
 
     name: str
-    datasets: list[str]
+    datasets: Sequence[str]
     instructions: bool = False
     steps: int | None = None  # None: one pass over the stage's records
+
+
+@dataclass(frozen=True, eq=False)
+class Group:
+    """Records of one dataset that share their `group_by` values (language, direction, ...):
+    a batch is drawn from one group, so its in-batch candidates share them."""
+
+    name: str  # "<dataset>/<values joined by '/'>", e.g. "gettext_bitext/fr/en->xx"
+    dataset: str
+    language: str
+    rows: np.ndarray  # row indices into the dataset's table
+
+
+@dataclass(frozen=True, eq=False)
+class DataPlan:
+    """What the datamodule trains on, fixed once in `setup` (`F2LLMDataModule.plan`).
+
+    `corpus` is what the source found (its held-out sets, class labels, skip report and stored
+    token ids included); `datasets` are its training datasets by name, `tables` the records of
+    those a stage draws from; `groups` are what batches are drawn from; `num_negatives` the hard
+    negatives a batch uses per format; `starts` the epoch position where each stage begins,
+    then the epoch's length.
+    """
+
+    corpus: Corpus
+    stages: Mapping[str, Stage]  # in training order
+    datasets: Mapping[str, TrainingDataset]
+    tables: Mapping[str, pa.Table]
+    groups: Mapping[str, Group]
+    num_negatives: Mapping[str, int]
+    starts: tuple[int, ...]
+
+    def negative_columns(self, dataset: str) -> list[str]:
+        """The columns of `dataset`'s hard negatives that its batches use."""
+        k = self.num_negatives[self.datasets[dataset].format]
+        return [f"negative_{j + 1}" for j in range(k)]
+
+    def instruction(self, dataset: str, stage: str) -> str | None:
+        """The instruction `dataset`'s queries get in `stage` (None: none)."""
+        return self.datasets[dataset].instruction if self.stages[stage].instructions else None
 
 
 def select_datasets(names: list[str], formats: Mapping[str, str]) -> list[str]:
@@ -92,27 +138,12 @@ def select_datasets(names: list[str], formats: Mapping[str, str]) -> list[str]:
 class TrainBatches(Dataset):
     """Item = one sampler batch (a group and record indices) -> tokenized, packed texts."""
 
-    def __init__(
-        self,
-        tables: Mapping[str, pa.Table],
-        datasets: Mapping[str, TrainingDataset],
-        group_dataset: Mapping[str, str],
-        group_language: Mapping[str, str],
-        stages: Mapping[str, Stage],
-        num_negatives: Mapping[str, int],
-        tokenize: Callable[[list[str]], list[list[int]]],
-        pad_id: int,
-        max_tokens_per_chunk: int,
-        format_query: Callable[[str, str | None], str],
-        pretokenized: Any = None,
-    ) -> None:
-        self.tables, self.datasets = tables, datasets
-        # Token ids stored in the corpus (the tokenized F2LLM-v2 layout): no re-tokenizing.
-        self.pretokenized = pretokenized
-        self.group_dataset, self.group_language = group_dataset, group_language
-        self.stages, self.num_negatives = stages, num_negatives
-        self.tokenize, self.pad_id, self.max_tokens = tokenize, pad_id, max_tokens_per_chunk
-        self.format_query = format_query
+    def __init__(self, plan: DataPlan, tokenize: TruncatingTokenizer,
+                 format_query: Callable[[str, str | None], str], max_tokens_per_chunk: int
+                 ) -> None:
+        self.plan = plan
+        self.tokenize, self.format_query = tokenize, format_query
+        self.max_tokens = max_tokens_per_chunk
 
     def __len__(self) -> int:  # the sampler decides the length
         raise TypeError("TrainBatches is indexed by sampler batches")
@@ -120,80 +151,40 @@ class TrainBatches(Dataset):
     def texts(self, item: Mapping[str, Any]) -> list[str]:
         """A sampler batch's texts in `TrainBatch`'s layout: the queries (with the stage's
         instruction), their positives, then the hard negatives column by column."""
-        name = self.group_dataset[item["group"]]
-        spec, stage = self.datasets[name], self.stages[item["stage"]]
-        negative_columns = [f"negative_{j + 1}" for j in range(self.num_negatives[spec.format])]
-        rows = take_rows(self.tables[name], np.asarray(item["indices"]),
+        name = self.plan.groups[item["group"]].dataset
+        negative_columns = self.plan.negative_columns(name)
+        rows = take_rows(self.plan.tables[name], np.asarray(item["indices"]),
                          ["query", "passage", *negative_columns])
-        instruction = spec.instruction if stage.instructions else None
+        instruction = self.plan.instruction(name, item["stage"])
         queries = [self.format_query(q, instruction) for q in rows["query"]]
         return queries + rows["passage"] + [t for c in negative_columns for t in rows[c]]
 
     def token_ids(self, item: Mapping[str, Any]) -> list[list[int]]:
         """The texts of `texts(item)` as token ids; a pre-tokenized dataset's stored ids are
         used as they are (only a stage's instruction prefix is tokenized)."""
-        name = self.group_dataset[item["group"]]
-        if self.pretokenized is None or name not in self.pretokenized.datasets:
+        name = self.plan.groups[item["group"]].dataset
+        pretokenized = self.plan.corpus.pretokenized
+        if pretokenized is None or name not in pretokenized.datasets:
             return self.tokenize(self.texts(item))
-        spec, stage = self.datasets[name], self.stages[item["stage"]]
-        negative_columns = [f"negative_{j + 1}" for j in range(self.num_negatives[spec.format])]
-        instruction = spec.instruction if stage.instructions else None
-        return self.pretokenized.token_ids(self.tables[name], np.asarray(item["indices"]),
-                                           negative_columns, instruction)
+        return pretokenized.token_ids(self.plan.tables[name], np.asarray(item["indices"]),
+                                      self.plan.negative_columns(name),
+                                      self.plan.instruction(name, item["stage"]))
 
     def __getitem__(self, item: Mapping[str, Any]) -> TrainBatch:
-        name = self.group_dataset[item["group"]]
-        spec = self.datasets[name]
-        k = self.num_negatives[spec.format]
+        group = self.plan.groups[item["group"]]
+        spec = self.plan.datasets[group.dataset]
         token_ids = self.token_ids(item)
-        chunks, restore, padding = pack_by_length(token_ids, self.pad_id, self.max_tokens)
+        chunks, restore, padding = pack_by_length(token_ids, self.tokenize.pad_id,
+                                                  self.max_tokens)
         return TrainBatch(
-            chunks=chunks, restore=restore, batch_size=len(item["indices"]), num_negatives=k,
-            use_inbatch=FORMATS[spec.format].use_inbatch, format=spec.format, dataset=name,
-            language=self.group_language[item["group"]], group=item["group"],
+            chunks=chunks, restore=restore, batch_size=len(item["indices"]),
+            num_negatives=self.plan.num_negatives[spec.format],
+            use_inbatch=FORMATS[spec.format].use_inbatch, format=spec.format,
+            dataset=group.dataset, language=group.language, group=group.name,
             indices=np.asarray(item["indices"]), stage=item["stage"], epoch=item["epoch"],
             position=item["position"], num_tokens=sum(len(t) for t in token_ids),
             num_padding=padding, keys=text_keys(token_ids[len(item["indices"]):]),
         )
-
-
-class EvalTexts(Dataset):
-    """Held-out texts to embed, as length-sorted items of one set each (one forward per item).
-
-    `sets` maps a name such as "bitext/source" to its texts; `instructions` maps some of those
-    names to the instruction their texts get as queries when `instructed` is on.
-    """
-
-    def __init__(
-        self,
-        sets: Mapping[str, list[str]],
-        tokenize: Callable[[list[str]], list[list[int]]],
-        pad_id: int,
-        format_query: Callable[[str, str | None], str],
-        instructions: Mapping[str, str] | None = None,
-        texts_per_item: int = 256,
-        max_tokens_per_chunk: int = 8192,
-    ) -> None:
-        self.tokenize, self.pad_id, self.max_tokens = tokenize, pad_id, max_tokens_per_chunk
-        self.format_query = format_query
-        self.instructions = dict(instructions or {})
-        self.instructed = False  # set by the datamodule from the current stage
-        self.sets = {name: list(texts) for name, texts in sets.items()}
-        self.items: list[tuple[str, list[int]]] = []
-        for name, texts in self.sets.items():
-            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-            self.items += [(name, order[i : i + texts_per_item])
-                           for i in range(0, len(order), texts_per_item)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> EvalBatch:
-        name, rows = self.items[i]
-        instruction = self.instructions.get(name) if self.instructed else None
-        texts = [self.format_query(self.sets[name][r], instruction) for r in rows]
-        chunks, restore, _ = pack_by_length(self.tokenize(texts), self.pad_id, self.max_tokens)
-        return EvalBatch(chunks, restore, rows, name)
 
 
 class _Positioned:
@@ -215,11 +206,21 @@ class _Positioned:
 
 class F2LLMDataModule(L.LightningDataModule):
     """Finds or builds the datasets, groups records by (dataset, language, ...), and serves
-    one-group batches through the stages; also the held-out evaluation texts."""
+    one-group batches through the stages.
+
+    What it offers the rest of a run: `plan` (the stages, datasets, groups and held-out sets,
+    fixed in `setup`), `trained_stage()` (whose instructions the held-out queries follow),
+    `realised` (the batches served so far per stage, dataset, format and language),
+    `calibration_texts()` and `training_token_ids()`, and `tokenize` (how texts become the
+    encoder's token ids). `encoder` is the model whose tokenizer, max length and query
+    template the texts follow (`instantiate(cfg.data, encoder=encoder)`); without one the
+    plan is built but nothing is tokenized.
+    """
 
     def __init__(
         self,
         corpus: Callable[[], Corpus],
+        encoder: Encoder | None = None,
         batch_size: int = 64,
         num_negatives: Mapping[str, int] | None = None,
         alpha: float = 1.0,
@@ -233,6 +234,7 @@ class F2LLMDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.corpus = corpus
+        self.encoder = encoder
         self.batch_size = batch_size
         self.num_negatives = {name: f.num_negatives for name, f in FORMATS.items()}
         self.num_negatives.update(num_negatives or {})
@@ -246,173 +248,183 @@ class F2LLMDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         # True: every record exactly once per epoch (alpha unused); see LanguageTemperatureSampler.
         self.exhaustive = exhaustive
-        self.encoder = None  # set by the entry point: tokenization follows the model
-        self._backend: Any = None  # the encoder's Rust tokenizer, truncating (see _tokenize)
-        self.found: Corpus | None = None
+        self._tokenize = (None if encoder is None else
+                          TruncatingTokenizer(encoder.tokenizer, max_length or encoder.max_length))
+        self._found: Corpus | None = None  # prepare_data's, so setup does not build it again
+        self._plan: DataPlan | None = None
         self.sampler: StagedSampler | None = None
         self.realised: dict[tuple[str, str, str, str], int] = {}
         self._consumed: dict[str, int] | None = None
         self._pending_state: dict[str, Any] | None = None
 
-    def attach_encoder(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self._backend = None
+    @property
+    def plan(self) -> DataPlan:
+        """The stages, datasets, groups and held-out sets this run trains on (after `setup`)."""
+        if self._plan is None:
+            raise RuntimeError("the datamodule has no plan before setup(): call setup() first")
+        return self._plan
+
+    @property
+    def tokenize(self) -> TruncatingTokenizer:
+        """Texts -> the encoder's token ids, truncated at `max_length` (the model's if unset)."""
+        if self._tokenize is None:
+            raise RuntimeError("the datamodule tokenizes with its encoder: build it with one, "
+                               "instantiate(cfg.data, encoder=encoder)")
+        return self._tokenize
 
     def prepare_data(self) -> None:
-        self.found = self.corpus()
+        self._found = self.corpus()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.found is None:
-            self.found = self.corpus()
-        self.datasets = {d.name: d for d in self.found.train}
-        pretokenized = self.found.pretokenized
-        if pretokenized is not None and self.encoder is not None:
+        if self._plan is not None:
+            # `trainer.validate` after fit sets up again: the plan and the sampler's place stay.
+            return
+        found = self._found if self._found is not None else self.corpus()
+        datasets = {d.name: d for d in found.train}
+        if found.pretokenized is not None and self.encoder is not None:
             # Fails here, before any work, when the model's tokenizer is not the data's.
-            pretokenized.bind(self.encoder.tokenizer, self.max_length or self.encoder.max_length,
-                              self.encoder.query_prompt)
-        self.stages = self._stages()
-        self.tables = {name: _training_table(d) for name, d in self.datasets.items()
-                       if any(name in s.datasets for s in self.stages.values())}
-        report = self.found.skip_report
+            found.pretokenized.bind(self.encoder.tokenizer, self.tokenize.max_length,
+                                    self.encoder.query_prompt)
+        stages = self._stages(datasets)
+        tables = {name: _training_table(d) for name, d in datasets.items()
+                  if any(name in s.datasets for s in stages.values())}
+        report = found.skip_report
         if report is not None and report.skipped:
             log.warning("training without %d bad records; per file and reason:\n%s",
                         report.skipped, report.summary())
-        for name, table in self.tables.items():
-            k = self.num_negatives[self.datasets[name].format]
+        for name, table in tables.items():
+            k = self.num_negatives[datasets[name].format]
             have = sum(c.startswith("negative_") for c in table.schema.names)
             if k > have:
-                raise ValueError(f"dataset {name!r} ({self.datasets[name].path}) stores {have} "
+                raise ValueError(f"dataset {name!r} ({datasets[name].path}) stores {have} "
                                  f"negatives per record; num_negatives asks for {k}")
-        self.group_dataset, self.group_language, groups = {}, {}, {}
-        stored = self.found.groups  # written with the corpus: no per-record work here
-        for name, table in self.tables.items():
+        groups: dict[str, Group] = {}
+        stored = found.groups  # written with the corpus: no per-record work here
+        for name, table in tables.items():
             columns = [c for c in self.group_by if c in table.schema.names]
             rows_of = stored.rows(name, columns) if stored is not None else None
             for key, rows in (rows_of if rows_of is not None else
                               group_rows(table, columns)).items():
-                group = f"{name}/{key}"
-                groups[group] = rows
-                self.group_dataset[group] = name
-                self.group_language[group] = key.split("/")[0]
+                group = Group(f"{name}/{key}", name, key.split("/")[0], rows)
+                groups[group.name] = group
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
         samplers = []
-        for i, st in enumerate(self.stages.values()):
-            stage_groups = {g: r for g, r in groups.items() if self.group_dataset[g] in st.datasets}
+        for i, st in enumerate(stages.values()):
+            stage_groups = {g.name: g.rows for g in groups.values() if g.dataset in st.datasets}
             samplers.append(LanguageTemperatureSampler(
                 stage_groups, self.batch_size, self.alpha, self.seed, rank, world,
                 batches_per_epoch=st.steps, stream=i, exhaustive=self.exhaustive))
-        self.sampler = StagedSampler(samplers, list(self.stages))
+        self.sampler = StagedSampler(samplers, list(stages))
         if self._pending_state is not None:
             self.sampler.load_state_dict(self._pending_state)
             self.realised = _realised_from_state(self._pending_state)
-        self.group_sizes = {k: len(v) for k, v in groups.items()}
-        self.val_sets = read_val_sets(self.found)
+        self._plan = DataPlan(found, stages, datasets, tables, groups, dict(self.num_negatives),
+                              tuple(self.sampler.starts))
         log.info("train records: %d in %d groups; stages %s",
-                 sum(t.num_rows for t in self.tables.values()), len(groups),
-                 {name: len(s) for name, s in zip(self.stages, samplers, strict=True)})
+                 sum(t.num_rows for t in tables.values()), len(groups),
+                 {name: len(s) for name, s in zip(stages, samplers, strict=True)})
 
-    def _stages(self) -> dict[str, Stage]:
+    def _stages(self, datasets: Mapping[str, TrainingDataset]) -> dict[str, Stage]:
         if not self.stage_specs:  # one stage over every dataset, no instructions
-            return {"train": Stage("train", list(self.datasets))}
+            return {"train": Stage("train", tuple(datasets))}
+        formats = {d: spec.format for d, spec in datasets.items()}
         stages = {}
         for spec in self.stage_specs:
-            st = Stage(**spec)
-            st.datasets = self._select(st.datasets)
-            unknown = [d for d in st.datasets if d not in self.datasets]
+            st = Stage(**{**spec, "datasets": tuple(select_datasets(spec["datasets"], formats))})
+            unknown = [d for d in st.datasets if d not in datasets]
             if unknown:
                 raise ValueError(f"stage {st.name!r} names unknown datasets {unknown}; "
-                                 f"known: {sorted(self.datasets)}")
+                                 f"known: {sorted(datasets)}")
             stages[st.name] = st
         return stages
 
-    def _select(self, names: list[str]) -> list[str]:
-        return select_datasets(names, {d: spec.format for d, spec in self.datasets.items()})
+    def trained_stage(self) -> Stage:
+        """The stage of the last batch trained on: the held-out queries carry instructions when
+        it trains with them.
 
-    def stage_schedule(self) -> tuple[list[str], list[int]] | None:
-        """The stages' names and the positions where each starts, then the epoch's length
-        (None before setup)."""
-        if self.sampler is None:
-            return None
-        return list(self.sampler.names), list(self.sampler.starts)
-
-    def stage_at(self, position: int) -> Stage:
-        return self.stages[self.sampler.names[self.sampler.stage_at(position)]]
+        Counted from the batches consumed (`on_before_batch_transfer`, or the checkpoint a run
+        resumed from), not from the sampler, which runs ahead of training (the loop and the
+        loader workers prefetch); before any batch, from the sampler's position."""
+        sampler = self.sampler
+        if sampler is None:
+            raise RuntimeError("the datamodule has no sampler before setup(): call setup() first")
+        consumed = (self._consumed or {}).get("position", sampler.position)
+        position = min(max(consumed - 1, 0), len(sampler) - 1)
+        return self.plan.stages[sampler.names[sampler.stage_at(position)]]
 
     def calibration_texts(self, n: int, seed: int = 0) -> list[str]:
         """`n` texts of the first stage's datasets (queries as the stage formats them, and
         passages), for pruning calibration."""
-        stage = next(iter(self.stages.values()))
+        plan = self.plan
+        stage = next(iter(plan.stages.values()))
+        pretokenized = plan.corpus.pretokenized
         rng = np.random.default_rng(seed)
         per_dataset = max(1, n // (2 * len(stage.datasets)))
         texts: list[str] = []
         for name in stage.datasets:
-            table, spec = self.tables[name], self.datasets[name]
+            table = plan.tables[name]
             rows = np.sort(rng.choice(table.num_rows, min(per_dataset, table.num_rows),
                                       replace=False))
-            pretokenized = self.found.pretokenized if self.found is not None else None
             if pretokenized is not None and name in pretokenized.datasets:
-                picked = pretokenized.texts(table, rows, self.encoder.tokenizer)
+                picked = pretokenized.texts(table, rows, self.tokenize.tokenizer)
             else:
                 picked = take_rows(table, rows, ["query", "passage"])
-            instruction = spec.instruction if stage.instructions else None
+            instruction = plan.instruction(name, stage.name)
             fmt = self.encoder.format_query if self.encoder is not None else None
             texts += [fmt(q, instruction) if fmt else q for q in picked["query"]]
             texts += picked["passage"]
         return texts
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        if self.encoder is None:
-            raise RuntimeError("call attach_encoder(encoder) first: batches are tokenized")
-        max_length = self.max_length or self.encoder.max_length
-        if self._backend is None:
-            self._backend = truncating_backend(self.encoder.tokenizer, max_length)
-        if self._backend is False:  # a slow (Python) tokenizer
-            return self.encoder.tokenizer(texts, truncation=True,
-                                          max_length=max_length)["input_ids"]
-        return [e.ids for e in encode_ids(self._backend, texts)]
+    def training_token_ids(self, batch_texts: int = 8192) -> Tensor:
+        """Every token id the training batches can contain: the distinct texts of each stage's
+        datasets (queries formatted as the stage formats them, passages, the negatives the
+        format uses), tokenized as batches are, plus the EOS and pad ids. A superset of the ids
+        a run draws is harmless (`f2llm.model.vocab`: a kept row never drawn trains as it
+        would untrimmed)."""
+        plan, tokenize = self.plan, self.tokenize
+        pretokenized = plan.corpus.pretokenized
+        tokenizer = tokenize.tokenizer
+        seen = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+        # Every distinct text once, over all stages and columns (in bitext each text is the
+        # query of one direction and the passage of the other).
+        parts: list[pa.Array] = []
+        for stage in plan.stages.values():
+            for name in stage.datasets:
+                if pretokenized is not None and name in pretokenized.datasets:
+                    raise NotImplementedError(
+                        f"vocabulary trimming reads texts; dataset {name!r} is stored tokenized")
+                table = plan.tables[name]
+                instruction = plan.instruction(name, stage.name)
+                columns = ["passage", *plan.negative_columns(name)]
+                if instruction is None:
+                    columns.append("query")
+                else:
+                    queries = pc.unique(table.column("query")).to_pylist()
+                    parts.append(pa.array([self.encoder.format_query(q, instruction)
+                                           for q in queries], pa.large_string()))
+                parts += [pc.cast(chunk, pa.large_string()) for c in columns
+                          for chunk in table.column(c).chunks]
+        texts = pc.unique(pa.chunked_array(parts, pa.large_string())).to_pylist()
+        for start in range(0, len(texts), batch_texts):
+            for ids in tokenize(texts[start:start + batch_texts]):
+                seen.update(ids)
+        return torch.tensor(sorted(seen), dtype=torch.long)
 
     def train_dataloader(self) -> DataLoader:
-        if self.encoder is None:
-            raise RuntimeError("call attach_encoder(encoder) first: batches are tokenized")
-        dataset = TrainBatches(
-            self.tables, self.datasets, self.group_dataset, self.group_language, self.stages,
-            self.num_negatives, self._tokenize, self.encoder.tokenizer.pad_token_id,
-            self.max_tokens_per_chunk, self.encoder.format_query,
-            self.found.pretokenized,
-        )
+        dataset = TrainBatches(self.plan, self.tokenize, self.encoder.format_query,
+                               self.max_tokens_per_chunk)
         # batch_size=None: the sampler already yields whole batches.
         return DataLoader(dataset, sampler=_Positioned(self.sampler), batch_size=None,
                           num_workers=self.num_workers, collate_fn=_identity)
 
-    def eval_texts(self) -> EvalTexts:
-        """The held-out sets as named text lists (see `callbacks.MatryoshkaEval`)."""
-        if self.encoder is None:
-            raise RuntimeError("call attach_encoder(encoder) first: texts are tokenized")
-        sets, instructed = heldout_sets(self.val_sets, self.found)
-        by_format = self.found.dataset_of_format()
-        instructions = {name: by_format[fmt].instruction for name, fmt in instructed.items()
-                        if fmt in by_format}
-        return EvalTexts(sets, self._tokenize, self.encoder.tokenizer.pad_token_id,
-                         self.encoder.format_query, instructions)
-
     def val_dataloader(self) -> DataLoader:
-        self._eval = self.eval_texts()
-        return DataLoader(self._eval, batch_size=None, shuffle=False, num_workers=0,
-                          collate_fn=_identity)
-
-    def update_eval_instructions(self) -> None:
-        """Queries carry instructions in evaluation when the stage trained last trains with them.
-
-        That stage is the last consumed batch's: the sampler runs ahead of it (the loop and the
-        loader workers prefetch), and `trainer.validate` after fit calls `setup` again, which
-        rebuilds the sampler at position 0, i.e. stage 1. Before any batch (a resumed run's
-        first validation) the sampler's restored position says it."""
-        if getattr(self, "_eval", None) is None or self.sampler is None:
-            return
-        consumed = (self._consumed or {}).get("position", self.sampler.position)
-        position = min(max(consumed - 1, 0), len(self.sampler) - 1)
-        self._eval.instructed = self.stage_at(position).instructions
+        """One empty item when the corpus has held-out sets (none otherwise): Lightning's
+        validation loop then runs on its schedule (`trainer.val_check_interval`, the validation
+        a resumed run owes, `trainer.validate`), and `callbacks.MatryoshkaEval` evaluates the
+        held-out sets in it, embedding them through the encoder itself."""
+        rounds = [None] if self.plan.corpus.val else []
+        return DataLoader(rounds, batch_size=None, collate_fn=_identity)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called in consumption order (prefetching runs ahead of it): the resume point.
@@ -435,35 +447,12 @@ class F2LLMDataModule(L.LightningDataModule):
         if not state:
             return
         self._pending_state = dict(state)
+        # The checkpoint's position is the batches consumed: what `trained_stage` counts from
+        # until this run consumes its own (its loader workers may have drawn some already).
+        self._consumed = {"epoch": int(state["epoch"]), "position": int(state["position"])}
         if self.sampler is not None:
             self.sampler.load_state_dict(state)
             self.realised = _realised_from_state(state)
-
-
-def truncating_backend(tokenizer: Any, max_length: int) -> Any:
-    """A copy of `tokenizer`'s Rust backend that truncates to `max_length` and never pads.
-
-    Called directly it gives the ids of `tokenizer(texts, truncation=True, max_length=...)`
-    (post-processor included, so EOS stays last) without building a Python dict per text,
-    which took a third of a batch's loading time. False for a slow tokenizer (no backend).
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return False
-    from tokenizers import Tokenizer
-
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_padding()
-    copy.enable_truncation(max_length, strategy="longest_first",
-                           direction=getattr(tokenizer, "truncation_side", "right"))
-    return copy
-
-
-def encode_ids(backend: Any, texts: list[str]) -> list[Any]:
-    """`backend.encode_batch_fast` where the tokenizers version has it (no character offsets,
-    which we never use: a quarter less time), else `encode_batch`."""
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    return encode(texts)
 
 
 def _training_table(spec: TrainingDataset) -> pa.Table:

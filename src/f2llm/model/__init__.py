@@ -11,11 +11,17 @@ from f2llm.model.encoder import (
     mean_pool,
     qwen3_config,
 )
-from f2llm.model.tokenizer import append_eos, bundled_qwen3_tokenizer, load_tokenizer
+from f2llm.model.tokenizer import (
+    TruncatingTokenizer,
+    append_eos,
+    bundled_qwen3_tokenizer,
+    load_tokenizer,
+)
 
 __all__ = [
     "QUERY_TEMPLATE",
     "Encoder",
+    "TruncatingTokenizer",
     "append_eos",
     "attention_of",
     "build_backbone",

@@ -1,9 +1,12 @@
-"""The Qwen3 tokenizer, with EOS appended by the tokenizer itself."""
+"""The Qwen3 tokenizer, with EOS appended by the tokenizer itself, and the fast path that turns
+texts into the token ids the encoder reads."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -59,3 +62,49 @@ def load_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     append_eos(tokenizer, eos_token)
     return tokenizer
+
+
+class TruncatingTokenizer:
+    """Texts -> the token ids the encoder reads: the ids of `tokenizer(texts, truncation=True,
+    max_length=max_length)` (EOS kept last), unpadded. Training batches and the held-out
+    evaluation during training tokenize through it, so both see the same ids."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id: int = tokenizer.pad_token_id
+        self._backend: Any = None  # built on first use (in the process that tokenizes)
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        if self._backend is None:
+            self._backend = truncating_backend(self.tokenizer, self.max_length)
+        if self._backend is False:  # a slow (Python) tokenizer
+            return self.tokenizer(list(texts), truncation=True,
+                                  max_length=self.max_length)["input_ids"]
+        return [e.ids for e in encode_ids(self._backend, list(texts))]
+
+
+def truncating_backend(tokenizer: Any, max_length: int) -> Any:
+    """A copy of `tokenizer`'s Rust backend that truncates to `max_length` and never pads.
+
+    Called directly it gives the ids of `tokenizer(texts, truncation=True, max_length=...)`
+    (post-processor included, so EOS stays last) without building a Python dict per text,
+    which took a third of a batch's loading time. False for a slow tokenizer (no backend).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_length, strategy="longest_first",
+                           direction=getattr(tokenizer, "truncation_side", "right"))
+    return copy
+
+
+def encode_ids(backend: Any, texts: list[str]) -> list[Any]:
+    """`backend.encode_batch_fast` where the tokenizers version has it (no character offsets,
+    which we never use: a quarter less time), else `encode_batch`."""
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return encode(texts)

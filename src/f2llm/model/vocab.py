@@ -18,8 +18,6 @@ full-vocabulary training would give them, up to float rounding of the product.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -112,44 +110,6 @@ def track_weight_decay(optimizer: Optimizer, trimmed: TrimmedEmbedding) -> Remov
         trimmed.decay.mul_(1.0 - lr * float(group.get("weight_decay", 0.0)))
 
     return optimizer.register_step_post_hook(hook)
-
-
-def training_token_ids(datamodule: Any, batch_texts: int = 8192) -> Tensor:
-    """Every token id the datamodule's training batches can contain: the distinct texts of each
-    stage's datasets (queries formatted as the stage formats them, passages, the negatives the
-    format uses), tokenized as batches are, plus the EOS and pad ids. A superset of the ids a
-    run draws is harmless: a kept row that is never drawn trains as it would untrimmed."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    pretokenized = datamodule.found.pretokenized
-    tokenizer = datamodule.encoder.tokenizer
-    seen = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
-    # Every distinct text once, over all stages and columns (in bitext each text is the query
-    # of one direction and the passage of the other).
-    parts: list[pa.Array] = []
-    for stage in datamodule.stages.values():
-        for name in stage.datasets:
-            if pretokenized is not None and name in pretokenized.datasets:
-                raise NotImplementedError(
-                    f"vocabulary trimming reads texts; dataset {name!r} is stored tokenized")
-            spec, table = datamodule.datasets[name], datamodule.tables[name]
-            k = datamodule.num_negatives[spec.format]
-            instruction = spec.instruction if stage.instructions else None
-            columns = ["passage", *(f"negative_{j + 1}" for j in range(k))]
-            if instruction is None:
-                columns.append("query")
-            else:
-                queries = pc.unique(table.column("query")).to_pylist()
-                parts.append(pa.array([datamodule.encoder.format_query(q, instruction)
-                                       for q in queries], pa.large_string()))
-            parts += [pc.cast(chunk, pa.large_string()) for c in columns
-                      for chunk in table.column(c).chunks]
-    texts = pc.unique(pa.chunked_array(parts, pa.large_string())).to_pylist()
-    for start in range(0, len(texts), batch_texts):
-        for ids in datamodule._tokenize(texts[start:start + batch_texts]):
-            seen.update(ids)
-    return torch.tensor(sorted(seen), dtype=torch.long)
 
 
 def untrimmed_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
