@@ -257,6 +257,9 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} guide=default guide.path=logs/train/runs/<time>/export":
         Run(TWO_STAGES, makes=TRAINED),
     f"{T} model.shape.num_hidden_layers=4 objective.layers=[1,2]": Run(TWO_STAGES, makes=TRAINED),
+    "torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:29500 "
+    "src/f2llm/train.py trainer=ddp_multinode_sim hydra.run.dir=logs/train/runs/two_nodes":
+        NotRun("two nodes run it at once: tests/test_launch.py runs it twice, kills and resumes"),
     "python snippet: import mteb": Fails("Couldn't reach 'mteb/sts22-crosslingual-sts' on the "
                                          "Hub"),
     "python snippet: from sentence_transformers import SentenceTransformer": Run(),

@@ -26,6 +26,7 @@ from f2llm.callbacks.matryoshka_eval import MatryoshkaEval  # noqa: E402
 from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_checkpoint  # noqa: E402
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
+from f2llm.launch import multirun_job_ranks  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
 from f2llm.paths import set_project_root  # noqa: E402
 
@@ -143,7 +144,8 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
-    with one_message():  # a UserError: one message on stderr, exit status 1
+    # one_message: a UserError is one message on stderr, exit status 1.
+    with one_message(), multirun_job_ranks():
         metrics = train(cfg)
     # Hydra sweepers optimise the returned value.
     return metrics.get(cfg.get("optimized_metric", "val/bitext/accuracy"))
