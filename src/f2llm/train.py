@@ -25,6 +25,7 @@ from f2llm.callbacks.export import ExportOnFitEnd  # noqa: E402
 from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_checkpoint  # noqa: E402
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
+from f2llm.loggers import build_loggers, log_config, runs_ended  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
 from f2llm.paths import set_project_root  # noqa: E402
 
@@ -56,7 +57,7 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
         # `trainer.enable_progress_bar=false` alone turns the bar off (Lightning would refuse
         # the configured bar callback).
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = build_loggers(cfg.get("logger"))
     extra = {"gradient_clip_val": None} if gradcache else {}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     return module, datamodule, trainer
@@ -115,14 +116,16 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     module, datamodule, trainer = build(cfg, callbacks)
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
-    # weights_only: a checkpoint is data, never code to run (tensors and plain containers only).
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
-                        for cb in trainer.callbacks)
-    if cfg.get("final_validate") and not evaluated_now:
-        for results in trainer.validate(module, datamodule):  # none without held-out sets
-            metrics.update({k: float(v) for k, v in results.items()})
+    log_config(trainer.loggers, cfg)
+    with runs_ended(trainer.loggers):
+        # weights_only: a checkpoint is data, never code to run (tensors and plain containers).
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        evaluated_now = any(getattr(cb, "last_step", None) == trainer.global_step
+                            for cb in trainer.callbacks)
+        if cfg.get("final_validate") and not evaluated_now:
+            for results in trainer.validate(module, datamodule):  # none without held-out sets
+                metrics.update({k: float(v) for k, v in results.items()})
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -10,8 +10,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from f2llm.evaluation.figure import figure_to_array, matryoshka_figure, save_figure
+from f2llm.evaluation.figure import matryoshka_figure, save_figure
 from f2llm.evaluation.heldout import curves, score_heldout
+from f2llm.loggers import log_figure
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,9 @@ class MatryoshkaEval(L.Callback):
 
     Logs `val/<task>/<metric>@<dim>` (bitext, retrieval, clustering, classification) and each
     task's main metric at full width as `val/<task>/<metric>`; draws the score-vs-dim figure
-    into TensorBoard (`val/matryoshka`) and `<output_dir>/matryoshka.png`; appends every
-    metric and the per-language bitext table to `<output_dir>/matryoshka_eval.jsonl`.
+    into the loggers that show images (`val/matryoshka`) and `<output_dir>/matryoshka.png`;
+    appends every metric and the per-language bitext table to
+    `<output_dir>/matryoshka_eval.jsonl`.
     """
 
     def __init__(self, output_dir: str | Path | None = None, figure: bool = True) -> None:
@@ -75,11 +77,7 @@ class MatryoshkaEval(L.Callback):
         if self.figure and lines:
             fig = matryoshka_figure(lines, title=f"held-out scores by dim, step "
                                                  f"{trainer.global_step}")
-            for logger in trainer.loggers:
-                experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_image"):
-                    experiment.add_image("val/matryoshka", figure_to_array(fig),
-                                         trainer.global_step, dataformats="HWC")
+            log_figure(trainer.loggers, "val/matryoshka", fig, trainer.global_step)
             if self.output_dir is not None:
                 save_figure(fig, self.output_dir / "matryoshka.png")
         if self.output_dir is not None:
