@@ -153,6 +153,11 @@ def pruned(result: Result) -> None:
     assert config["hidden_size"] == 64  # tiny_half: the 128-wide default cut to half
 
 
+def mlflow_store(result: Result) -> None:
+    (run,) = result.folders
+    assert (run.parents[2] / "mlflow" / "mlflow.db").is_file()  # logs/mlflow/, every run's
+
+
 def resumed(result: Result) -> None:
     (run,) = result.folders
     # The realised mix is restored with the checkpoint: 2 steps before, one more now.
@@ -195,6 +200,8 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
     f"{T} trainer=gpu optimizer=adamw": (Run(TWO_STAGES, makes=TRAINED) if torch.cuda.is_available()
                          else Fails("No supported gpu backend found!")),
+    f"{T} logger=many_loggers": Run(TWO_STAGES, makes=(*TRAINED, "tensorboard/events.*",
+                                                       "csv/metrics.csv"), check=mlflow_store),
     f"{E} model_path=logs/train/runs/<time>/export": Run(makes=("eval_metrics.json",),
                                                          output=("bitext/accuracy",)),
     f"{E} model_path=logs/train/runs/<time>": Run(makes=("eval_metrics.json",)),

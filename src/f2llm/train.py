@@ -27,6 +27,7 @@ from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_check
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
 from f2llm.launch import multirun_job_ranks  # noqa: E402
+from f2llm.loggers import build_loggers, log_config, runs_ended  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
 from f2llm.paths import set_project_root  # noqa: E402
 
@@ -57,7 +58,7 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
         # `trainer.enable_progress_bar=false` alone turns the bar off (Lightning would refuse
         # the configured bar callback).
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = build_loggers(cfg.get("logger"))
     extra = {"gradient_clip_val": None} if gradcache else {}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     return module, datamodule, trainer
@@ -116,16 +117,18 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     module, datamodule, trainer = build(cfg, callbacks)
     if cfg.get("init_from"):
         load_weights(module, cfg.init_from)
-    # weights_only: a checkpoint is data, never code to run (tensors and plain containers only).
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    evaluated_now = any(isinstance(cb, MatryoshkaEval) and cb.last_step == trainer.global_step
-                        for cb in trainer.callbacks)
-    if cfg.get("final_validate") and not evaluated_now:
-        # The validation loop again (MatryoshkaEval evaluates in it): it places the model on
-        # its devices and runs on every rank, as during fit. None without held-out sets.
-        for results in trainer.validate(module, datamodule):
-            metrics.update({k: float(v) for k, v in results.items()})
+    log_config(trainer.loggers, cfg)
+    with runs_ended(trainer.loggers):
+        # weights_only: a checkpoint is data, never code to run (tensors and plain containers).
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        evaluated_now = any(isinstance(cb, MatryoshkaEval) and cb.last_step == trainer.global_step
+                            for cb in trainer.callbacks)
+        if cfg.get("final_validate") and not evaluated_now:
+            # The validation loop again (MatryoshkaEval evaluates in it): it places the model on
+            # its devices and runs on every rank, as during fit. None without held-out sets.
+            for results in trainer.validate(module, datamodule):
+                metrics.update({k: float(v) for k, v in results.items()})
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -9,8 +9,9 @@ from pathlib import Path
 import lightning as L
 
 from f2llm.evaluation.embedders import PackedEncoder
-from f2llm.evaluation.figure import figure_to_array, matryoshka_figure, save_figure
+from f2llm.evaluation.figure import matryoshka_figure, save_figure
 from f2llm.evaluation.heldout import HeldoutEvaluator, HeldoutScores, curves
+from f2llm.loggers import log_figure
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class MatryoshkaEval(L.Callback):
     Every rank embeds every held-out text (a sharded encoder needs every rank in each forward)
     and gets the same scores. Logs `val/<task>/<metric>@<dim>` (bitext, retrieval, clustering,
     classification) and each task's main metric at full width as `val/<task>/<metric>`; draws
-    the score-vs-dim figure into TensorBoard (`val/matryoshka`) and
+    the score-vs-dim figure into the loggers that show images (`val/matryoshka`) and
     `<output_dir>/matryoshka.png`; appends every metric and the per-language bitext table to
     `<output_dir>/matryoshka_eval.jsonl`.
     """
@@ -63,11 +64,7 @@ class MatryoshkaEval(L.Callback):
         if self.figure and lines:
             fig = matryoshka_figure(lines, title=f"held-out scores by dim, step "
                                                  f"{trainer.global_step}")
-            for logger in trainer.loggers:
-                experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_image"):
-                    experiment.add_image("val/matryoshka", figure_to_array(fig),
-                                         trainer.global_step, dataformats="HWC")
+            log_figure(trainer.loggers, "val/matryoshka", fig, trainer.global_step)
             if self.output_dir is not None:
                 save_figure(fig, self.output_dir / "matryoshka.png")
         if self.output_dir is not None:

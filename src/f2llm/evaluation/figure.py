@@ -55,8 +55,8 @@ def matryoshka_figure(
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
-    """The rendered figure as an HWC uint8 RGB array (TensorBoard `add_image(...,
-    dataformats="HWC")`)."""
+    """The rendered figure as an HWC uint8 RGB array, the image the loggers take
+    (`f2llm.loggers.log_figure`)."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
