@@ -22,7 +22,7 @@ b. speed: `model=f2llm_0_6b` (random init, the bundled Qwen3 tokenizer), synthet
    N the non-embedding parameters (the embedding lookup does no matmul), T the real tokens of
    every text of the step, L_i their lengths, D the sum over layers of num_heads * head_dim
    (QK^T and AV, full L^2: no causal halving). Gradient-checkpointing recompute is not counted.
-c. fsdp: `python src/f2llm/train.py trainer=fsdp2` (toy: `trainer=fsdp2_sim`, 2 CPU processes
+c. fsdp: `python src/f2llm/train.py trainer=fsdp` (toy: `trainer=fsdp_sim`, 2 CPU processes
    over gloo) on every GPU present, 30 steps, sharded checkpoints every 15 (each holds the
    weights and AdamW state, about 7 GB at 0.6B); a second run is killed (SIGKILL to all
    ranks) at step 20 and resumed from its run folder (step 15). The resumed
@@ -124,7 +124,7 @@ class Shape:
 
 
 FULL = Shape(model=["model=f2llm_0_6b"], trainer="gpu", max_length=512, negatives=7, batch=16,
-             warmup=2, steps=5, sweep=[32, 64, 128, 256, 512], fsdp_trainer="fsdp2",
+             warmup=2, steps=5, sweep=[32, 64, 128, 256, 512], fsdp_trainer="fsdp",
              fsdp_model=["model=f2llm_0_6b"], fsdp_batch=8, fsdp_max_length=128,
              fsdp_steps=30, fsdp_every=15, fsdp_kill_at=20, fsdp_timeout_s=240.0,
              prune_experiment="prune_distill_80m", prune_model=["model=f2llm_0_6b"],
@@ -135,7 +135,7 @@ TOY_SHAPE = ["model.shape.hidden_size=32", "model.shape.num_hidden_layers=2",
 TOY_PRUNED = {"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32,
               "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}
 TOY = Shape(model=["model=tiny", *TOY_SHAPE], trainer="cpu", max_length=32, negatives=1,
-            batch=4, warmup=1, steps=2, sweep=[], fsdp_trainer="fsdp2_sim",
+            batch=4, warmup=1, steps=2, sweep=[], fsdp_trainer="fsdp_sim",
             fsdp_model=["model=tiny", *TOY_SHAPE], fsdp_batch=4, fsdp_max_length=32,
             fsdp_steps=4, fsdp_every=2, fsdp_kill_at=3,
             prune_experiment="prune_distill_tiny", prune_model=["model=tiny", *TOY_SHAPE],
@@ -451,7 +451,7 @@ def fsdp_command(shape: Shape, manifest: Path, work: Path, name: str, world: int
         "+callbacks.step_log._target_=gpu_check.StepLog",
         f"+callbacks.step_log.path={work / name}_steps",
     ]
-    if shape.fsdp_trainer == "fsdp2":
+    if shape.fsdp_trainer == "fsdp":
         overrides.append(f"trainer.devices={world}")
     if kill_at is not None:
         overrides.append(f"+callbacks.step_log.kill_at={kill_at}")

@@ -63,7 +63,7 @@ def test_peak_and_speed_levers(report: dict) -> None:
 def test_fsdp2_two_cpu_processes_kill_resume_and_export(report: dict) -> None:
     fsdp = report["fsdp"]
     assert "error" not in fsdp, fsdp.get("error")
-    assert fsdp["world_size"] == 2 and fsdp["trainer"] == "fsdp2_sim"
+    assert fsdp["world_size"] == 2 and fsdp["trainer"] == "fsdp_sim"
     assert fsdp["killed_exit"] == -9 and fsdp["resumed_exit"] == 0
     assert fsdp["checkpoint"]["sharded"]
     assert {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= set(fsdp["checkpoint"]["files"])

@@ -117,7 +117,7 @@ def test_lightning_runs_a_multirun_job_alone_in_its_folder(
 @pytest.mark.slow
 def test_multirun_of_multi_process_runs(tmp_path: Path, locale_dir: Path) -> None:
     """Two jobs of 2 DDP processes each through Lightning's subprocess launcher (the launcher
-    of `trainer=ddp`, `fsdp`, `fsdp2`): rank 1 of each job trains that job's lr, in its folder."""
+    of `trainer=ddp` and `fsdp`): rank 1 of each job trains that job's lr, in its folder."""
     repo = copy_repository(tmp_path / "f2llm")
     done = subprocess.run(
         [sys.executable, "src/f2llm/train.py", "-m", "optimizer.lr=1e-3,2e-3", "trainer=ddp_sim",

@@ -34,7 +34,7 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt_path", mmap: bool = F
 
 
 def is_sharded_checkpoint(path: Path) -> bool:
-    """A folder written by a sharded strategy (trainer=fsdp2): one file per rank + meta.pt."""
+    """A folder written by a sharded strategy (trainer=fsdp): one file per rank + meta.pt."""
     return path.is_dir() and (path / "meta.pt").is_file()
 
 

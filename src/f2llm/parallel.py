@@ -1,8 +1,12 @@
-"""FSDP2 (`torch.distributed.fsdp.fully_shard`) for the encoder: one strategy for GPUs (NCCL)
-and for CPU processes over gloo, so the sharded path is tested where CI runs.
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`) for the encoder: the one sharded strategy
+(`trainer=fsdp`), the same code for GPUs (NCCL) and for CPU processes over gloo
+(`trainer=fsdp_sim`), so the sharded path is tested where CI runs.
 
-Lightning's `FSDPStrategy` (FSDP1) refuses a CPU; its `ModelParallelStrategy` runs FSDP2 on any
-device but leaves the sharding to the LightningModule's `configure_model`. `FSDP2Strategy` is
+Lightning's `FSDPStrategy` (FSDP1) is not used: it refuses a CPU, so it could never be tested
+here, and it cannot clip gradients by norm under mixed precision, rounds buffers (the rotary
+frequencies) to bf16 and gathers for `save_pretrained` from one rank. Lightning's
+`ModelParallelStrategy` runs FSDP2 on any device but leaves the sharding to the
+LightningModule's `configure_model`. `FSDP2Strategy` is
 that strategy with the sharding of our encoder built in: every decoder layer is its own FSDP
 unit (gathered whole for its forward and backward, resharded after), the rest (the token
 embedding table, the final norm) forms the root unit, and checkpoints are sharded (one file per

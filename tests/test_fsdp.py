@@ -1,4 +1,4 @@
-"""FSDP2 (`trainer=fsdp2` / `fsdp2_sim`): the configs build the strategy, the encoder shards
+"""FSDP2 (`trainer=fsdp` / `fsdp_sim`): the configs build the strategy, the encoder shards
 and computes what the unsharded one does, the gathered copy has the same weights, a sharded
 checkpoint folder resumes, and two ranks evaluate the held-out sets as one process does. The
 2-process run with kill, resume and export is in tests/test_gpu_check.py, which runs
@@ -30,7 +30,7 @@ from tests.conftest import ROOT, TINY_SHAPE, compose_train, tiny_overrides
 SHAPE = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
 
 
-@pytest.mark.parametrize("name", ["fsdp2", "fsdp2_sim"])
+@pytest.mark.parametrize("name", ["fsdp", "fsdp_sim"])
 def test_fsdp2_configs_build_the_strategy(name: str, tmp_path: Path) -> None:
     cfg = compose_train([f"trainer={name}", f"paths.output_dir={tmp_path}"],
                         experiment="gettext_tiny")
@@ -40,7 +40,7 @@ def test_fsdp2_configs_build_the_strategy(name: str, tmp_path: Path) -> None:
     assert strategy._tensor_parallel_size == 1
     assert strategy._save_distributed_checkpoint  # one shard file per rank
     assert cfg.trainer.use_distributed_sampler is False  # the sampler shards the batches
-    if name == "fsdp2_sim":
+    if name == "fsdp_sim":
         trainer = instantiate(cfg.trainer, logger=False)  # processes start only in fit
         assert trainer.num_devices == 2 and trainer.world_size == 2
         assert trainer.strategy.process_group_backend == "gloo"
@@ -109,12 +109,12 @@ def test_a_sharded_checkpoint_folder_resumes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_ranks_evaluate_a_sharded_encoder_as_one_process_does(tmp_path: Path,
                                                                    locale_dir: Path) -> None:
-    """`trainer=fsdp2_sim`: both ranks embed every held-out text through the sharded encoder
+    """`trainer=fsdp_sim`: both ranks embed every held-out text through the sharded encoder
     (each forward gathers the shards: a rank that skipped one would leave the other waiting),
     in fit (step 2) and in the validation after fit (step 3, after stage 2: instructed). The
     scores equal those of the exported weights evaluated in one process the same way."""
     overrides = tiny_overrides(tmp_path, locale_dir, **{
-        "trainer": "fsdp2_sim", "trainer.max_steps": 3, "trainer.val_check_interval": 2,
+        "trainer": "fsdp_sim", "trainer.max_steps": 3, "trainer.val_check_interval": 2,
         "data.stages.0.steps": 2, "data.stages.1.steps": 1,
         "callbacks.checkpoint.every_n_train_steps": 100})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
