@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from f2llm.data.formats import FORMATS
 from f2llm.data.sources import get_source
 from f2llm.errors import UserError
+from f2llm.model.encoder import HALF_ONLY_ATTENTION
 from f2llm.model.hub import resolve_pretrained
 from f2llm.objective.distillation import check_teacher_width
 from f2llm.objective.matryoshka import check_matryoshka
@@ -114,9 +115,53 @@ def check_config(cfg: DictConfig) -> None:
             "of a fused optimizer under mixed precision. Use optimizer=adamw (torch picks the "
             "foreach kernel on GPUs), or trainer.gradient_clip_val=null")
 
+    _check_strategy(cfg)
+
     steps = [s.get("steps") for s in (data.get("stages") or [])]
     max_steps = cfg.trainer.get("max_steps", -1)
     if steps and all(s is not None for s in steps) and max_steps not in (None, -1) and (
             max_steps > sum(steps)):
         raise ConfigError(f"trainer.max_steps={max_steps} is more than the stages' steps "
                           f"{steps} (sum {sum(steps)}): the run would start the stages over")
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    """What cannot combine with the trainer's strategy or precision."""
+    trainer = cfg.trainer
+    precision = str(trainer.get("precision", "32-true"))
+    attention = cfg.model.get("attn_implementation")
+    if attention in HALF_ONLY_ATTENTION and not precision.startswith(("bf16", "16")):
+        raise ConfigError(
+            f"model.attn_implementation={attention} with trainer.precision={precision}: "
+            "flash-attention takes bf16/fp16 only. Use trainer.precision=bf16-mixed, or "
+            "model.attn_implementation=sdpa (or auto, which picks sdpa at 32-bit)")
+    if not sharded_strategy(trainer):
+        return
+    strategy = f"trainer.strategy={trainer.strategy._target_}"
+    optimizer = str((cfg.get("optimizer") or {}).get("_target_", ""))
+    if optimizer.startswith("bitsandbytes."):
+        # bitsandbytes' 8-bit state is block-quantised per whole tensor: it knows neither the
+        # DTensor shards of FSDP2 nor how to save or reshard that state per rank.
+        raise ConfigError(
+            f"optimizer={optimizer} with {strategy} (sharded): bitsandbytes' 8-bit optimisers "
+            "cannot update sharded (DTensor) parameters. Use optimizer=adamw (sharding "
+            "already divides its state by the number of GPUs), or trainer=ddp")
+    callbacks = cfg.get("callbacks") or {}
+    if callbacks.get("pruning"):
+        raise ConfigError(
+            f"callbacks.pruning with {strategy} (sharded): pruning slices whole weight "
+            "matrices before training starts. Prune with trainer=gpu or trainer=ddp (the "
+            "0.6B it starts from fits on one GPU), then train the pruned model sharded")
+
+
+def sharded_strategy(trainer: Any) -> bool:
+    """Whether the trainer config's strategy shards the model (`f2llm.parallel`'s FSDP2)."""
+    strategy = trainer.get("strategy")
+    target = strategy.get("_target_") if hasattr(strategy, "get") else None
+    if not target:
+        return False
+    from hydra.utils import get_class
+
+    from f2llm.parallel import FSDP2Strategy
+
+    return issubclass(get_class(target), FSDP2Strategy)

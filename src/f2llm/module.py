@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -190,28 +190,14 @@ class F2LLMModule(L.LightningModule):
                                  guide: Tensor | None = None) -> Tensor | None:
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        # Under DDP the gradients are all-reduced once per step, in the last chunk's backward,
-        # over the sum of all chunks. DDP arms its reducer for the next backward at the end of
-        # every forward of its wrapper with `require_backward_grad_sync` set, and this whole
-        # step runs inside that forward: left set, the flag armed the reducer after the step,
-        # and the next step's first chunk (under `no_sync`, which only stops the arming) paid a
-        # second full all-reduce. So it is set for the last chunk's backward only, where
-        # Lightning's `pre_backward` arms the reducer (manual optimisation).
-        ddp = self.trainer.strategy.model
-        ddp = ddp if isinstance(ddp, DistributedDataParallel) else None
-        if ddp is not None:
-            ddp.require_backward_grad_sync = False
+        strategy = self.trainer.strategy
+        block_sync = getattr(strategy, "block_backward_sync", nullcontext)
 
         def backward(emb: Tensor, grad: Tensor, last: bool) -> None:
-            # manual_backward applies the precision plugin.
-            if ddp is None:
+            # manual_backward applies the precision plugin; under DDP the gradients are
+            # all-reduced once, in the last chunk's backward, over the sum of all chunks.
+            with nullcontext() if last else block_sync():
                 self.manual_backward(emb, grad)
-                return
-            ddp.require_backward_grad_sync = last
-            try:
-                self.manual_backward(emb, grad)
-            finally:
-                ddp.require_backward_grad_sync = False
 
         verdict: list[bool] = []
 

@@ -88,12 +88,30 @@ def gathered_encoder(encoder: Encoder) -> Encoder | None:
         return None
     prefix = "backbone."
     weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    backbone = encoder.backbone
-    # The backbone's own class is unchanged (only its layers and the encoder are FSDP units).
-    plain = type(backbone)(backbone.config)
+    plain = plain_copy(encoder.backbone)
     plain.load_state_dict(weights)
     return Encoder(plain.float(), encoder.tokenizer, encoder.max_length, encoder.query_template,
                    encoder.pooling)
+
+
+def plain_copy(backbone: nn.Module) -> nn.Module:
+    """An unsharded backbone of the same structure as `backbone` (a sharded one), with fresh
+    weights: the base model of its class and config, trimmed to the same vocabulary rows and
+    wrapped in the same LoRA adapters where `backbone` is, so that its full state dict loads."""
+    from f2llm.model.vocab import TrimmedEmbedding, trim_input_embeddings
+
+    peft = hasattr(backbone, "get_base_model")
+    base = backbone.get_base_model() if peft else backbone
+    # The base model's own class is unchanged (only its layers and the encoder are FSDP units).
+    plain = type(base)(base.config)
+    table = base.get_input_embeddings()
+    if isinstance(table, TrimmedEmbedding):
+        trim_input_embeddings(plain, table.keep.detach().cpu())
+    if peft:
+        from peft import get_peft_model
+
+        plain = get_peft_model(plain, backbone.peft_config[backbone.active_adapter])
+    return plain
 
 
 class FSDP2Strategy(ModelParallelStrategy):

@@ -39,7 +39,8 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
           ) -> tuple[F2LLMModule, L.LightningDataModule, L.Trainer]:
     """Instantiate encoder, datamodule, module, callbacks, loggers and trainer from `cfg`;
     `callbacks` are added to the configured ones (how benchmarks time steps)."""
-    encoder = instantiate(cfg.model)
+    # The trainer's precision decides what `attn_implementation: auto` may pick.
+    encoder = instantiate(cfg.model, precision=cfg.trainer.get("precision"))
     datamodule = instantiate(cfg.data, encoder=encoder)  # batches follow its tokenizer
     gradcache = bool(cfg.module.get("gradcache", False))
     module = instantiate(cfg.module)(

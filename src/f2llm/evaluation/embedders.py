@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
+from f2llm.model.encoder import inference_autocast
 from f2llm.model.packing import pack_by_length
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ class PackedEncoder:
             ids = self.tokenize([self.encoder.format_query(texts[r], instruction) for r in rows])
             chunks, restore, _ = pack_by_length(ids, self.tokenize.pad_id, self.max_tokens)
             chunks = [{k: v.to(self.device) for k, v in c.items()} for c in chunks]
-            emb = self.encoder.forward_chunks(chunks, restore.to(self.device))
+            with inference_autocast(self.encoder.backbone):
+                emb = self.encoder.forward_chunks(chunks, restore.to(self.device))
             out[torch.as_tensor(rows)] = emb.float().cpu()
         self.encoder.train(was_training)
         return out

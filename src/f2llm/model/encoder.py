@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +122,40 @@ def _backbone(
     return Qwen3Model(config)
 
 
-def default_attention() -> str:
-    """flash_attention_2 where it can run (the package and a CUDA device), else sdpa."""
+def default_attention(precision: str | None = None) -> str:
+    """flash_attention_2 where it can run (the package, a CUDA device, and a training
+    precision other than 32-bit: flash-attention takes bf16/fp16 only), else sdpa."""
     import importlib.util
 
+    if precision is not None and not str(precision).startswith(("bf16", "16")):
+        return "sdpa"
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+# Attention kernels that take half precision only: transformers casts a float32 query to the
+# autocast dtype, else to the Linear weights' dtype (integrations/flash_attention.py,
+# `get_target_dtype`), and flash-attention refuses float32.
+HALF_ONLY_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3"})
+
+
+def inference_autocast(backbone: nn.Module) -> AbstractContextManager[Any]:
+    """bf16 autocast for a forward outside the training step (evaluation, encode, pruning
+    calibration, export checks) when the backbone's attention kernel refuses float32 and
+    neither its weights nor an active autocast are half precision; otherwise nothing.
+
+    The training step runs under the trainer's precision (autocast for `bf16-mixed`); a
+    forward outside it would hand flash-attention float32 queries and fail.
+    """
+    config = getattr(backbone, "config", None)
+    if getattr(config, "_attn_implementation", None) not in HALF_ONLY_ATTENTION:
+        return nullcontext()
+    param = next(backbone.parameters())
+    device = param.device.type
+    if param.dtype != torch.float32 or torch.is_autocast_enabled(device):
+        return nullcontext()
+    return torch.autocast(device, dtype=torch.bfloat16)
 
 
 def last_token_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -169,6 +197,25 @@ class Encoder(nn.Module):
         self.pooling = pooling
         # Set by `f2llm.parallel.shard_encoder`: ranks then agree on chunk counts.
         self.match_chunks_across_ranks = False
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Encoder:
+        """`nn.Module._apply` (behind `.to`, `.half`, `.bfloat16`, Lightning's precision
+        conversion), with every floating-point buffer kept at its own dtype.
+
+        Casting the model to bf16 would round Qwen3's rotary frequencies `inv_freq` (8
+        significant bits: an angle error that grows with the position) and a trimmed
+        vocabulary's float64 decay product; the rotary embedding computes in float32 from the
+        buffer, so rounding it is silent quality loss. Buffers still move to the new device.
+        """
+        before = {name: b for name, b in self.named_buffers() if b.is_floating_point()}
+        super()._apply(fn, recurse)
+        for name, after in list(self.named_buffers()):
+            old = before.get(name)
+            if old is not None and after.dtype != old.dtype:
+                owner, _, leaf = name.rpartition(".")
+                module = self.get_submodule(owner) if owner else self
+                module._buffers[leaf] = old.to(device=after.device)
+        return self
 
     @property
     def attention(self) -> str:
@@ -309,7 +356,8 @@ class Encoder(nn.Module):
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
             batch = self.tokenize([texts[i] for i in idx])
-            emb = self(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
+            with inference_autocast(self.backbone):
+                emb = self(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
             out[idx] = emb
         self.train(was_training)
         return nn.functional.normalize(out, dim=-1) if normalize else out
@@ -329,11 +377,12 @@ def build_encoder(
     compile: bool = False,
     attention: str | None = None,
     pooling: str | None = None,
+    precision: str | None = None,
 ) -> Encoder:
     """Build the encoder a `configs/model/*.yaml` describes.
 
     `attn_implementation: auto` picks flash-attention 2 when the `flash_attn` package and a
-    GPU are there, else sdpa. `lora` (peft `LoraConfig` arguments, e.g. `{r: 16, lora_alpha:
+    GPU are there and `precision` (the trainer's) is not 32-bit, else sdpa. `lora` (peft `LoraConfig` arguments, e.g. `{r: 16, lora_alpha:
     32, target_modules: [q_proj, k_proj, v_proj, o_proj]}`) trains low-rank adapters only.
     `compile` runs each decoder layer through `torch.compile` (regional: the layers share one
     compiled graph, so compiling costs one layer's time, not the model's).
@@ -342,7 +391,7 @@ def build_encoder(
     module), else the recipe's causal attention and last-token pooling.
     """
     if attn_implementation == "auto":
-        attn_implementation = default_attention()
+        attn_implementation = default_attention(precision)
     del name  # the config's label, used in logs and run names
     backbone = build_backbone(shape, pretrained, attn_implementation, trust_remote_code,
                               attention)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from f2llm.model import Encoder
+from f2llm.model.encoder import inference_autocast
 
 
 @dataclass
@@ -136,7 +137,8 @@ def collect_importance(
             # Positions count real tokens only, as in Encoder.forward, so left padding sees the
             # same activations as right padding.
             position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids)
+            with inference_autocast(backbone):
+                backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids)
     finally:
         recorder.remove()
         backbone.train(was_training)
