@@ -150,7 +150,7 @@ class Record(L.Callback):
         model = trainer.strategy.model
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             # Unannotated: DDP checks a hook's annotations against the real classes.
-            def hook(state, bucket):  # noqa: ANN001, ANN202
+            def hook(state, bucket):
                 self._pending += bucket.buffer().numel()
                 return default_hooks.allreduce_hook(None, bucket)
 

@@ -30,7 +30,7 @@ HALF_ONLY = "half_only_test"
 TEXTS = ["Open the file", "Datei öffnen", "ファイルを開く", "a longer text than the others"]
 
 
-def _half_only(module, query, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+def _half_only(module, query, *args, **kwargs):
     target = get_target_dtype(query, module)
     if (target or query.dtype) == torch.float32:
         raise RuntimeError("FlashAttention only supports fp16 and bf16 data type")
@@ -38,7 +38,7 @@ def _half_only(module, query, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003,
 
 
 @pytest.fixture()
-def half_only_encoder(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def half_only_encoder(monkeypatch: pytest.MonkeyPatch):
     AttentionInterface.register(HALF_ONLY, _half_only)
     monkeypatch.setattr(encoder_module, "HALF_ONLY_ATTENTION",
                         encoder_module.HALF_ONLY_ATTENTION | {HALF_ONLY})
@@ -47,13 +47,13 @@ def half_only_encoder(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     return encoder
 
 
-def test_the_stand_in_kernel_refuses_float32(half_only_encoder) -> None:  # noqa: ANN001
+def test_the_stand_in_kernel_refuses_float32(half_only_encoder) -> None:
     batch = half_only_encoder.tokenize(TEXTS)
     with pytest.raises(RuntimeError, match="fp16 and bf16"):
         half_only_encoder(**batch)
 
 
-def test_forwards_outside_training_run_under_autocast(half_only_encoder) -> None:  # noqa: ANN001
+def test_forwards_outside_training_run_under_autocast(half_only_encoder) -> None:
     encoder = half_only_encoder
     embedded = encoder.encode(TEXTS)  # evaluation, export checks, mining
     assert embedded.dtype == torch.float32 and torch.isfinite(embedded).all()

@@ -382,8 +382,9 @@ def build_encoder(
     """Build the encoder a `configs/model/*.yaml` describes.
 
     `attn_implementation: auto` picks flash-attention 2 when the `flash_attn` package and a
-    GPU are there and `precision` (the trainer's) is not 32-bit, else sdpa. `lora` (peft `LoraConfig` arguments, e.g. `{r: 16, lora_alpha:
-    32, target_modules: [q_proj, k_proj, v_proj, o_proj]}`) trains low-rank adapters only.
+    GPU are there and `precision` (the trainer's) is not 32-bit, else sdpa. `lora` (peft
+    `LoraConfig` arguments, e.g. `{r: 16, lora_alpha: 32, target_modules: [q_proj, k_proj,
+    v_proj, o_proj]}`) trains low-rank adapters only.
     `compile` runs each decoder layer through `torch.compile` (regional: the layers share one
     compiled graph, so compiling costs one layer's time, not the model's).
     `attention` ('causal' | 'bidirectional') and `pooling` ('last' | 'mean'): None takes the
