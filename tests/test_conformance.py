@@ -36,16 +36,22 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
+from f2llm.checkpoints import load_weights, read_checkpoint
 from f2llm.data.batch import TrainBatch, text_keys
+from f2llm.errors import UserError
 from f2llm.export import export_sentence_transformers
-from f2llm.model import Encoder
+from f2llm.model import Encoder, build_encoder
 from f2llm.model.packing import pack_by_length
 from f2llm.model.teacher import Teacher
 from f2llm.model.vocab import trim_input_embeddings
+from f2llm.model.weights import materialize
 from f2llm.module import F2LLMModule
 from f2llm.objective import F2LLMObjective
 from f2llm.parallel import FSDP2Strategy, gathered_encoder
-from tests.conftest import tiny_encoder
+from tests.conftest import TINY_SHAPE, tiny_encoder
+
+TINY = {**{k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()},
+        "vocab_size": 151_936, "num_hidden_layers": 2}  # tiny_encoder's shape
 
 WORLD = 2
 B, K = 4, 3  # queries per rank, hard negatives
@@ -165,6 +171,25 @@ class Record(L.Callback):
         self._pending = 0
 
 
+class StartWeights(L.Callback):
+    """The encoder's weights (gathered) when training starts: after the strategy has built,
+    sharded and initialised them."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.weights = full_weights(pl_module.encoder)
+
+
+def build_empty(init_from: str | None = None, pretrained: Path | None = None) -> F2LLMModule:
+    """The plain case's module with its backbone on the meta device (as `train()` builds it
+    under the sharded strategy): weights come once sharded, from `init_from`, `pretrained` or
+    a random init of seed 0."""
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", shape=None if pretrained else TINY, pretrained=pretrained,
+                            max_length=32, empty_init=True)
+    return F2LLMModule(encoder, F2LLMObjective(), optimizer=partial(torch.optim.SGD, lr=0.5),
+                       init_from=init_from)
+
+
 class BufferDtypes(L.Callback):
     """The encoder's floating-point buffers' dtypes once the strategy has set the model up
     (sharded, converted to the precision) and after training."""
@@ -256,7 +281,33 @@ def _worker(rank: int, out: str) -> None:
         resumed = build(feature, folder / case / "teacher")
         step1 = next(p for p in checkpoints.iterdir() if "step=1" in p.name)
         fit(resumed, rank, "fsdp", [], ckpt_path=str(step1))
-        result[case] = {"uninterrupted": uninterrupted, "resumed": full_weights(resumed.encoder)}
+        result[case] = {"uninterrupted": uninterrupted, "resumed": full_weights(resumed.encoder),
+                        "folder": str(next(p for p in checkpoints.iterdir()
+                                           if "step=2" in p.name))}
+
+    # init_from=<a sharded folder>: into a sharded model built empty (each rank reads its
+    # rows) and into a plain one on every rank.
+    (folder / f"progress{rank}").write_text("fsdp/init_from")
+    saved = Path(result["fsdp/plain/resume"]["folder"])
+    empty = build_empty(init_from=str(saved))
+    start = StartWeights()
+    fit(empty, rank, "fsdp", [start], steps=1)
+    plain = build("plain", folder)
+    load_weights(plain, saved)
+    result["fsdp/init_from"] = {"sharded": start.weights, "plain": full_weights(plain.encoder)}
+
+    # Built empty: a random init (the same whatever the number of ranks) and a pretrained
+    # folder (each rank reads its rows of the safetensors).
+    (folder / f"progress{rank}").write_text("fsdp/empty")
+    start = StartWeights()
+    fit(build_empty(), rank, "fsdp", [start], steps=1)
+    pretrained = folder / "pretrained"
+    if rank == 0:
+        export_sentence_transformers(tiny_encoder(), pretrained)
+    dist.barrier()
+    loaded = StartWeights()
+    fit(build_empty(pretrained=pretrained), rank, "fsdp", [loaded], steps=1)
+    result["fsdp/empty"] = {"random": start.weights, "pretrained": loaded.weights}
 
     # Buffers under half precision: the rotary frequencies stay float32.
     for precision in ("bf16-mixed", "bf16-true"):
@@ -385,3 +436,54 @@ def test_sharded_half_precision_keeps_the_rotary_frequencies_float32(
         # bf16-true converts the parameters themselves: the buffers were spared, not missed.
         expected = torch.bfloat16 if precision == "bf16-true" else torch.float32
         assert seen["setup"]["parameters"] == expected
+
+
+@pytest.mark.slow
+def test_init_from_a_sharded_folder(ranks: list[dict[str, Any]]) -> None:
+    """The step-2 sharded checkpoint of the plain case, as `init_from`: a sharded model built
+    empty, a plain model on each rank, and one process with no process group all start from
+    exactly the weights it holds."""
+    expected = ranks[0]["fsdp/plain/resume"]["uninterrupted"]
+    alone = build("plain", Path("/nonexistent"))
+    load_weights(alone, ranks[0]["fsdp/plain/resume"]["folder"])
+    for got in [*(r["fsdp/init_from"][k] for r in ranks for k in ("sharded", "plain")),
+                full_weights(alone.encoder)]:
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            assert torch.equal(got[name], value), name
+
+
+def test_resuming_a_sharded_folder_checks_the_embedding_lr(ranks: list[dict[str, Any]]) -> None:
+    folder = Path(ranks[0]["fsdp/plain/resume"]["folder"])
+    meta = read_checkpoint(folder / "meta.pt")
+    assert meta["embedding_lr_scale"] == 1.0
+    module = F2LLMModule(tiny_encoder(), F2LLMObjective(),
+                         optimizer=partial(torch.optim.SGD, lr=0.5), embedding_lr_scale=4.0)
+    with pytest.raises(UserError, match="embedding_lr_scale=4, but the checkpoint was "
+                                        "trained with 1"):
+        module.check_resume(meta)
+    module.embedding_lr_scale = 1.0
+    module.check_resume(meta)  # the same setting resumes
+
+
+@pytest.mark.slow
+def test_built_empty_then_sharded(ranks: list[dict[str, Any]]) -> None:
+    """A model built on the meta device and filled once sharded holds, on two ranks, the
+    random init one process gives (not the eager init: the rows are drawn per block) and
+    exactly a pretrained folder's weights."""
+    one = build_empty()
+    materialize(one.encoder, one.encoder.backbone, one.encoder.pending_weights,
+                torch.device("cpu"))
+    alone = full_weights(one.encoder)
+    folder_weights = full_weights(tiny_encoder())
+    for r in ranks:
+        for name, value in alone.items():
+            assert torch.equal(r["fsdp/empty"]["random"][name], value), name
+        for name, value in folder_weights.items():
+            assert torch.equal(r["fsdp/empty"]["pretrained"][name], value), name
+    linear = alone["backbone.layers.0.mlp.up_proj.weight"]
+    assert abs(float(linear.std()) - 0.02) < 0.002  # Qwen3's initializer_range
+    norm = alone["backbone.norm.weight"]
+    assert torch.equal(norm, torch.ones_like(norm))
+    assert torch.equal(one.encoder.backbone.rotary_emb.inv_freq,
+                       tiny_encoder().backbone.rotary_emb.inv_freq)

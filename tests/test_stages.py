@@ -9,8 +9,9 @@ import lightning as L
 import torch
 from omegaconf import open_dict
 
+from f2llm.checkpoints import load_weights
 from f2llm.schedule import restarted_per_stage
-from f2llm.train import build, load_weights, train
+from f2llm.train import build, train
 from tests.conftest import compose_train, tiny_overrides
 
 

@@ -73,3 +73,46 @@ def newest_loadable(folder: str | Path, setting: str = "ckpt_path") -> Path:
         return ckpt
     raise DamagedFile(f"{setting}={folder}: none of its {len(found)} checkpoints loads (all "
                       f"damaged: {', '.join(p.name for p in damaged)})")
+
+
+def check_loadable(path: str | Path, setting: str) -> None:
+    """A checkpoint named by the config loads: a file (memory-mapped, so cheap) or a sharded
+    folder (its metadata); a damaged or missing one stops the run now with one message."""
+    path = Path(path)
+    if is_sharded_checkpoint(path):
+        read_checkpoint(path / "meta.pt", setting)
+        return
+    read_checkpoint(path, setting, mmap=True)
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, setting: str = "init_from") -> None:
+    """The model weights of a Lightning checkpoint into `module`, nothing else (no optimiser
+    state, no training position).
+
+    A `.ckpt` file is memory-mapped: only the weights are read, and a sharded module takes
+    only its own rows of each (`f2llm.model.weights.load_rows`). A sharded checkpoint folder
+    (one file per rank) is read with `torch.distributed.checkpoint`, which reshards it to any
+    number of ranks, sharded or not."""
+    from f2llm.model.weights import load_rows
+
+    path = Path(path)
+    if is_sharded_checkpoint(path):
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        state = {"state_dict": module.state_dict()}
+        try:
+            dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+        except Exception as err:
+            raise DamagedFile(f"{setting}={path}: the sharded checkpoint does not load into "
+                              f"this model ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0]})") from err
+        # In place, except where DCP swapped a tensor in: load what it returned.
+        module.load_state_dict(state["state_dict"])
+    else:
+        weights = read_checkpoint(path, setting, mmap=True)["state_dict"]
+        try:
+            load_rows(module, weights)
+        except KeyError as err:
+            raise DamagedFile(f"{setting}={path}: {err.args[0]}") from None
+    log.info("initialised weights from %s", path)

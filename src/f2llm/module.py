@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from f2llm.checkpoints import load_weights
 from f2llm.data.batch import TrainBatch
 from f2llm.data.datamodule import F2LLMDataModule
 from f2llm.errors import UserError
@@ -77,6 +78,7 @@ class F2LLMModule(L.LightningModule):
         max_nonfinite_in_a_row: int = 5,
         embedding_lr_scale: float = 1.0,
         guide: Teacher | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if not embedding_lr_scale > 0:
@@ -98,6 +100,10 @@ class F2LLMModule(L.LightningModule):
         self.embedding_lr_scale = embedding_lr_scale
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        # Weights to start from (a checkpoint file or sharded folder), loaded once the model is
+        # placed: under a sharded strategy each rank reads only its rows.
+        self.init_from = init_from
+        self._initialised = init_from is None
 
     def configure_model(self) -> None:
         # A strategy that shards the model (f2llm.parallel.FSDP2Strategy) does it here, where
@@ -105,6 +111,9 @@ class F2LLMModule(L.LightningModule):
         parallelize = getattr(self.trainer.strategy, "parallelize", None)
         if parallelize is not None:
             parallelize(self)
+        if not self._initialised:  # once: `trainer.validate` after fit calls this again
+            load_weights(self, self.init_from)
+            self._initialised = True
 
     def set_teacher(self, teacher: Teacher | None) -> None:
         """The frozen KD teacher (None: no KD term from the next step on)."""
@@ -220,22 +229,36 @@ class F2LLMModule(L.LightningModule):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Kept beside the optimiser state, which a sharded checkpoint does not hold in the file
+        # that `check_resume` reads before the optimiser is restored.
+        checkpoint["embedding_lr_scale"] = self._effective_embedding_lr_scale()
         # Teacher (and guide) embeddings computed so far survive a crash after this checkpoint.
         for frozen in self._frozen():
             frozen.flush()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning calls this before it restores the optimiser. A changed
-        # module.embedding_lr_scale changes the parameter groups: torch refuses another group
-        # count with a bare ValueError and, for the same count, keeps the checkpoint's lrs.
+        # Lightning calls this before it restores the optimiser of a checkpoint file. (A
+        # sharded folder restores its optimiser first: `train()` checks its metadata before.)
+        self.check_resume(checkpoint)
+
+    def _effective_embedding_lr_scale(self) -> float | None:
+        """The scale the parameter groups carry (1 where the table is frozen, as with LoRA)."""
+        return _embedding_lr_scale([g for g in self.param_groups() if isinstance(g, dict)],
+                                   self.embedding_lr_scale)
+
+    def check_resume(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume `checkpoint` (a checkpoint file's contents or a sharded folder's
+        metadata) with another `module.embedding_lr_scale`: it changes the parameter groups;
+        torch refuses another group count with a bare ValueError and, for the same count,
+        keeps the checkpoint's lrs."""
+        saved = checkpoint.get("embedding_lr_scale")
         states = checkpoint.get("optimizer_states") or []
-        if not states:
+        if saved is None and states:  # a checkpoint written before the scale was stored
+            saved = _embedding_lr_scale(states[0].get("param_groups", []))
+        if saved is None:
             return
-        saved = _embedding_lr_scale(states[0].get("param_groups", []))
-        current = _embedding_lr_scale(
-            [g for g in self.param_groups() if isinstance(g, dict)], self.embedding_lr_scale)
-        if saved is not None and current is not None and not math.isclose(saved, current,
-                                                                          rel_tol=1e-6):
+        current = self._effective_embedding_lr_scale()
+        if current is not None and not math.isclose(saved, current, rel_tol=1e-6):
             raise UserError(
                 f"module.embedding_lr_scale={current:g}, but the checkpoint was trained with "
                 f"{saved:g} (its optimiser state holds other parameter groups): resume with "

@@ -26,6 +26,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from f2llm.model import Encoder
+from f2llm.model.weights import materialize
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,16 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def parallelize(self, pl_module: L.LightningModule) -> None:
-        """Shard `pl_module.encoder`; called from the module's `configure_model`."""
-        # On this rank's device first: fully_shard moves parameters, and non-persistent
-        # buffers (the rotary frequencies) must come along (the strategy moves nothing after).
-        pl_module.encoder.to(self.root_device)
-        units = shard_encoder(pl_module.encoder, self.device_mesh["data_parallel"],
-                              self.layer_classes, self.reshard_after_forward, self.param_dtype)
+        """Shard `pl_module.encoder`; called from the module's `configure_model`.
+
+        The layers are sharded where they are (fully_shard moves each parameter to this
+        rank's device as it cuts it, so the whole model never sits on one device); a backbone
+        built on the meta device (`build_encoder(empty_init=True)`) is then filled with this
+        rank's rows only (`f2llm.model.weights`)."""
+        encoder = pl_module.encoder
+        units = shard_encoder(encoder, self.device_mesh["data_parallel"], self.layer_classes,
+                              self.reshard_after_forward, self.param_dtype)
+        if encoder.pending_weights is not None:
+            materialize(encoder, encoder.backbone, encoder.pending_weights, self.root_device)
+            encoder.pending_weights = None
         log.info("FSDP2: %d layer units + the root over %d ranks", units, self.world_size)

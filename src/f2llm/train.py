@@ -23,8 +23,14 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from f2llm.callbacks.export import ExportOnFitEnd  # noqa: E402
 from f2llm.callbacks.matryoshka_eval import MatryoshkaEval  # noqa: E402
-from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_checkpoint  # noqa: E402
-from f2llm.config_checks import check_config  # noqa: E402
+from f2llm.checkpoints import (  # noqa: E402
+    check_loadable,
+    is_sharded_checkpoint,
+    load_weights,
+    newest_loadable,
+    read_checkpoint,
+)
+from f2llm.config_checks import check_config, sharded_strategy  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
 from f2llm.launch import multirun_job_ranks  # noqa: E402
 from f2llm.loggers import build_loggers, log_config, runs_ended  # noqa: E402
@@ -39,10 +45,13 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
           ) -> tuple[F2LLMModule, L.LightningDataModule, L.Trainer]:
     """Instantiate encoder, datamodule, module, callbacks, loggers and trainer from `cfg`;
     `callbacks` are added to the configured ones (how benchmarks time steps)."""
+    precision = cfg.trainer.get("precision")
+    empty = builds_empty(cfg)
     # The trainer's precision decides what `attn_implementation: auto` may pick.
-    encoder = instantiate(cfg.model, precision=cfg.trainer.get("precision"))
+    encoder = instantiate(cfg.model, precision=precision, empty_init=empty)
     datamodule = instantiate(cfg.data, encoder=encoder)  # batches follow its tokenizer
     gradcache = bool(cfg.module.get("gradcache", False))
+    frozen = {"precision": precision}  # teacher and guide: weights in the training precision
     module = instantiate(cfg.module)(
         encoder=encoder,
         objective=instantiate(cfg.objective),
@@ -50,8 +59,10 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         # Under GradCache (manual optimisation) the module clips; Lightning refuses to.
         gradient_clip_val=cfg.trainer.get("gradient_clip_val") if gradcache else None,
-        teacher=instantiate(cfg.teacher) if cfg.get("teacher") else None,
-        guide=instantiate(cfg.guide) if cfg.get("guide") else None,
+        teacher=instantiate(cfg.teacher, **frozen) if cfg.get("teacher") else None,
+        guide=instantiate(cfg.guide, **frozen) if cfg.get("guide") else None,
+        # An empty (meta) model takes its init_from weights once sharded; a built one now.
+        init_from=cfg.get("init_from") if empty else None,
     )
     callbacks = [*(instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c),
                  *callbacks]
@@ -63,6 +74,16 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
     extra = {"gradient_clip_val": None} if gradcache else {}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     return module, datamodule, trainer
+
+
+def builds_empty(cfg: DictConfig) -> bool:
+    """Whether the model is built on the meta device and filled rank by rank once sharded
+    (`f2llm.model.weights`): under the sharded strategy, unless something needs the whole
+    weights before sharding (LoRA adapters, the vocabulary trimming callback)."""
+    if not sharded_strategy(cfg.trainer) or cfg.model.get("lora"):
+        return False
+    trim = (cfg.get("callbacks") or {}).get("vocab_trim")
+    return not (trim and trim.get("enabled", True))
 
 
 def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
@@ -82,12 +103,6 @@ def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
         raise NotFound(f"ckpt_path={ckpt_path}: no such checkpoint file or run folder")
     read_checkpoint(path, "ckpt_path", mmap=True)  # a damaged file: one message naming it
     return str(path)
-
-
-def load_weights(module: F2LLMModule, path: str | Path) -> None:
-    """Model weights from a Lightning checkpoint (tensors only: `weights_only=True`)."""
-    module.load_state_dict(read_checkpoint(path, "init_from")["state_dict"])
-    log.info("initialised weights from %s", path)
 
 
 def keep_freed_host_memory() -> bool:
@@ -111,13 +126,17 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     # Checkpoints named by the config are checked before any work: a bad path stops now.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
     if cfg.get("init_from"):
-        read_checkpoint(cfg.init_from, "init_from", mmap=True)
+        check_loadable(cfg.init_from, "init_from")
     if cfg.get("keep_freed_host_memory") and keep_freed_host_memory():
         log.debug("glibc keeps freed host memory for reuse (keep_freed_host_memory)")
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule, trainer = build(cfg, callbacks)
-    if cfg.get("init_from"):
+    if cfg.get("init_from") and module.init_from is None:
+        # Before fit: the callbacks' setup (vocabulary trimming, pruning) reads the weights.
         load_weights(module, cfg.init_from)
+    if ckpt_path and is_sharded_checkpoint(Path(ckpt_path)):
+        # A sharded folder restores the optimiser before any hook: check its metadata now.
+        module.check_resume(read_checkpoint(Path(ckpt_path) / "meta.pt", "ckpt_path"))
     log_config(trainer.loggers, cfg)
     with runs_ended(trainer.loggers):
         # weights_only: a checkpoint is data, never code to run (tensors and plain containers).

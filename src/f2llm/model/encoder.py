@@ -28,6 +28,7 @@ from transformers import (
 from f2llm.model.hub import resolve_pretrained
 from f2llm.model.packing import split_to_count
 from f2llm.model.tokenizer import DEFAULT_EOS, load_tokenizer
+from f2llm.model.weights import PendingWeights, empty_backbone, local_folder
 
 QUERY_TEMPLATE = "Instruct: {task}\nQuery: {text}"
 ATTENTIONS = ("causal", "bidirectional")
@@ -79,19 +80,31 @@ def qwen3_config(**shape: Any) -> Qwen3Config:
     return Qwen3Config(**shape)
 
 
+def weights_dtype(precision: str | None) -> torch.dtype:
+    """The dtype weights that are never trained (a frozen teacher's) take under a trainer
+    `precision`: bf16 for "bf16-*", fp16 for "16-*", else float32."""
+    text = str(precision or "")
+    if text.startswith("bf16"):
+        return torch.bfloat16
+    if text.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
 def build_backbone(
     shape: Mapping[str, Any] | None = None,
     pretrained: str | Path | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     attention: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """Random init from `shape`, or `from_pretrained` of a hub name or local folder.
 
     `attention` ('causal' | 'bidirectional') sets the backbone's attention; None keeps what
     the folder's config.json says (causal for a random init and for any Qwen3 checkpoint).
     """
-    model = _backbone(shape, pretrained, attn_implementation, trust_remote_code)
+    model = _backbone(shape, pretrained, attn_implementation, trust_remote_code, dtype)
     if attention is not None:
         set_attention(model.config, attention)
     return model
@@ -102,6 +115,7 @@ def _backbone(
     pretrained: str | Path | None,
     attn_implementation: str,
     trust_remote_code: bool,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     if pretrained:
         # AutoModel strips a causal-LM checkpoint down to its decoder (Qwen3Model).
@@ -109,7 +123,7 @@ def _backbone(
             resolve_pretrained(pretrained),
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
-            dtype=torch.float32,
+            dtype=dtype,
         )
         # `from_pretrained` returns the model in eval mode, and Lightning keeps the modes it
         # finds: trained so, gradient checkpointing (active only in train mode) and any dropout
@@ -119,7 +133,7 @@ def _backbone(
         raise ValueError("model needs either `pretrained` (hub name or folder) or `shape`")
     config = qwen3_config(**dict(shape))
     config._attn_implementation = attn_implementation
-    return Qwen3Model(config)
+    return Qwen3Model(config).to(dtype)
 
 
 def default_attention(precision: str | None = None) -> str:
@@ -197,6 +211,8 @@ class Encoder(nn.Module):
         self.pooling = pooling
         # Set by `f2llm.parallel.shard_encoder`: ranks then agree on chunk counts.
         self.match_chunks_across_ranks = False
+        # A meta-device backbone's weights, filled once sharded (`build_encoder(empty_init)`).
+        self.pending_weights: PendingWeights | None = None
 
     def _apply(self, fn: Any, recurse: bool = True) -> Encoder:
         """`nn.Module._apply` (behind `.to`, `.half`, `.bfloat16`, Lightning's precision
@@ -378,8 +394,15 @@ def build_encoder(
     attention: str | None = None,
     pooling: str | None = None,
     precision: str | None = None,
+    empty_init: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> Encoder:
     """Build the encoder a `configs/model/*.yaml` describes.
+
+    `dtype`: the weights' dtype (float32 to train; a frozen teacher's may be half).
+    `empty_init`: build the backbone on the meta device (no memory) and leave its weights
+    pending (`Encoder.pending_weights`) until a sharded strategy fills each rank's rows
+    (`f2llm.model.weights`). Not with `lora` (the adapters would need their own init).
 
     `attn_implementation: auto` picks flash-attention 2 when the `flash_attn` package and a
     GPU are there and `precision` (the trainer's) is not 32-bit, else sdpa. `lora` (peft
@@ -394,8 +417,26 @@ def build_encoder(
     if attn_implementation == "auto":
         attn_implementation = default_attention(precision)
     del name  # the config's label, used in logs and run names
-    backbone = build_backbone(shape, pretrained, attn_implementation, trust_remote_code,
-                              attention)
+    pending = None
+    if empty_init:
+        if lora:
+            raise ValueError("empty_init builds no LoRA adapters: build the model whole")
+        if pretrained:
+            folder = local_folder(resolve_pretrained(pretrained))
+            backbone = empty_backbone(folder, attn_implementation, trust_remote_code)
+        else:
+            if shape is None:
+                raise ValueError("model needs either `pretrained` (hub name or folder) or "
+                                 "`shape`")
+            folder = None
+            backbone = empty_backbone(qwen3_config(**dict(shape)), attn_implementation)
+        if attention is not None:
+            set_attention(backbone.config, attention)
+        # The seed of this process's RNG (seed_everything sets it): a random init from it.
+        pending = PendingWeights(folder, torch.initial_seed())
+    else:
+        backbone = build_backbone(shape, pretrained, attn_implementation, trust_remote_code,
+                                  attention, dtype)
     if pooling is None:
         # A local folder's Pooling module (an export of ours, any sentence-transformers folder).
         local = Path(str(pretrained)).expanduser() if pretrained else None
@@ -413,4 +454,6 @@ def build_encoder(
         backbone = get_peft_model(backbone, LoraConfig(**dict(lora)))
     # A pretrained folder carries its own tokenizer unless one is named.
     tok = load_tokenizer(tokenizer or pretrained, eos_token, trust_remote_code)
-    return Encoder(backbone, tok, max_length, pooling=pooling)
+    encoder = Encoder(backbone, tok, max_length, pooling=pooling)
+    encoder.pending_weights = pending
+    return encoder

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from f2llm.model.encoder import Encoder, build_encoder
+from f2llm.model.encoder import Encoder, build_encoder, weights_dtype
 from f2llm.model.hub import resolve_pretrained
 from f2llm.model.packing import pack_by_length
 from f2llm.paths import private_tmp
@@ -253,8 +253,12 @@ def check_same_tokenizer(frozen: Any, tokenizer: Any, field: str) -> None:
 
 def build_teacher(path: str | Path, mode: str = "cached", cache_dir: str | Path | None = None,
                   max_length: int = 512, attn_implementation: str = "sdpa",
-                  flush_every: int = 200_000) -> Teacher:
-    """A teacher from a local folder or hub name (checked first: offline fails in seconds)."""
+                  flush_every: int = 200_000, precision: str | None = None) -> Teacher:
+    """A teacher from a local folder or hub name (checked first: offline fails in seconds),
+    its weights loaded in the training `precision`'s dtype (bf16 for `bf16-mixed`/`bf16-true`):
+    it only runs forwards, under the training step's autocast, so float32 weights would only
+    double its memory on every GPU."""
     encoder = build_encoder("teacher", pretrained=resolve_pretrained(path, "teacher.path"),
-                            max_length=max_length, attn_implementation=attn_implementation)
+                            max_length=max_length, attn_implementation=attn_implementation,
+                            dtype=weights_dtype(precision))
     return Teacher(encoder, mode, cache_dir, flush_every)
