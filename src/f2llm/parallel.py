@@ -74,6 +74,21 @@ def shard_encoder(encoder: Encoder, mesh: Any, layer_classes: Sequence[type],
     return len(layers)
 
 
+def shard_and_fill(encoder: Encoder, mesh: Any, layer_classes: Sequence[type],
+                   device: torch.device, reshard_after_forward: bool = True,
+                   param_dtype: torch.dtype | None = None) -> int:
+    """`shard_encoder`, then, for a backbone built on the meta device
+    (`build_encoder(empty_init=True)`), this rank's rows of its weights (`f2llm.model.weights`).
+    The layers are sharded where they are: fully_shard moves each parameter to the mesh's
+    device as it cuts it, so the whole model never sits on one device. Returns the number of
+    layer units."""
+    units = shard_encoder(encoder, mesh, layer_classes, reshard_after_forward, param_dtype)
+    if encoder.pending_weights is not None:
+        materialize(encoder, encoder.backbone, encoder.pending_weights, device)
+        encoder.pending_weights = None
+    return units
+
+
 def gathered_encoder(encoder: Encoder) -> Encoder | None:
     """A plain (unsharded, CPU, float32) copy of a sharded encoder on rank zero, None on the
     other ranks; the encoder itself when it is not sharded. Collective: every rank calls it."""
@@ -149,16 +164,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def parallelize(self, pl_module: L.LightningModule) -> None:
-        """Shard `pl_module.encoder`; called from the module's `configure_model`.
-
-        The layers are sharded where they are (fully_shard moves each parameter to this
-        rank's device as it cuts it, so the whole model never sits on one device); a backbone
-        built on the meta device (`build_encoder(empty_init=True)`) is then filled with this
-        rank's rows only (`f2llm.model.weights`)."""
-        encoder = pl_module.encoder
-        units = shard_encoder(encoder, self.device_mesh["data_parallel"], self.layer_classes,
-                              self.reshard_after_forward, self.param_dtype)
-        if encoder.pending_weights is not None:
-            materialize(encoder, encoder.backbone, encoder.pending_weights, self.root_device)
-            encoder.pending_weights = None
+        """Shard `pl_module.encoder` (`shard_and_fill`); called from the module's
+        `configure_model`."""
+        units = shard_and_fill(pl_module.encoder, self.device_mesh["data_parallel"],
+                               self.layer_classes, self.root_device,
+                               self.reshard_after_forward, self.param_dtype)
         log.info("FSDP2: %d layer units + the root over %d ranks", units, self.world_size)
