@@ -1,7 +1,8 @@
 """MkDocs hooks (mkdocs.yml `hooks:`): the repository's top-level README.md, CHANGELOG.md and
 CONTRIBUTING.md become pages of the site (index, changelog, contributing), so each text has one
-home, and relative links are rewritten from repository paths to site paths (`docs/x.md` read
-from README.md is `x.md` on the site; `../CHANGELOG.md` read from docs/ is `changelog.md`).
+home, and relative links are rewritten from repository paths to site paths (`docs/<page>.md`
+read from README.md is `<page>.md` on the site; `../CHANGELOG.md` read from docs/ is
+`changelog.md`).
 """
 
 from __future__ import annotations

@@ -139,6 +139,8 @@ def test_documents_cited_by_name_exist() -> None:
     cited = re.compile(r"(?<![\w/.-])((?:docs/[\w/.-]+|[A-Z][A-Z_]+)\.md)\b")
     missing = []
     for path in tracked_files():
+        if path.name == "CHANGELOG.md":
+            continue  # it names files that were moved or removed
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
             for name in cited.findall(line):
                 if name not in GENERATED_DOCUMENTS and not (ROOT / name).is_file():
