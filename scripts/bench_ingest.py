@@ -1,4 +1,5 @@
-"""Ingest benchmark of the public F2LLM-v2 layouts (BENCHMARKS.md, "Ingesting the public data").
+"""Ingest benchmark of the public F2LLM-v2 layouts (docs/benchmarks.md, "Ingesting the public
+data").
 
     python scripts/bench_ingest.py --sizes 500000 2000000 --workdir /tmp/bench_ingest
 

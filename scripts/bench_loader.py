@@ -14,7 +14,7 @@ well as stage 1 (`--stage`). Three measurements in one process, one after anothe
   (sorted by length, chunks of at most `data.max_tokens_per_chunk` tokens) and as one
   padded-to-the-longest tensor per batch (what an unsorted collate gives).
 
-Prints a markdown block for BENCHMARKS.md.
+Prints a markdown block for docs/benchmarks.md.
 """
 
 from __future__ import annotations

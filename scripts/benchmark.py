@@ -35,7 +35,7 @@ P_linear: weights of the decoder's linear layers (q, k, v, o, gate, up, down in 
 embedding lookup is not a matmul and Qwen3Model has no LM head. D_attn: sum over layers of
 num_heads * head_dim (QK^T and AV cost 2 * L * num_heads * head_dim each per token); full L^2, no
 causal halving. Padding, GradCache's second encoding and gradient-checkpointing recompute are not
-counted: they are the overhead MFU shows. Prints a markdown block for BENCHMARKS.md.
+counted: they are the overhead MFU shows. Prints a markdown block for docs/benchmarks.md.
 
 Run it on a quiet machine: on CPU cores shared with other jobs, torch's OpenMP threads wait for
 descheduled peers and a step of the tiny model gets tens of times slower (`OMP_NUM_THREADS=1`

@@ -11,7 +11,7 @@ and the last stage made long enough to outlast the soak (from the composed confi
 the last window: PASS when the late mean is at most `--tolerance` (10 %) above the early one,
 i.e. no leak; a drop passes. Writes into `--out` (default logs/soak/<UTC time>): rss.csv,
 rss.png, train.log (the run's output), run/ (its run folder) and soak.md, a block for
-BENCHMARKS.md that is also printed.
+docs/benchmarks.md that is also printed.
 
 RSS is summed over the process tree, so pages shared between processes (memory-mapped corpus,
 DDP ranks, data-loader workers) count once per process: compare soaks of the same setup.

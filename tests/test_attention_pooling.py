@@ -67,9 +67,10 @@ def test_the_training_path_with_gradient_checkpointing(attention: str) -> None:
 
 
 def test_with_one_layer_the_last_token_is_the_same_either_way() -> None:
-    """Why the A/B's bidirectional+last equals causal+last on the 1-layer default (BENCHMARKS.md):
-    the last token attends to every token in both, and a single layer's keys and values are the
-    token embeddings alone. From two layers on, earlier tokens' states differ, and so does it."""
+    """Why the A/B's bidirectional+last equals causal+last on the 1-layer default
+    (docs/benchmarks.md): the last token attends to every token in both, and a single layer's
+    keys and values are the token embeddings alone. From two layers on, earlier tokens' states
+    differ, and so does it."""
     def last_token(attention: str, layers: int) -> torch.Tensor:
         enc = tiny_encoder(attention=attention)
         enc.backbone.layers = enc.backbone.layers[:layers]

@@ -1,4 +1,4 @@
-"""scripts/bench_ab.py at toy size (its numbers belong in BENCHMARKS.md, from the embedded
+"""scripts/bench_ab.py at toy size (its numbers belong in docs/benchmarks.md, from the embedded
 default), and the allocator setting it was written to measure."""
 
 from __future__ import annotations

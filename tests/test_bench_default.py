@@ -1,4 +1,4 @@
-"""scripts/bench_default.py at toy size (its numbers belong in BENCHMARKS.md, from the embedded
+"""scripts/bench_default.py at toy size (its numbers belong in docs/benchmarks.md, from the embedded
 default): both models train alike, and every part of the step is timed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scripts/bench_layer_pruning.py at toy size (its numbers belong in BENCHMARKS.md, from the
+"""scripts/bench_layer_pruning.py at toy size (its numbers belong in docs/benchmarks.md, from the
 embedded default): both arms train, and each trained encoder is scored uncut and cut."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """scripts/bench_loader.py: its padding arithmetic, and a toy-size run end to end (its numbers
-belong in BENCHMARKS.md, from the embedded default)."""
+belong in docs/benchmarks.md, from the embedded default)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """scripts/bench_prune_distill.py: the over-seeds summary (its runs are the prune->distill
-training, covered by test_prune_distill; its numbers belong in BENCHMARKS.md)."""
+training, covered by test_prune_distill; its numbers belong in docs/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py runs end to end at toy size (its numbers belong in BENCHMARKS.md)."""
+"""scripts/benchmark.py runs end to end at toy size (its numbers belong in docs/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from f2llm.launch import multirun_job_ranks, rank_arguments
 from f2llm.sweep import SweepResults
 from tests.conftest import CONFIGS, ROOT, copy_repository, run_cli, small_run, user_env
 
-README = ROOT / "README.md"
+SCALING = ROOT / "docs" / "scaling.md"  # the page with the two-node command
 
 
 class RankLog(L.Callback):
@@ -145,8 +145,8 @@ def test_multirun_of_multi_process_runs(tmp_path: Path, locale_dir: Path) -> Non
 
 
 def readme_torchrun() -> list[str]:
-    """The README's two-node command (one line, run on each node)."""
-    (line,) = [ln for ln in README.read_text().splitlines() if ln.startswith("torchrun ")]
+    """The documented two-node command (one line, run on each node)."""
+    (line,) = [ln for ln in SCALING.read_text().splitlines() if ln.startswith("torchrun ")]
     return shlex.split(line, comments=True)
 
 
@@ -172,7 +172,7 @@ def node_output(repo: Path, name: str, node: int) -> Path:
 
 
 def start_nodes(repo: Path, extra: list[str], name: str) -> list[subprocess.Popen]:
-    """The README's torchrun line in `repo`, once per node (output: `node_output`)."""
+    """The documented torchrun line in `repo`, once per node (output: `node_output`)."""
     argv = readme_torchrun()
     assert argv[0] == "torchrun"
     port = free_port()
@@ -198,7 +198,7 @@ def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir:
     extra = [*small_run(locale_dir, steps=steps, **{
         "trainer.val_check_interval": 100, "callbacks.checkpoint.every_n_train_steps": 2,
         "final_validate": "false", "callbacks.export": "null"}), RANK_LOG]
-    run = repo / "logs/train/runs/two_nodes"  # the README line's hydra.run.dir
+    run = repo / "logs/train/runs/two_nodes"  # the documented line's hydra.run.dir
     assert f"hydra.run.dir={run.relative_to(repo)}" in readme_torchrun()
 
     nodes = start_nodes(repo, extra, "killed")
@@ -221,10 +221,10 @@ def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir:
                  for n in (0, 1))
     assert builds == 1
 
-    # Resumed as the README says: the same line, from the killed run, into a folder of its own.
+    # Resumed as the page says: the same line, from the killed run, into a folder of its own.
     resume = ["ckpt_path=logs/train/runs/two_nodes",
               "hydra.run.dir=logs/train/runs/two_nodes_resumed"]
-    assert " ".join(resume) in " ".join(README.read_text().split())
+    assert " ".join(resume) in " ".join(SCALING.read_text().split())
     resumed_run = repo / "logs/train/runs/two_nodes_resumed"
     wait(start_nodes(repo, [*extra, *resume], "resumed"), repo, "resumed")
     resumed = [rank_log(resumed_run, r) for r in (0, 1)]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+import f2llm
 from f2llm.model_card import read_front_matter
 from tests.conftest import run_folders
 
@@ -79,6 +80,7 @@ def test_card_loads_parses_and_holds_the_final_metrics(run: Path) -> None:
         if model.prompts[name]:
             assert f"| `{name}` |" in card
     assert 'prompt_name="query"' in card and "truncate_dim=16" in card
+    assert f"- trained with f2llm {f2llm.__version__}\n" in card
 
     # The usage snippet's calls work on the folder.
     small = SentenceTransformer(str(export), device="cpu", truncate_dim=16)
@@ -120,6 +122,7 @@ def test_card_facts_from_config_mix_and_metrics(tmp_path: Path, locale_dir: Path
     assert "in-batch InfoNCE for retrieval batches" in text
     assert 'prompt_name="query"' in text
     assert "- causal attention, last-token (EOS) pooling, then Normalize" in text
+    assert f"- trained with f2llm {f2llm.__version__}" in text
     bi = export_sentence_transformers(tiny_encoder(attention="bidirectional", pooling="mean"),
                                       tmp_path / "bidirectional")
     assert "- bidirectional attention, mean pooling, then Normalize" in build_model_card(

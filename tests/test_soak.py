@@ -1,5 +1,5 @@
 """scripts/soak.py: its analysis and process-tree RSS, and one toy-size soak end to end (its
-numbers belong in BENCHMARKS.md, from a 30-minute soak)."""
+numbers belong in docs/benchmarks.md, from a 30-minute soak)."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def check_config(cfg: DictConfig) -> None:
     if guide:
         if OmegaConf.is_missing(guide, "path") or guide.get("path") is None:
             raise ConfigError("guide=default needs guide.path=<folder>: an exported model with "
-                              "the training tokenizer (README, False negatives)")
+                              "the training tokenizer (docs/options.md, False negatives)")
         resolve_pretrained(guide.path, "guide.path")
     if cfg.model.get("pretrained"):
         resolve_pretrained(cfg.model.pretrained, "model.pretrained")

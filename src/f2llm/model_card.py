@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from f2llm import __version__
 from f2llm.data.formats import FORMATS
 from f2llm.model.encoder import attention_of, folder_pooling
 from f2llm.objective.matryoshka import matryoshka_dims, matryoshka_weights
@@ -67,6 +68,7 @@ class ModelCard:
     figure: str | None = None
     attention: str = "causal"  # or "bidirectional" (config.json `is_causal`)
     pooling: str = "last"  # or "mean" (the folder's Pooling module)
+    version: str = __version__  # of f2llm, the code that trained the model
 
     def front_matter(self) -> dict[str, Any]:
         codes = sorted({_BASE_CODE.split(code)[0].lower() for code in self.languages} - {""})
@@ -112,6 +114,7 @@ class ModelCard:
             lines.append(f"- started from `{self.base_model or self.init_folder}`")
         if self.teacher:
             lines.append(f"- distilled from the teacher `{self.teacher}`")
+        lines.append(f"- trained with f2llm {self.version}")
         lines += ["", "## Training recipe", "",
                   f"{self.steps} optimiser steps, global batch {self.global_batch} queries "
                   f"({self.world_size} device{'s' if self.world_size != 1 else ''}); every "

@@ -279,7 +279,7 @@ class F2LLMModule(L.LightningModule):
         trainable tensors at `embedding_lr_scale` x the optimiser's lr. In a model trained from
         scratch the embedding table is most of the parameters and each row trains only in the
         steps whose texts hold its token, so it gains from a larger lr than the layers, which a
-        larger lr for everything destabilises (BENCHMARKS.md: screening the default)."""
+        larger lr for everything destabilises (docs/benchmarks.md: how the default was chosen)."""
         params = [p for p in self.parameters() if p.requires_grad]
         if self.embedding_lr_scale == 1.0:
             return params

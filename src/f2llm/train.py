@@ -111,7 +111,7 @@ def keep_freed_host_memory() -> bool:
     glibc serves blocks over 32 MiB by mmap and unmaps them on free, so a tensor that size
     made every step (the token-embedding gradient: vocabulary x hidden) page-faults all its
     memory in again each time. Kept, the CPU default's steps take 0.95x as long
-    (`scripts/bench_ab.py`, BENCHMARKS.md); the process's RSS stays at its high-water mark.
+    (`scripts/bench_ab.py`, docs/benchmarks.md); the process's RSS stays at its high-water mark.
     False where the C library is not glibc (nothing changes)."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

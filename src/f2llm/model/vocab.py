@@ -1,7 +1,7 @@
 """Training only the embedding rows of tokens that occur in the training data.
 
 A small model with the real Qwen3 vocabulary spends part of each step on its 151,936-row token
-embedding (about 11 % for the embedded default, BENCHMARKS.md): a dense vocabulary-sized
+embedding (about 11 % for the embedded default, docs/benchmarks.md): a dense vocabulary-sized
 gradient and an AdamW update of every row, while the training corpus uses only some of the
 rows ("Load What You Need", Abdaoui et al. 2020, trims a multilingual vocabulary to the tokens a
 corpus uses). `TrimmedEmbedding` trains the used rows as
