@@ -2,6 +2,11 @@
 
     python scripts/bench_ab.py --a keep_freed_host_memory=false --b keep_freed_host_memory=true \
         [--steps 150] [--rounds 3] [--json out.json] [-- common overrides ...]
+    python scripts/bench_ab.py --a-src <other checkout> [...]   # two versions of the code
+
+`--a-src` / `--b-src`: run that arm with another checkout of the project (its code and its
+configs, e.g. `git worktree add /tmp/before <commit>`), to compare two versions; `--a` / `--b`
+then default to no override.
 
 Each run is `f2llm.train.train` on the composed config (the embedded default unless the common
 overrides say otherwise) for `--steps` stage-1 steps with no validation, checkpoints, export or
@@ -52,10 +57,17 @@ def child(overrides: list[str]) -> None:
     print(json.dumps({"ms_per_step": timer.ms_per_step(SKIP)}))
 
 
-def timed_run(setting: str, common: list[str], steps: int) -> float:
+def timed_run(setting: str, common: list[str], steps: int, src: Path | None = None) -> float:
+    """One run in a fresh process: this checkout's code, or the checkout `src`'s (its own
+    copy of this script, its `src/` first on the path)."""
+    script, env = Path(__file__), dict(os.environ)
+    if src is not None:
+        script = src / "scripts" / "bench_ab.py"
+        env["PYTHONPATH"] = os.pathsep.join([str(src / "src"), env.get("PYTHONPATH", "")])
     done = subprocess.run(
-        [sys.executable, __file__, "--child", *run_overrides(steps), *common, setting],
-        capture_output=True, text=True, check=False)
+        [sys.executable, str(script), "--child", *run_overrides(steps), *common,
+         *([setting] if setting else [])],
+        capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"run with {setting} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])["ms_per_step"]
@@ -66,8 +78,10 @@ def main() -> None:
         child(sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--a", required=True, help="override of setting A (the baseline)")
-    ap.add_argument("--b", required=True, help="override of setting B")
+    ap.add_argument("--a", default="", help="override of setting A (the baseline)")
+    ap.add_argument("--b", default="", help="override of setting B")
+    ap.add_argument("--a-src", type=Path, default=None, help="checkout that runs A")
+    ap.add_argument("--b-src", type=Path, default=None, help="checkout that runs B")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
@@ -75,20 +89,27 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps <= SKIP + 1:
         ap.error(f"--steps must be above {SKIP + 1}: the first {SKIP} steps are warm-up")
+    if not (args.a or args.b or args.a_src or args.b_src):
+        ap.error("give the settings (--a/--b) or the checkouts (--a-src/--b-src) to compare")
     settings = {"A": args.a, "B": args.b}
+    sources = {"A": args.a_src, "B": args.b_src}
+    settings = {name: setting or (f"code of {sources[name]}" if sources[name] else "")
+                for name, setting in settings.items()}
     ms = alternating_rounds(
-        {name: (lambda s=setting: timed_run(s, args.common, args.steps))
-         for name, setting in settings.items()}, args.rounds,
+        {name: (lambda n=name: timed_run(
+            args.a if n == "A" else args.b, args.common, args.steps, sources[n]))
+         for name in settings}, args.rounds,
         lambda r, name, ms: print(f"round {r}: {name} ({settings[name]}) {ms[name][-1]:.1f} "
                                   "ms/step", flush=True))
     ratios = [b / a for a, b in zip(ms["A"], ms["B"], strict=True)]
     result = {"date": datetime.now(UTC).isoformat(timespec="minutes"),
-              "machine": machine(),
+              "machine": machine(), "a_src": str(args.a_src or ""), "b_src": str(args.b_src or ""),
               "a": args.a, "b": args.b, "common": args.common, "steps": args.steps,
               "ms_per_step": ms, "ratios": ratios, "median_ratio": statistics.median(ratios)}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    print(f"\n| round | A: {args.a} | B: {args.b} | B / A |\n|---|---|---|---|")
+    names = {n: settings[n] or "this checkout" for n in settings}
+    print(f"\n| round | A: {names['A']} | B: {names['B']} | B / A |\n|---|---|---|---|")
     for r, ratio in enumerate(ratios):
         print(f"| {r} | {ms['A'][r]:.1f} | {ms['B'][r]:.1f} | {ratio:.3f}x |")
     print(f"\nmedian B / A: {result['median_ratio']:.3f}x")
