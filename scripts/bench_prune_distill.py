@@ -1,4 +1,5 @@
-"""Prune -> distill on the embedded default, measured (issue 4's three questions).
+"""Prune -> distill on the embedded default, measured: what pruning costs, what KD recovers,
+and what KD costs per step.
 
     python scripts/bench_prune_distill.py logs/train/runs/<default run>/export [--steps 200]
 

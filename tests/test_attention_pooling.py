@@ -1,5 +1,5 @@
-"""Bidirectional attention and mean pooling (issue 18 item 2): what they compute, that padding
-cannot leak into either, and that an exported folder embeds the same under every loader."""
+"""Bidirectional attention and mean pooling: what they compute, that padding cannot leak into
+either, and that an exported folder embeds the same under every loader."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ from tests.conftest import ROOT, TEST_VAL_CATALOGS, copy_repository
 pytestmark = pytest.mark.slow
 
 README = ROOT / "README.md"
-FAIL_WITHIN_S = 30  # a command that cannot work here must say so this fast (issue 14)
+FAIL_WITHIN_S = 30  # a command that cannot work here must say so this fast
 RUN_TIMEOUT_S = 300
 
 # --- What a command may be given beyond what the README says ---------------------------------
