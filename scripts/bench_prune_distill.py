@@ -1,4 +1,5 @@
-"""Prune -> distill on the embedded default, measured (issue 4's three questions).
+"""Prune -> distill on the embedded default, measured: what pruning costs, what KD recovers,
+and what KD costs per step.
 
     python scripts/bench_prune_distill.py logs/train/runs/<default run>/export [--steps 200]
 
@@ -20,7 +21,7 @@
     pair), so both sides of each ratio see the same batch, the same weights' shapes and the
     same machine moment; the time of each step from batch start to batch end (forward,
     backward, optimiser step); the median of the per-pair ratios and the ratio of the sums.
-`--lookup N ...`: only the warm cache's own per-step work (`row_keys` + `TeacherCache.get`) for
+`--lookup N ...`: only the warm cache's own per-step work (`row_keys` + `EmbeddingCache.get`) for
     N random 24-token texts of 128 dims, ms per step; no model, no export needed (pass any path).
 Prints markdown tables; `--json` writes the numbers.
 """
@@ -86,7 +87,7 @@ def main() -> None:
     export = args.export.resolve()
     if args.lookup:
         for n in args.lookup:
-            print(f"{n} texts: {lookup_ms(n):.1f} ms per step (row_keys + TeacherCache.get)")
+            print(f"{n} texts: {lookup_ms(n):.1f} ms per step (row_keys + EmbeddingCache.get)")
         return
     if args.timing_rounds:
         timing_rounds(export, args)
@@ -165,18 +166,18 @@ def lookup_ms(n: int, length: int = 24, dim: int = 128, repeats: int = 10) -> fl
 
     import numpy as np
 
-    from f2llm.model.teacher import TeacherCache, row_keys
+    from f2llm.model.frozen import EmbeddingCache, row_keys
 
     g = torch.Generator().manual_seed(0)
     chunks = [{"input_ids": torch.randint(0, 150_000, (n // 8, length), generator=g),
                "attention_mask": torch.ones(n // 8, length, dtype=torch.long)} for _ in range(8)]
     restore = torch.randperm(n // 8 * 8, generator=g)
     with tempfile.TemporaryDirectory() as folder:
-        cache = TeacherCache(folder, "bench", dim)
+        cache = EmbeddingCache(folder, "bench", dim)
         cache.put(row_keys(chunks, restore), np.random.default_rng(0).normal(
             size=(len(restore), dim)).astype(np.float32))
         cache.flush()
-        cache = TeacherCache(folder, "bench", dim)  # as a later run: every shard memory-mapped
+        cache = EmbeddingCache(folder, "bench", dim)  # as a later run: every shard memory-mapped
         start = time.perf_counter()
         for _ in range(repeats):
             _, missing = cache.get(row_keys(chunks, restore))

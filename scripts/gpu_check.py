@@ -6,8 +6,9 @@ export, pruning + KD step times; every number from this one run.
 Writes `<out-dir>/gpu_check.json` (after every section, so a run cut short keeps what it
 measured) and `<out-dir>/gpu_check.md`; out-dir: docs/, or logs/gpu_check_toy/ with --toy.
 `--toy`: the same sections at a CPU-sized shape (the test runs it so the script cannot rot
-while no GPU is around). The device command, with the wheels the device image lacks
-(scripts/gpu_wheels.sh), is scripts/gpu_check.sh.
+while no GPU is around). On a GPU machine: install the project there (`pip install -e .`),
+then `python scripts/gpu_check.py`; on one that cannot fetch packages, scripts/gpu_wheels.sh
+and scripts/gpu_check.sh bring and install what it lacks, then run this.
 
 Sections:
 a. peak: best of 20 bf16 matmuls 8192^3 (toy: fp32 2048^3), 2 n^3 FLOPs each.

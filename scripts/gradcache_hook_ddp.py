@@ -1,4 +1,4 @@
-"""Why GradCache is a training step of its own and not a hook inside the loss (issue 17 item 5).
+"""Why GradCache is a training step of its own and not a hook inside the loss.
 
     python scripts/gradcache_hook_ddp.py [--chunks 4]
 

@@ -49,7 +49,7 @@ def previous(*changes: str, steps_factor: float = 1.0) -> Arm:
     return Arm([*PREVIOUS, *changes], steps_factor)
 
 
-# The screen of issue 18 item 6 (docs/benchmarks.md, "How the default was chosen").
+# The screen of the embedded default (docs/benchmarks.md, "How the default was chosen").
 ARMS: dict[str, Arm] = {
     "default": Arm(),  # what configs/experiment/gettext_tiny.yaml ships
     "base": previous(),

@@ -118,7 +118,7 @@ def cfg_tiny(tmp_path: Path, locale_dir: Path) -> DictConfig:
 # ---- helpers shared by the test modules (one definition each; test modules import them from
 # here, never from each other) ------------------------------------------------------------------
 
-# Published parameter counts of the F2LLM-v2 model configs (SPEC.md).
+# Parameter counts of the published F2LLM-v2 models (codefuse-ai/F2LLM-v2-* on Hugging Face).
 PUBLISHED = {
     "f2llm_80m": 80_084_288,
     "f2llm_160m": 159_185_024,

@@ -1,5 +1,5 @@
-"""Bidirectional attention and mean pooling (issue 18 item 2): what they compute, that padding
-cannot leak into either, and that an exported folder embeds the same under every loader."""
+"""Bidirectional attention and mean pooling: what they compute, that padding cannot leak into
+either, and that an exported folder embeds the same under every loader."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from transformers import AutoModel
 from f2llm.eval import load_embedder
 from f2llm.export import export_sentence_transformers
 from f2llm.model import attention_of, build_encoder, folder_pooling, mean_pool
-from f2llm.model.teacher import build_teacher
+from f2llm.model.frozen import build_frozen_encoder
 from f2llm.pruning.slicing import prune_backbone
 from tests.conftest import TEST_VAL_CATALOGS, copy_repository, tiny_encoder
 
@@ -141,7 +141,7 @@ def test_the_export_embeds_identically_under_every_loader(
     again = build_encoder("again", pretrained=folder)
     assert (again.attention, again.pooling) == (attention, pooling)
     torch.testing.assert_close(again.encode(TEXTS), ours, atol=1e-5, rtol=0)
-    teacher = build_teacher(folder, mode="online")
+    teacher = build_frozen_encoder(folder, mode="online")
     torch.testing.assert_close(teacher.encoder.encode(TEXTS), ours, atol=1e-5, rtol=0)
     model = load_embedder(folder)
     assert model.width == enc.hidden_size

@@ -41,8 +41,8 @@ from f2llm.data.batch import TrainBatch, text_keys
 from f2llm.errors import UserError
 from f2llm.export import export_sentence_transformers
 from f2llm.model import Encoder, build_encoder
+from f2llm.model.frozen import FrozenEncoder
 from f2llm.model.packing import pack_by_length
-from f2llm.model.teacher import Teacher
 from f2llm.model.vocab import trim_input_embeddings
 from f2llm.model.weights import materialize
 from f2llm.module import F2LLMModule
@@ -115,7 +115,7 @@ def build(feature: str, cache_dir: Path) -> F2LLMModule:
         other = tiny_encoder()
         for p in other.parameters():  # another model than the student
             p.data.add_(0.01 * torch.randn_like(p))
-        teacher = Teacher(other, mode="cached", cache_dir=cache_dir)
+        teacher = FrozenEncoder(other, mode="cached", cache_dir=cache_dir)
     objective = F2LLMObjective(layers=[1] if feature == "layers" else None,
                                kd_weight=1.0 if teacher is not None else 0.0)
     gradcache = feature == "gradcache"

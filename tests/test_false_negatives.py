@@ -296,7 +296,7 @@ def test_a_guide_with_another_tokenizer_is_a_clear_error() -> None:
     from transformers import AutoTokenizer
 
     from f2llm.eval import minilm_folder
-    from f2llm.model.teacher import check_same_tokenizer
+    from f2llm.model.frozen import check_same_tokenizer
     from f2llm.model.tokenizer import load_tokenizer
 
     qwen = load_tokenizer(None)

@@ -1,6 +1,6 @@
-"""scripts/gradcache_hook_ddp.py: the evidence for keeping GradCache as a step of its own
-(issue 17 item 5). If torch's DDP ever all-reduces every chunk of a loss hook, this fails and
-GradCache may move into the loss."""
+"""scripts/gradcache_hook_ddp.py: the evidence for keeping GradCache as a step of its own. If
+torch's DDP ever all-reduces every chunk of a loss hook, this fails and GradCache may move into
+the loss."""
 
 import json
 import subprocess

@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from f2llm.export import export_sentence_transformers
 from f2llm.model import build_encoder
-from f2llm.model.teacher import Teacher
+from f2llm.model.frozen import FrozenEncoder
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.pruning import prune_backbone
 from tests.conftest import (
@@ -163,7 +163,7 @@ def test_gradcache_equals_plain_step_with_options_on(options: dict) -> None:
     assert len(batch.chunks) >= 3
     guide = None
     if "guide_margin" in options:  # a one-layer guide of the same tokenizer (GISTEmbed's rule)
-        guide = Teacher(deep_encoder(1), mode="online").embed(batch.chunks, batch.restore)
+        guide = FrozenEncoder(deep_encoder(1), mode="online").embed(batch.chunks, batch.restore)
     objective = F2LLMObjective(**options)
     plain_loss, plain_logs = plain_step(encoder, objective, batch, guide)
     plain_grads = grads(encoder)

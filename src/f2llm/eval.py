@@ -8,31 +8,26 @@ and prints the table.
 
 from __future__ import annotations
 
+from f2llm.bootstrap import CONFIG_DIR  # first: sys.path and the project root
+
 import json
 import logging
-import os
-import sys
 from pathlib import Path
 
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from f2llm.checkpoints import newest_loadable, read_checkpoint  # noqa: E402
-from f2llm.errors import NotFound, one_message  # noqa: E402
-from f2llm.evaluation.embedders import (  # noqa: E402
+from f2llm.checkpoints import newest_loadable, read_checkpoint
+from f2llm.errors import NotFound, one_message
+from f2llm.evaluation.embedders import (
     Embedder,
     EncoderEmbedder,
     SentenceTransformerEmbedder,
 )
-from f2llm.evaluation.figure import matryoshka_figure, save_figure  # noqa: E402
-from f2llm.evaluation.heldout import HeldoutEvaluator, curves  # noqa: E402
-from f2llm.paths import set_project_root  # noqa: E402
+from f2llm.evaluation.figure import matryoshka_figure, save_figure
+from f2llm.evaluation.heldout import HeldoutEvaluator, curves
 
-set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 log = logging.getLogger("f2llm.eval")
 
 
@@ -128,7 +123,7 @@ def format_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     with one_message():  # a UserError: one message on stderr, exit status 1
         evaluate(cfg)

@@ -11,28 +11,22 @@ The public F2LLM code keeps step checkpoints near the end of training "for ckpt 
 
 from __future__ import annotations
 
+from f2llm.bootstrap import CONFIG_DIR  # first: sys.path and the project root
+
 import json
 import logging
-import os
 import shutil
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
-import hydra  # noqa: E402
-import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from f2llm.export import export_sentence_transformers  # noqa: E402
-from f2llm.model.vocab import untrimmed_state  # noqa: E402
-from f2llm.paths import set_project_root  # noqa: E402
-
-set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
+from f2llm.export import export_sentence_transformers
+from f2llm.model.vocab import untrimmed_state
 
 log = logging.getLogger("f2llm.merge")
 State = Mapping[str, Tensor]
@@ -184,7 +178,7 @@ def merge(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="merge")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="merge")
 def main(cfg: DictConfig) -> None:
     merge(cfg)
 

@@ -16,28 +16,24 @@ than `num_negatives` candidates is dropped (counted in the log and in
 
 from __future__ import annotations
 
+from f2llm.bootstrap import CONFIG_DIR  # first: sys.path and the project root
+
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+import hydra
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from f2llm.data.readers import DatasetSpec, read_dataset  # noqa: E402
-from f2llm.paths import set_project_root  # noqa: E402
+from f2llm.data.readers import DatasetSpec, read_dataset
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 
 log = logging.getLogger("f2llm.mine")
 # `mine_hard_negatives` keyword arguments taken as they are from the config.
@@ -134,7 +130,7 @@ def mine(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="mine")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="mine")
 def main(cfg: DictConfig) -> None:
     mine(cfg)
 

@@ -19,7 +19,7 @@ from f2llm.data.batch import TrainBatch
 from f2llm.data.datamodule import F2LLMDataModule
 from f2llm.errors import UserError
 from f2llm.model import Encoder
-from f2llm.model.teacher import Teacher, check_same_tokenizer
+from f2llm.model.frozen import FrozenEncoder, check_same_tokenizer
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.objective.distillation import check_teacher_width
 
@@ -74,10 +74,10 @@ class F2LLMModule(L.LightningModule):
         scheduler: Callable[..., LRScheduler] | None = None,
         gradcache: bool = False,
         gradient_clip_val: float | None = None,
-        teacher: Teacher | None = None,
+        teacher: FrozenEncoder | None = None,
         max_nonfinite_in_a_row: int = 5,
         embedding_lr_scale: float = 1.0,
-        guide: Teacher | None = None,
+        guide: FrozenEncoder | None = None,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -115,14 +115,14 @@ class F2LLMModule(L.LightningModule):
             load_weights(self, self.init_from)
             self._initialised = True
 
-    def set_teacher(self, teacher: Teacher | None) -> None:
+    def set_teacher(self, teacher: FrozenEncoder | None) -> None:
         """The frozen KD teacher (None: no KD term from the next step on)."""
         if teacher is not None:
             check_teacher_width(teacher.hidden_size, self.encoder.hidden_size)
         # Not a submodule: the teacher is neither trained nor saved in checkpoints.
         object.__setattr__(self, "teacher", teacher)
 
-    def set_guide(self, guide: Teacher | None) -> None:
+    def set_guide(self, guide: FrozenEncoder | None) -> None:
         """The frozen guide of GISTEmbed's rule (None: the rule is off). It reads the batch's
         token ids, so it must share the encoder's tokenizer; its width is free."""
         if guide is not None:
@@ -130,7 +130,7 @@ class F2LLMModule(L.LightningModule):
         # Not a submodule, as the teacher: neither trained nor saved in checkpoints.
         object.__setattr__(self, "guide", guide)
 
-    def _frozen(self) -> list[Teacher]:
+    def _frozen(self) -> list[FrozenEncoder]:
         return [m for m in (self.teacher, self.guide) if m is not None]
 
     @property
@@ -141,7 +141,7 @@ class F2LLMModule(L.LightningModule):
         for frozen in self._frozen():
             frozen.to(self.device)
 
-    def _frozen_embeddings(self, frozen: Teacher | None, batch: TrainBatch) -> Tensor | None:
+    def _frozen_embeddings(self, frozen: FrozenEncoder | None, batch: TrainBatch) -> Tensor | None:
         """The teacher's or the guide's embeddings of the batch's texts (None: not set)."""
         if frozen is None:
             return None

@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
+from f2llm.bootstrap import CONFIG_DIR  # first: sys.path and the project root
+
 import ctypes
 import json
 import logging
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# Run as a script, Python puts this file's folder first on sys.path, where our subpackages
-# (`data`, `model`, ...) would shadow same-named top-level modules of other libraries.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from f2llm.callbacks.export import ExportOnFitEnd  # noqa: E402
-from f2llm.callbacks.matryoshka_eval import MatryoshkaEval  # noqa: E402
-from f2llm.checkpoints import (  # noqa: E402
+from f2llm.callbacks.export import ExportOnFitEnd
+from f2llm.callbacks.matryoshka_eval import MatryoshkaEval
+from f2llm.checkpoints import (
     check_loadable,
     is_sharded_checkpoint,
     load_weights,
     newest_loadable,
     read_checkpoint,
 )
-from f2llm.config_checks import check_config, sharded_strategy  # noqa: E402
-from f2llm.errors import NotFound, one_message  # noqa: E402
-from f2llm.launch import multirun_job_ranks  # noqa: E402
-from f2llm.loggers import build_loggers, log_config, runs_ended  # noqa: E402
-from f2llm.module import F2LLMModule  # noqa: E402
-from f2llm.paths import set_project_root  # noqa: E402
+from f2llm.config_checks import check_config, sharded_strategy
+from f2llm.errors import NotFound, one_message
+from f2llm.launch import multirun_job_ranks
+from f2llm.loggers import build_loggers, log_config, runs_ended
+from f2llm.module import F2LLMModule
 
-set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
 log = logging.getLogger("f2llm.train")
 
 
@@ -164,7 +157,7 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     # one_message: a UserError is one message on stderr, exit status 1.

@@ -1,8 +1,8 @@
 """The embedding model: a Qwen3 decoder, EOS-terminated inputs, last-token pooling.
 
-Two options go beyond the recipe (issue 18): bidirectional attention (`attention:
-bidirectional`, as LLM2Vec arXiv:2404.05961, GritLM arXiv:2402.09906, NV-Embed arXiv:2405.17428
-and KaLM-Embedding-V2 arXiv:2506.20923 use on decoder backbones; like KaLM-Embedding-V2 we only
+Two options go beyond the recipe: bidirectional attention (`attention: bidirectional`, as
+LLM2Vec arXiv:2404.05961, GritLM arXiv:2402.09906, NV-Embed arXiv:2405.17428 and
+KaLM-Embedding-V2 arXiv:2506.20923 use on decoder backbones; like KaLM-Embedding-V2 we only
 remove the causal mask, with no adaptation step) and masked mean pooling (`pooling: mean`,
 KaLM-Embedding-V2's pairing). The defaults are the recipe's: causal, last token.
 """

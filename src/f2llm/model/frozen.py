@@ -1,4 +1,5 @@
-"""A frozen teacher for knowledge distillation, online or through an on-disk embedding cache."""
+"""A frozen encoder, the KD teacher or the GISTEmbed guide: run online every step, or through an
+on-disk embedding cache."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def row_keys(chunks: Sequence[dict[str, Tensor]], restore: Tensor) -> list[bytes
     return [keys[i] for i in restore.tolist()]
 
 
-def teacher_fingerprint(encoder: Encoder) -> str:
-    """Hash of the teacher's weights, config, tokenizer and pooling: the cache's identity."""
+def encoder_fingerprint(encoder: Encoder) -> str:
+    """Hash of the encoder's weights, config, tokenizer and pooling: a cache's identity."""
     h = hashlib.blake2b(digest_size=16)
     h.update(encoder.backbone.config.to_json_string(use_diff=False).encode())
     h.update(encoder.tokenizer.backend_tokenizer.to_str().encode())
@@ -50,17 +51,20 @@ def teacher_fingerprint(encoder: Encoder) -> str:
     return h.hexdigest()
 
 
-class TeacherCache:
-    """Teacher embeddings by token-id key, in shards under `<root>/<fingerprint>/`.
+class EmbeddingCache:
+    """A frozen encoder's embeddings by token-id key, in shards under `<root>/<fingerprint>/`.
 
     Each shard is a pair of .npy files (keys, embeddings) written atomically, so a crash loses
     at most the entries not yet flushed; every shard in the folder is loaded at start, so the
-    cache serves later epochs, later runs and students of any width.
+    cache serves later epochs, later runs and students of any width. `role` (`teacher`,
+    `guide`) names the cache in the log.
     """
 
     def __init__(self, root: str | Path, fingerprint: str, dim: int, rank: int = 0,
-                 flush_every: int = 200_000, dtype: str = "float32") -> None:
+                 flush_every: int = 200_000, dtype: str = "float32",
+                 role: str = "teacher") -> None:
         self.folder = Path(root) / fingerprint
+        self.role = role
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dim, self.rank, self.flush_every = dim, rank, flush_every
         self.dtype = np.dtype(dtype)
@@ -87,7 +91,7 @@ class TeacherCache:
         self.pending_index: dict[bytes, int] = {}
         self.hits = self.misses = 0
         if self.index:
-            log.info("teacher cache %s: %d embeddings", self.folder, len(self.index))
+            log.info("%s cache %s: %d embeddings", role, self.folder, len(self.index))
 
     def _load_shard(self, keys_file: Path, emb_file: Path
                     ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -101,8 +105,8 @@ class TeacherCache:
             if emb.ndim != 2 or emb.shape != (len(keys), self.dim):
                 raise ValueError(f"embeddings {emb.shape} for {len(keys)} keys of dim {self.dim}")
         except Exception as err:  # truncated or foreign bytes: numpy says ValueError, EOFError...
-            log.warning("teacher cache: dropping the damaged shard %s + %s (%s: %s); its "
-                        "embeddings will be computed again", emb_file, keys_file.name,
+            log.warning("%s cache: dropping the damaged shard %s + %s (%s: %s); its "
+                        "embeddings will be computed again", self.role, emb_file, keys_file.name,
                         type(err).__name__, err)
             # Keys first: a shard counts only while its keys file exists.
             for damaged in (keys_file, emb_file):
@@ -166,43 +170,47 @@ class TeacherCache:
         self.pending, self.pending_keys, self.pending_index = [], [], {}
 
 
-class Teacher(nn.Module):
-    """A frozen encoder whose raw embeddings the student learns to copy.
+class FrozenEncoder(nn.Module):
+    """An encoder that is never trained, whose raw embeddings the training reads: the KD
+    teacher (the student learns to copy them) or the GISTEmbed guide (it scores candidates).
 
-    `mode="online"` runs the teacher on every batch; `mode="cached"` looks each text up in a
-    `TeacherCache` first and runs the teacher only on texts it has never seen.
+    `mode="online"` runs the encoder on every batch; `mode="cached"` looks each text up in an
+    `EmbeddingCache` first and runs the encoder only on texts it has never seen. `role` is the
+    config group it is built from (`teacher`, `guide`), named by its errors.
     """
 
     def __init__(self, encoder: Encoder, mode: str = "cached",
-                 cache_dir: str | Path | None = None, flush_every: int = 200_000) -> None:
+                 cache_dir: str | Path | None = None, flush_every: int = 200_000,
+                 role: str = "teacher") -> None:
         super().__init__()
         if mode not in {"online", "cached"}:
-            raise ValueError(f"teacher mode must be 'online' or 'cached', got {mode!r}")
+            raise ValueError(f"{role}.mode must be 'online' or 'cached', got {mode!r}")
         if mode == "cached" and cache_dir is None:
-            raise ValueError("teacher mode 'cached' needs teacher.cache_dir")
+            raise ValueError(f"{role}.mode=cached needs {role}.cache_dir")
         self.encoder = encoder.eval().requires_grad_(False)
-        self.mode = mode
+        self.mode, self.role = mode, role
         self.cache_dir, self.flush_every = cache_dir, flush_every
-        self._cache: TeacherCache | None = None
+        self._cache: EmbeddingCache | None = None
 
     @property
     def hidden_size(self) -> int:
         return self.encoder.hidden_size
 
-    def train(self, mode: bool = True) -> Teacher:
+    def train(self, mode: bool = True) -> FrozenEncoder:
         # Always in eval mode: Lightning switches the whole module tree to train().
         return super().train(False)
 
-    def cache(self, rank: int = 0) -> TeacherCache:
+    def cache(self, rank: int = 0) -> EmbeddingCache:
         if self._cache is None:
-            self._cache = TeacherCache(self.cache_dir, teacher_fingerprint(self.encoder),
-                                       self.hidden_size, rank, self.flush_every)
+            self._cache = EmbeddingCache(self.cache_dir, encoder_fingerprint(self.encoder),
+                                         self.hidden_size, rank, self.flush_every,
+                                         role=self.role)
         return self._cache
 
     @torch.no_grad()
     def embed(self, chunks: Sequence[dict[str, Tensor]], restore: Tensor, rank: int = 0
               ) -> Tensor:
-        """Raw teacher embeddings of the batch's texts, in the batch's original order."""
+        """Raw embeddings of the batch's texts, in the batch's original order."""
         if self.mode == "online":
             return self.encoder.forward_chunks(chunks, restore).float()
         device = chunks[0]["input_ids"].device
@@ -251,14 +259,16 @@ def check_same_tokenizer(frozen: Any, tokenizer: Any, field: str) -> None:
             "tokenizer (e.g. an export of this project's training)")
 
 
-def build_teacher(path: str | Path, mode: str = "cached", cache_dir: str | Path | None = None,
-                  max_length: int = 512, attn_implementation: str = "sdpa",
-                  flush_every: int = 200_000, precision: str | None = None) -> Teacher:
-    """A teacher from a local folder or hub name (checked first: offline fails in seconds),
-    its weights loaded in the training `precision`'s dtype (bf16 for `bf16-mixed`/`bf16-true`):
-    it only runs forwards, under the training step's autocast, so float32 weights would only
+def build_frozen_encoder(path: str | Path, mode: str = "cached",
+                         cache_dir: str | Path | None = None, max_length: int = 512,
+                         attn_implementation: str = "sdpa", flush_every: int = 200_000,
+                         role: str = "teacher", precision: str | None = None) -> FrozenEncoder:
+    """A frozen encoder from a local folder or hub name (checked first: offline fails in
+    seconds); `role`, the config group (`teacher`, `guide`), names the setting in errors. Its
+    weights load in the training `precision`'s dtype (bf16 for `bf16-mixed`/`bf16-true`): it
+    only runs forwards, under the training step's autocast, so float32 weights would only
     double its memory on every GPU."""
-    encoder = build_encoder("teacher", pretrained=resolve_pretrained(path, "teacher.path"),
+    encoder = build_encoder(role, pretrained=resolve_pretrained(path, f"{role}.path"),
                             max_length=max_length, attn_implementation=attn_implementation,
                             dtype=weights_dtype(precision))
-    return Teacher(encoder, mode, cache_dir, flush_every)
+    return FrozenEncoder(encoder, mode, cache_dir, flush_every, role)
