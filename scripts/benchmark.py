@@ -125,7 +125,7 @@ def compute_dtype(cfg: DictConfig) -> torch.dtype:
     return torch.float32
 
 
-# --- measurement helpers -------------------------------------------------------------------------
+# --- measurement functions --------------------------------------------------------------------
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":

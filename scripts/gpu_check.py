@@ -465,7 +465,7 @@ def run_logged(command: list[str], log_path: Path, timeout: float) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "scripts"), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     with log_path.open("w") as fh:
-        # Its own session: the kill reaches every rank and nothing else.
+        # Its own process group: the kill reaches every rank and nothing else.
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
@@ -496,7 +496,7 @@ def fsdp_section(shape: Shape, manifest: Path, work: Path, device: torch.device,
                             "model": shape.fsdp_model[0]}
     result["fsdp"] = fsdp
     work.mkdir(parents=True, exist_ok=True)
-    # A hung rank (a collective that never completes) must not eat the device call's limit.
+    # A hung rank (a collective that never completes) must not use up the time the check has.
     timeout = shape.fsdp_timeout_s
     # The reference: a full uninterrupted run, or (toy: one process start fewer) the killed
     # run itself, uninterrupted up to its kill, against the steps the resumed run replays.

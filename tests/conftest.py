@@ -115,7 +115,7 @@ def cfg_tiny(tmp_path: Path, locale_dir: Path) -> DictConfig:
     return compose_train(tiny_overrides(tmp_path, locale_dir))
 
 
-# ---- helpers shared by the test modules (one definition each; test modules import them from
+# ---- functions shared by the test modules (one definition each; test modules import them from
 # here, never from each other) ------------------------------------------------------------------
 
 # Parameter counts of the published F2LLM-v2 models (codefuse-ai/F2LLM-v2-* on Hugging Face).
@@ -266,7 +266,7 @@ def copy_repository(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One repository copy shared by a session's subprocess tests."""
+    """One repository copy shared by a test run's subprocess tests."""
     return copy_repository(tmp_path_factory.mktemp("repo") / "f2llm")
 
 
@@ -322,7 +322,7 @@ _WATCHED = ("logs", "data")  # git-ignored: `git status` cannot show what a test
 
 def files_written_since(start: float, root: Path = ROOT) -> list[Path]:
     """Files under `root`'s logs/ and data/ modified after `start` (older ones, e.g. a corpus
-    cache built before the session, are the user's)."""
+    cache built before the test run, are the user's)."""
     found = []
     for top in _WATCHED:
         for folder, _, names in os.walk(root / top):

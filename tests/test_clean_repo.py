@@ -32,7 +32,7 @@ def run_pytest(repo: Path, name: str, body: str) -> subprocess.CompletedProcess[
 
 def test_suite_fails_on_files_left_in_logs(tmp_path: Path) -> None:
     repo = copy_repository(tmp_path / "f2llm")
-    # A corpus cache built before the session is the user's, not a test's.
+    # A corpus cache built before the test run is the user's, not a test's.
     cache = repo / "data" / "gettext" / "manifest.json"
     cache.parent.mkdir(parents=True)
     cache.write_text("{}")
@@ -45,7 +45,7 @@ def test_suite_fails_on_files_left_in_logs(tmp_path: Path) -> None:
 
     dirty = run_pytest(repo, "test_dirty_case.py", DIRTY)
     assert dirty.returncode == 1, dirty.stdout[-2000:]
-    assert "1 passed" in dirty.stdout  # the test itself passed; the session fails
+    assert "1 passed" in dirty.stdout  # the test itself passed; the test run fails
     assert "repository not left clean" in dirty.stdout
     assert "logs/train/runs/x/train.log" in dirty.stdout
     assert "data/gettext" not in dirty.stdout

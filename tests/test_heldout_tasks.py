@@ -50,7 +50,7 @@ class PairMatching(HeldoutTask):
         return {k: float(v) for k, v in scores.items()}, None
 
 
-# ---- helpers ------------------------------------------------------------------------------------
+# ---- shared -------------------------------------------------------------------------------------
 
 
 class HashedEmbedder:
