@@ -31,6 +31,14 @@ c. fsdp: `python src/f2llm/train.py trainer=fsdp` (toy: `trainer=fsdp_sim`, 2 CP
    the killed run's, uninterrupted up to the kill, over the replayed steps); the export of
    the resumed run is loaded with `SentenceTransformer` and its embeddings compared with the
    training model's (its final sharded checkpoint, gathered).
+e. precision: what one GPU shows that a CPU cannot. Which attention `attn_implementation: auto`
+   picks for bf16 and for 32-bit training; `Encoder.encode` and pruning calibration with that
+   attention on float32 weights (outside the training step: they autocast to bf16 where the
+   kernel takes half precision only, `f2llm.model.encoder.inference_autocast`), against sdpa;
+   the rotary frequencies after the model is cast to bf16 (they stay float32: the cos/sin at
+   the longest position are compared with a float32 model's).
+   The multi-rank checks (ranks with different numbers of chunks, DDP and FSDP2 with every
+   feature) run on CPU processes in tests/test_conformance.py.
 d. prune: the 0.6B shape (random init, saved as a folder that is also the teacher) pruned to
    the 80M target by the `StructuredPruning` callback on the GPU (`experiment=prune_distill_80m`),
    then step times without KD, with the online teacher, and with the cached teacher (a first
@@ -651,6 +659,52 @@ def composed_callback(overrides: list[str], output_dir: Path, name: str) -> dict
     return OmegaConf.to_container(cfg.callbacks[name], resolve=True)
 
 
+# --- e. precision ---
+
+def precision_section(shape: Shape, device: torch.device) -> dict[str, Any]:
+    """Section e (module docstring)."""
+    from hydra.utils import instantiate
+
+    from f2llm.model.encoder import default_attention
+    from f2llm.pruning.importance import encoder_importance
+
+    out: dict[str, Any] = {
+        "flash_attn_installed": importlib.util.find_spec("flash_attn") is not None,
+        "auto": {p: default_attention(p) for p in ("bf16-mixed", "32-true")}}
+    cfg = compose_train([*shape.model, "model.attn_implementation=sdpa"])
+    torch.manual_seed(0)
+    sdpa = instantiate(cfg.model).to(device)
+    picked = default_attention("bf16-mixed")
+    texts = [f"text {i}: " + "word " * (1 + 37 * i % shape.max_length) for i in range(16)]
+    reference = sdpa.encode(texts)
+    kernel = sdpa
+    if picked != "sdpa":
+        kernel = instantiate(cfg.model).to(device)
+        kernel.load_state_dict(sdpa.state_dict())
+        kernel.backbone.set_attn_implementation(picked)
+    out["encode"] = {"attention": picked, "weights": str(next(kernel.parameters()).dtype)}
+    try:
+        got = kernel.encode(texts)
+        cosine = torch.nn.functional.cosine_similarity(got, reference).min().item()
+        importance = encoder_importance(kernel, texts, batch_size=8, progress=False)
+        out["encode"].update(ok=True, min_cosine_vs_sdpa=cosine,
+                             calibration_finite=bool(torch.isfinite(importance.neurons).all()))
+    except Exception as err:  # a kernel that refuses its inputs is the finding
+        out["encode"].update(ok=False, error=f"{type(err).__name__}: {err}"[:500])
+    rotary = sdpa.backbone.rotary_emb
+    position = torch.tensor([[sdpa.backbone.config.max_position_embeddings - 1]], device=device)
+    x = torch.zeros(1, 1, 1, device=device)
+    cos32, _ = rotary(x, position)
+    sdpa.to(torch.bfloat16)
+    cos16, _ = rotary(x.bfloat16(), position)
+    out["rotary"] = {"inv_freq_dtype": str(rotary.inv_freq.dtype),
+                     "position": int(position), "max_abs_cos_diff_vs_float32":
+                     (cos16.float() - cos32.to(torch.bfloat16).float()).abs().max().item()}
+    out["ok"] = (out["encode"].get("ok", False) and out["rotary"]["inv_freq_dtype"]
+                 == "torch.float32")
+    return out
+
+
 # --- report ---
 
 def versions() -> dict[str, str | None]:
@@ -725,6 +779,19 @@ def markdown(result: dict[str, Any]) -> str:
         if "error" in fsdp:
             lines.append("- error: see gpu_check.json")
         lines.append("")
+    precision = result.get("precision")
+    if precision:
+        e, r = precision["encode"], precision["rotary"]
+        lines += ["## Precision", "",
+                  f"- flash-attention installed: {precision['flash_attn_installed']}; "
+                  f"`attn_implementation: auto` picks {precision['auto']}",
+                  f"- encode and pruning calibration with {e['attention']} on {e['weights']} "
+                  f"weights: ok {e.get('ok')}, min cosine vs sdpa "
+                  f"{fmt(e.get('min_cosine_vs_sdpa'), '.5f')}"
+                  + (f", error {e['error']}" if "error" in e else ""),
+                  f"- rotary frequencies after casting the model to bf16: {r['inv_freq_dtype']}; "
+                  f"cos at position {r['position']} differs from float32's by "
+                  f"{fmt(r['max_abs_cos_diff_vs_float32'])} beyond the output's bf16 rounding", ""]
     prune = result.get("prune")
     if prune:
         lines += ["## Prune + KD", "", f"- {prune.get('source_parameters', 0):,} -> "
@@ -749,7 +816,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp)")
     ap.add_argument("--budget-s", type=float, default=270.0,
                     help="after this many seconds, batch sweeps stop")
-    ap.add_argument("--sections", default="peak,speed,fsdp,prune,sweep")
+    ap.add_argument("--sections", default="peak,speed,precision,fsdp,prune,sweep")
     args = ap.parse_args()
     shape = TOY if args.toy else FULL
     if args.out_dir is None:
@@ -796,6 +863,10 @@ def main() -> None:
         if "speed" in sections:
             log("b. speed levers")
             speed_section(shape, base, work / "speed", peak, result, save)
+        if "precision" in sections:
+            log("e. precision")
+            result["precision"] = precision_section(shape, device)
+            save()
         if "fsdp" in sections:
             log("c. FSDP2 kill/resume/export")
             fsdp_section(shape, manifest, work / "fsdp", device, result, save)

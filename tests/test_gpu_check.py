@@ -32,6 +32,17 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.slow
+def test_precision_section(report: dict) -> None:
+    precision = report["precision"]
+    assert precision["auto"] == {"bf16-mixed": "sdpa", "32-true": "sdpa"}  # no CUDA here
+    assert precision["encode"]["ok"] and precision["encode"]["calibration_finite"]
+    assert precision["encode"]["min_cosine_vs_sdpa"] > 0.9999  # sdpa against itself here
+    assert precision["rotary"]["inv_freq_dtype"] == "torch.float32"
+    assert precision["rotary"]["max_abs_cos_diff_vs_float32"] == 0
+    assert precision["ok"]
+
+
+@pytest.mark.slow
 def test_peak_and_speed_levers(report: dict) -> None:
     assert report["mode"] == "toy (CPU)"
     assert report["peak"]["flops_per_s"] > 0
