@@ -110,3 +110,14 @@ def test_combinations_that_cannot_work_stop_before_any_work(overrides: list[str]
         check_config(compose_train(overrides))
     for words in named:  # one message naming both settings
         assert words in str(caught.value)
+
+
+def test_the_frozen_encoder_loads_in_the_training_precision(tmp_path) -> None:
+    from f2llm.export import export_sentence_transformers
+    from f2llm.model.frozen import build_frozen_encoder
+
+    folder = export_sentence_transformers(tiny_encoder(), tmp_path / "teacher")
+    for precision, dtype in (("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)):
+        teacher = build_frozen_encoder(folder, mode="online", precision=precision)
+        assert {p.dtype for p in teacher.parameters()} == {dtype}
+        assert teacher.encoder.backbone.rotary_emb.inv_freq.dtype == torch.float32
