@@ -67,7 +67,9 @@ class Corpus:
 def group_rows(table: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
     """Row indices per distinct value of `columns` (joined with "/"), e.g. "fr/en->xx"."""
     # A column some datasets lack (e.g. `direction`) is null there: group those rows under "".
-    parts = [pc.fill_null(table.column(c).combine_chunks(), "") for c in columns]
+    # A column with no value at all is of Arrow's null type (an empty dataset's): as strings.
+    parts = [pc.fill_null(table.column(c).combine_chunks().cast(pa.string()), "")
+             for c in columns]
     key = parts[0]
     for part in parts[1:]:
         key = pc.binary_join_element_wise(key, part, "/")
