@@ -50,7 +50,7 @@ class RankLog(L.Callback):
             os.fsync(fh.fileno())  # a kill -9 keeps every step logged
 
 
-RANK_LOG = "+callbacks.rank_log._target_=tests.test_launch.RankLog"
+RANK_LOG = "+callbacks.rank_log._target_=tests.distributed.test_launch.RankLog"
 
 
 def rank_log(folder: Path, rank: int) -> list[list]:

@@ -63,7 +63,7 @@ def user_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path
         "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", "scheduler.warmup_steps=1",
         *(f"{k}={v}" for k, v in TINY_SHAPE.items()),
-        "+callbacks.probe._target_=tests.test_promises.ValidationProbe",
+        "+callbacks.probe._target_=tests.commands.test_promises.ValidationProbe",
         f"+callbacks.probe.path={probe}",
     ]
     # The copy's code first (the probe callback is imported from the copy's tests/).

@@ -41,7 +41,7 @@ def command(tmp: Path, locale: Path, name: str, log: Path, *extra: str) -> list[
     })
     return [sys.executable, str(ROOT / "src/f2llm/train.py"), *overrides,
             f"hydra.run.dir={tmp / name / 'run'}",
-            "+callbacks.step_log._target_=tests.test_kill_resume.StepLog",
+            "+callbacks.step_log._target_=tests.commands.test_kill_resume.StepLog",
             f"+callbacks.step_log.path={log}", *extra]
 
 
