@@ -138,11 +138,11 @@ def model_config(name: str) -> DictConfig:
     return compose_train([f"model={name}", f"paths.root_dir={ROOT}"]).model
 
 
-def tiny_encoder(**kw: Any) -> Encoder:
-    """The tests' tiny Qwen3 encoder: TINY_SHAPE with two layers, the bundled Qwen3 tokenizer,
-    max_length 32, random init from seed 0 (so every call gives the same weights)."""
+def tiny_encoder(layers: int = 2, **kw: Any) -> Encoder:
+    """The tests' tiny Qwen3 encoder: TINY_SHAPE with `layers` layers, the bundled Qwen3
+    tokenizer, max_length 32, random init from seed 0 (so every call gives the same weights)."""
     shape = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
-    shape.update(vocab_size=151_936, num_hidden_layers=2)
+    shape.update(vocab_size=151_936, num_hidden_layers=layers)
     torch.manual_seed(0)
     return build_encoder("tiny", shape=shape, **{"max_length": 32, **kw})
 

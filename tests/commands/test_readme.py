@@ -266,7 +266,8 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
     f"{T} model.shape.num_hidden_layers=4 objective.layers=[1,2]": Run(TWO_STAGES, makes=TRAINED),
     "torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:29500 "
     "src/f2llm/train.py trainer=ddp_multinode_sim hydra.run.dir=logs/train/runs/two_nodes":
-        NotRun("two nodes run it at once: tests/test_launch.py runs it twice, kills and resumes"),
+        NotRun("two nodes run it at once: tests/distributed/test_launch.py runs it twice, "
+               "kills and resumes"),
     "python snippet: import mteb": Fails("Couldn't reach 'mteb/sts22-crosslingual-sts' on the "
                                          "Hub"),
     "python snippet: from sentence_transformers import SentenceTransformer": Run(),
@@ -480,8 +481,8 @@ def test_not_run_commands_are_few() -> None:
 def test_readme_command(session: Session, key: str, command: list[str] | str) -> None:
     how = COMMANDS.get(key)
     assert how is not None, (
-        f"README command not in tests/test_readme.py COMMANDS (add one line saying how it is "
-        f"run):\n  {key}")
+        f"README command not in tests/commands/test_readme.py COMMANDS (add one line saying how "
+        f"it is run):\n  {key}")
     if isinstance(how, NotRun):
         pytest.skip(f"not run: {how.reason}")
     if key in session.passed:

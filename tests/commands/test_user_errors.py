@@ -5,15 +5,17 @@ types it, from a copy of the repository (conftest's `run_cli`)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from f2llm.export import export_sentence_transformers
-from tests.conftest import copy_repository, run_cli, run_folders, small_run, tiny_encoder
+from tests.conftest import ROOT, copy_repository, run_cli, run_folders, small_run, tiny_encoder
 
 HUB_MESSAGE = ("Error: teacher.path=codefuse-ai/F2LLM-v2-0.6B is not a local folder and not in "
                "the local Hugging Face cache, and HF_HUB_OFFLINE is set. Download it where there "
@@ -209,3 +211,17 @@ def test_eval_of_a_run_folder_skips_a_damaged_last_ckpt(trained: Path, tmp_path:
     assert f"model_path: the checkpoint {last} is damaged and cannot be loaded" in output
     assert f"model_path: using {run / 'checkpoints' / 'stage-stage1-end.ckpt'}" in output
     assert "bitext/accuracy" in done.stdout  # the table
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model=f2llm_99m", "Could not find 'model/f2llm_99m'"),
+    ("experiment=no_such_experiment", "Could not find 'experiment/no_such_experiment'"),
+])
+def test_unknown_model_or_experiment_stops_in_seconds(override: str, message: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "src/f2llm/train.py"), override],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Available options" in done.stderr  # Hydra lists the valid names
+    assert "[INFO]" not in done.stderr + done.stdout  # before any work (no wall-time bound)

@@ -1,7 +1,7 @@
 """FSDP2 (`trainer=fsdp2` / `fsdp2_sim`): the configs build the strategy, the encoder shards
 and computes what the unsharded one does, the gathered copy has the same weights, a sharded
 checkpoint folder resumes, and two ranks evaluate the held-out sets as one process does. The
-2-process run with kill, resume and export is in tests/test_gpu_check.py, which runs
+2-process run with kill, resume and export is in tests/scripts/test_gpu_check.py, which runs
 scripts/gpu_check.py --toy."""
 
 from __future__ import annotations

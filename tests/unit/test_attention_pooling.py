@@ -1,12 +1,10 @@
 """Bidirectional attention and mean pooling (issue 18 item 2): what they compute, that padding
-cannot leak into either, and that an exported folder embeds the same under every loader."""
+cannot leak into either, and that an exported folder embeds the same under every loader (a run
+with the options on, as a user types it: tests/commands/test_attention_pooling.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from f2llm.export import export_sentence_transformers
 from f2llm.model import attention_of, build_encoder, folder_pooling, mean_pool
 from f2llm.model.teacher import build_teacher
 from f2llm.pruning.slicing import prune_backbone
-from tests.conftest import TEST_VAL_CATALOGS, copy_repository, tiny_encoder
+from tests.conftest import tiny_encoder
 
 COMBOS = [(a, p) for a in ("causal", "bidirectional") for p in ("last", "mean")]
 TEXTS = ["Fichier introuvable", "Cannot open file %s for writing", "Файл не найден", "保存", "x"]
@@ -184,45 +182,3 @@ def test_pruning_a_bidirectional_model_keeps_it_bidirectional(tmp_path: Path) ->
                                atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
-def test_training_with_the_options_on_as_a_user_types_it(
-        tmp_path: Path, locale_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`python src/f2llm/train.py model.attention=bidirectional model.pooling=mean` on the
-    tests' slice, in a repository copy; then the run's export, its checkpoint (eval.py's two
-    loaders) and `merge.py` of its checkpoints all embed the trained model the same."""
-    repo = copy_repository(tmp_path / "f2llm")
-    slice_ = [f"data.corpus.locale_dir={locale_dir}",
-              "data.corpus.val_catalogs=[" + ",".join(TEST_VAL_CATALOGS) + "]",
-              "data.corpus.val_min_pairs=16", "data.corpus.val_max_pairs=32",
-              "data.batch_size=8", "trainer.max_steps=4", "trainer.val_check_interval=4",
-              "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1",
-              "model.shape.num_hidden_layers=1", "model.shape.hidden_size=32",
-              "model.shape.intermediate_size=64", "model.shape.head_dim=16"]
-    # A user's shell has no PROJECT_ROOT (importing f2llm.eval set it to this checkout here).
-    env = {**{k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"},
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "src/f2llm/train.py", "model.attention=bidirectional",
-           "model.pooling=mean", *slice_]
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    [run] = [p.parent for p in (repo / "logs").rglob("final_metrics.json")]
-    export = run / "export"
-    assert attention_of(AutoModel.from_pretrained(export).config) == "bidirectional"
-    assert folder_pooling(export) == "mean"
-    card = (export / "README.md").read_text()
-    assert "bidirectional attention" in card and "mean pooling" in card
-
-    texts = ["Open file", "Ouvrir le fichier", "Datei öffnen"]
-    # As eval.py run in the copy would: its paths (the corpus for instructions) are the copy's.
-    monkeypatch.setenv("PROJECT_ROOT", str(repo))
-    from_export = load_embedder(export)
-    from_ckpt = load_embedder(run / "checkpoints" / "last.ckpt")
-    torch.testing.assert_close(from_export.embed(texts, None), torch.nn.functional.normalize(
-        from_ckpt.embed(texts, None), dim=-1), atol=1e-5, rtol=0)
-
-    merged = tmp_path / "merged"
-    cmd = [sys.executable, "src/f2llm/merge.py", f"run={run}", "last=2", f"out={merged}"]
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert attention_of(AutoModel.from_pretrained(merged).config) == "bidirectional"
-    assert folder_pooling(merged) == "mean"

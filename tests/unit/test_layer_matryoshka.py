@@ -1,14 +1,12 @@
 """Matryoshka over layers: the encoder's intermediate-layer embeddings are those of the model cut
 to its first layers, the objective's layer weighting equals sentence-transformers'
 `AdaptiveLayerLoss` on the same tensors, GradCache equals the plain step with layers and
-false-negative rules on, and a training run logs the per-layer losses and dropped counts."""
+false-negative rules on (a training run logs the per-layer losses and dropped counts:
+tests/commands/test_layer_matryoshka.py)."""
 
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,36 +16,24 @@ from sentence_transformers.sentence_transformer.losses import (
     AdaptiveLayerLoss,
     MultipleNegativesRankingLoss,
 )
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from f2llm.export import export_sentence_transformers
-from f2llm.model import build_encoder
 from f2llm.model.teacher import Teacher
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.pruning import prune_backbone
 from tests.conftest import (
-    TINY_SHAPE,
     collated_batches,
-    copy_repository,
     grads,
-    small_run,
     texts,
-    user_env,
+    tiny_encoder,
 )
 
 DEPTH = 3
 TAU = 0.05
 
 
-def deep_encoder(depth: int = DEPTH):
-    shape = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
-    shape.update(vocab_size=151_936, num_hidden_layers=depth)
-    torch.manual_seed(0)
-    return build_encoder("tiny", shape=shape, max_length=32)
-
-
 def test_layer_embeddings_are_those_of_the_model_cut_to_its_first_layers() -> None:
-    encoder = deep_encoder().eval()
+    encoder = tiny_encoder(layers=DEPTH).eval()
     batch = encoder.tokenize(texts(6, seed=1))
     with torch.no_grad():
         stacked = encoder(**batch, layers=[1, 2])
@@ -63,7 +49,7 @@ def test_layer_embeddings_are_those_of_the_model_cut_to_its_first_layers() -> No
 
 
 def test_layers_must_lie_below_the_last() -> None:
-    encoder = deep_encoder()
+    encoder = tiny_encoder(layers=DEPTH)
     batch = encoder.tokenize(["a", "b"])
     for bad in ([0], [DEPTH], [1, DEPTH + 2]):
         with pytest.raises(ValueError, match="not decoder layers"):
@@ -104,8 +90,9 @@ def test_layer_weighting_equals_adaptive_layer_loss(tmp_path: Path, weighting: s
     are `hidden_states[i]` pooled without the final norm (i = 0..L-1, 0 the embedding layer),
     so the test feeds our objective those tensors; our encoder norms them (see
     `Encoder.layer_embeddings`), which the test above checks separately."""
-    st = SentenceTransformer(str(export_sentence_transformers(deep_encoder(), tmp_path / "m")),
-                             device="cpu").double()  # float64: the sums in two orders agree
+    exported = export_sentence_transformers(tiny_encoder(layers=DEPTH), tmp_path / "m")
+    # float64: the sums in two orders agree
+    st = SentenceTransformer(str(exported), device="cpu").double()
     prior = 0.7
     adaptive = AdaptiveLayerLoss(st, MultipleNegativesRankingLoss(st, scale=1 / TAU),
                                  n_layers_per_step=-1, last_layer_weight=1.0,
@@ -158,12 +145,13 @@ def plain_step(encoder, objective: F2LLMObjective, batch, guide=None
     {"guide_margin": 0.02},
 ], ids=["rules", "layers", "both", "guide"])
 def test_gradcache_equals_plain_step_with_options_on(options: dict) -> None:
-    encoder = deep_encoder()
+    encoder = tiny_encoder(layers=DEPTH)
     (batch,) = collated_batches(encoder, "retrieval", count=1)
     assert len(batch.chunks) >= 3
     guide = None
     if "guide_margin" in options:  # a one-layer guide of the same tokenizer (GISTEmbed's rule)
-        guide = Teacher(deep_encoder(1), mode="online").embed(batch.chunks, batch.restore)
+        guide = Teacher(tiny_encoder(layers=1), mode="online").embed(batch.chunks,
+                                                                     batch.restore)
     objective = F2LLMObjective(**options)
     plain_loss, plain_logs = plain_step(encoder, objective, batch, guide)
     plain_grads = grads(encoder)
@@ -180,37 +168,7 @@ def test_gradcache_equals_plain_step_with_options_on(options: dict) -> None:
     if guide is not None:
         assert plain_logs["dropped/guide"] > 0
     # Without the options the loss differs: they did something.
-    plain_off = plain_step(deep_encoder(), F2LLMObjective(), batch)[0]
+    plain_off = plain_step(tiny_encoder(layers=DEPTH), F2LLMObjective(), batch)[0]
     assert (plain_off - plain_loss).abs() > 1e-6
 
 
-@pytest.mark.slow
-def test_training_run_logs_layer_losses_and_dropped_candidates(tmp_path: Path,
-                                                                locale_dir: Path) -> None:
-    """As a user types it: the options on the command line of `src/f2llm/train.py`."""
-    repo = copy_repository(tmp_path / "repo")
-    guide = export_sentence_transformers(deep_encoder(1), tmp_path / "guide")  # GISTEmbed's guide
-    args = small_run(locale_dir, steps=3, **{
-        "model.shape.num_hidden_layers": 3, "objective.layers": "[1,2]",
-        "objective.mask_same_text": "true", "objective.false_negative_margin": 0.1,
-        "guide": "default", "guide.path": guide, "objective.guide_margin": 0.05,
-        "trainer.log_every_n_steps": 1, "trainer.val_check_interval": 3})
-    done = subprocess.run([sys.executable, "src/f2llm/train.py", *args], cwd=repo,
-                          env={**user_env(), "PYTHONPATH": str(repo / "src")},
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = (repo / "logs" / "train" / "runs").iterdir()
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    for tag in ("train/loss@layer1", "train/loss@layer2", "train/loss_layer1",
-                "train/retrieval/dropped/same_text", "train/retrieval/dropped/margin",
-                "train/retrieval/dropped/guide"):
-        assert tag in tags, sorted(tags)
-    # The guide's embeddings are cached on disk by token ids, as a teacher's.
-    assert list((repo / "data" / "guide_cache").glob("*/emb-*.npy"))
-    layer1 = [e.value for e in events.Scalars("train/loss@layer1")]
-    assert len(layer1) == 3 and all(v > 0 for v in layer1)
-    dropped = [e.value for e in events.Scalars("train/retrieval/dropped/same_text")]
-    assert all(v >= 0 and float(v).is_integer() for v in dropped)
-    assert os.path.exists(run / "final_metrics.json")

@@ -1,5 +1,6 @@
 """Vocabulary trimming (`f2llm.model.vocab`): the same model as full-vocabulary training, a
-full-vocabulary export, and the same run through `train.py` with `callbacks.vocab_trim`."""
+full-vocabulary export (the same run through `train()` with `callbacks.vocab_trim`:
+tests/integration/test_vocab_trim.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from f2llm.model.vocab import (
     untrimmed_state,
 )
 from f2llm.schedule import cosine_with_warmup
-from f2llm.train import train
 from tests.conftest import tiny_encoder
 
 TEXTS = ["Fichier introuvable", "Cannot open file %s", "Файл не найден", "保存", "x"]
@@ -117,29 +117,6 @@ def test_training_token_ids_cover_every_batch_of_both_stages(cfg_tiny: DictConfi
              for i in chunk["input_ids"].reshape(-1).tolist()}
     assert drawn <= keep
     assert len(keep) < encoder.backbone.get_input_embeddings().num_embeddings
-
-
-@pytest.mark.slow
-def test_train_with_vocab_trim_gives_the_untrimmed_model(cfg_tiny: DictConfig,
-                                                         tmp_path: Path) -> None:
-    """`callbacks.vocab_trim.enabled=true` through `train()`: the same export as without."""
-    weights = {}
-    for enabled in (False, True):
-        cfg = cfg_tiny.copy()
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / f"run_{enabled}")
-            cfg.callbacks.export.path = str(tmp_path / f"run_{enabled}" / "export")
-            cfg.callbacks.checkpoint.dirpath = str(tmp_path / f"run_{enabled}" / "ckpt")
-            cfg.callbacks.vocab_trim.enabled = enabled
-        train(cfg)
-        weights[enabled] = load_file(tmp_path / f"run_{enabled}" / "export" / "model.safetensors")
-    assert weights[True].keys() == weights[False].keys()
-    for key, value in weights[False].items():
-        torch.testing.assert_close(weights[True][key], value, rtol=1e-5, atol=1e-6, msg=key)
-    cached = list((Path(cfg_tiny.paths.data_dir) / "vocab_trim").glob("token_ids-*.pt"))
-    assert len(cached) == 1
-    ids = torch.load(cached[0])
-    assert 0 < ids.numel() < 151_936
 
 
 def test_trim_vocabulary_refuses_pruning() -> None:
