@@ -72,7 +72,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark as bench  # noqa: E402
-from _common import compose_train  # noqa: E402
+
+from f2llm.compose import compose_train  # noqa: E402
 
 MIB = 2**20
 MFU_FORMULA = ("MFU = model FLOPs / measured bf16 matmul peak; model FLOPs per step = "

@@ -17,7 +17,6 @@ from f2llm.model import attention_of, folder_pooling
 from tests.conftest import TEST_VAL_CATALOGS, copy_repository
 
 
-@pytest.mark.slow
 def test_training_with_the_options_on_as_a_user_types_it(
         tmp_path: Path, locale_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`python src/f2llm/train.py model.attention=bidirectional model.pooling=mean` on the

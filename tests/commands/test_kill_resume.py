@@ -49,7 +49,6 @@ def read(log: Path) -> list[list]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, locale_dir: Path) -> None:
     # This checkout's code, whichever copy of f2llm is installed; and the tests' StepLog.
     env = {**os.environ, "HF_HUB_OFFLINE": "1",

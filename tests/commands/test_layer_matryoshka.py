@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from f2llm.export import export_sentence_transformers
@@ -20,7 +19,6 @@ from tests.conftest import (
 )
 
 
-@pytest.mark.slow
 def test_training_run_logs_layer_losses_and_dropped_candidates(tmp_path: Path,
                                                                 locale_dir: Path) -> None:
     """As a user types it: the options on the command line of `src/f2llm/train.py`."""

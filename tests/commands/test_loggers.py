@@ -33,7 +33,6 @@ def run_config(run: Path) -> dict:
     return yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
 
 
-@pytest.mark.slow
 def test_many_loggers_write_csv_tensorboard_and_mlflow(repo_copy: Path,
                                                        locale_dir: Path) -> None:
     before = set(run_folders(repo_copy))
@@ -106,7 +105,6 @@ def item_key(item: object) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-@pytest.mark.slow
 def test_wandb_offline_keeps_one_run_per_multirun_job(repo_copy: Path, locale_dir: Path) -> None:
     sweeps = repo_copy / "logs" / "train" / "multiruns"
     before = set(sweeps.glob("*"))

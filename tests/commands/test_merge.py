@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from sentence_transformers import SentenceTransformer
 
 from f2llm.merge import encoder_weights, last_checkpoints, merge, slerp_merge, soup
 from tests.conftest import (
-    CONFIGS,
     ROOT,
+    compose_config,
     copy_repository,
     tiny_overrides,
     user_env,
@@ -46,15 +45,10 @@ def short_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Pat
 
 
 def merge_cfg(run: Path, out: Path, **extra: object) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("merge", overrides=[f"run={run}", f"out={out}", f"paths.root_dir={ROOT}"]
-                      + [f"{k}={v}" for k, v in extra.items()])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    return compose_config("merge", [f"run={run}", f"out={out}",
+                                    *(f"{k}={v}" for k, v in extra.items())])
 
 
-@pytest.mark.slow
 def test_merge_command_on_a_real_run(short_run: Path, tmp_path: Path) -> None:
     steps = [s for s, _ in last_checkpoints(short_run, 3)]
     assert steps == [2, 4, 6]  # last.ckpt is step 6 again: one file per step

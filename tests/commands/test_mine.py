@@ -13,15 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from sentence_transformers import SentenceTransformer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from f2llm.data.readers import DatasetSpec, read_dataset
 from f2llm.export import export_sentence_transformers
 from f2llm.mine import mine
-from tests.conftest import CONFIGS, ROOT, TINY_SHAPE, tiny_encoder, write_jsonl
+from tests.conftest import ROOT, TINY_SHAPE, compose_config, tiny_encoder, write_jsonl
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 NOUNS = ["file", "folder", "printer", "network", "password", "window", "disk", "user",
@@ -56,12 +55,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def mine_cfg(**values: object) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("mine", overrides=[f"paths.root_dir={ROOT}",
-                                         *(f"{k}={v}" for k, v in values.items())])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    return compose_config("mine", [f"{k}={v}" for k, v in values.items()])
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +130,6 @@ def test_mining_options_and_inputs(export: Path, tmp_path: Path) -> None:
         mine(mine_cfg(**{**base, "model_path": "no-such/model"}, out=tmp_path / "d.parquet"))
 
 
-@pytest.mark.slow
 def test_training_on_mined_negatives(mined: Path, tmp_path: Path) -> None:
     """The README's path: mine, list the file in a manifest, train with its 7 negatives."""
     (tmp_path / "mined.yaml").write_text(

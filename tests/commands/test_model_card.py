@@ -33,7 +33,6 @@ def card_table(text: str) -> dict[str, float]:
     return table
 
 
-@pytest.mark.slow
 def test_card_loads_parses_and_holds_the_final_metrics(run: Path) -> None:
     export = run / "export"
     card = (export / "README.md").read_text()

@@ -1,33 +1,19 @@
 """The README is the test plan: every command in its ```bash blocks and every ```python snippet
 runs as a user types it, from a copy of the repository (its runs land in the copy's logs/).
 
-Each README command must have one line in COMMANDS saying how it is run: `Run` (it must work),
-`Fails` (it needs a network, a GPU or files a user brings: it must stop within 30 s printing a
-message the README documents) or `NotRun` (with the reason). A command the table does not know
-fails `test_readme_command`, so no command enters the README untested; a table line whose command
-left the README fails `test_every_table_line_is_in_the_readme`.
-
-What is added to a command, and nothing else: step counts and the validation interval
-(`TWO_STAGES`, `ONE_STAGE`, ...) and, to train.py and eval.py on the gettext data, the small
-corpus of tests/conftest.py (`corpus()`: a few languages and catalogs), so a command takes
-seconds. Never `hydra.*` or `paths.*`.
-Placeholders are filled from the first command's run (`<time>`, `<run>`), from files this module
-writes (`my_data.yaml` from the README's own YAML block, with small data files at the paths it
-names) and for the snippets' elisions (`…/export`, `[...]`).
+COMMANDS has one line per README command saying how it is run (`Run`, `Fails`, `NotRun`:
+tests/commands/documented.py says what each promises and what may be added to a command). A
+command the table does not know fails `test_readme_command`, so no command enters the README
+untested; a table line whose command left the README fails
+`test_every_table_line_is_in_the_readme`. The README's own files are written by `user_data`:
+`my_data.yaml` from its YAML block, with small data files at the paths it names.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shlex
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,13 +23,22 @@ import torch
 import yaml
 
 from f2llm.data.formats import get_format
-from tests.conftest import ROOT, TEST_VAL_CATALOGS, copy_repository
-
-pytestmark = pytest.mark.slow
+from tests.commands.documented import (
+    TRAIN,
+    Fails,
+    NotRun,
+    Result,
+    Run,
+    Session,
+    Table,
+    check_command,
+    fenced_blocks,
+    page_commands,
+    stale_lines,
+)
+from tests.conftest import ROOT, copy_repository
 
 README = ROOT / "README.md"
-FAIL_WITHIN_S = 30  # a command that cannot work here must say so this fast (issue 14)
-RUN_TIMEOUT_S = 300
 
 # --- What a command may be given beyond what the README says ---------------------------------
 
@@ -54,67 +49,6 @@ NO_STAGES = ("trainer.max_steps=1", "trainer.val_check_interval=1")  # data.stag
 # Resume the first run (2 steps, two stages) and train one step more.
 RESUMED = ("trainer.max_steps=3", "data.stages.0.steps=1", "data.stages.1.steps=2",
            "trainer.val_check_interval=3")
-
-
-def corpus(locale_dir: Path) -> list[str]:
-    """The gettext corpus of tests/conftest.py: its locale slice and held-out catalogs."""
-    return [f"data.corpus.locale_dir={locale_dir}",
-            f"data.corpus.val_catalogs=[{','.join(TEST_VAL_CATALOGS)}]",
-            "data.corpus.val_min_pairs=16", "data.corpus.val_max_pairs=32"]
-
-
-def reads_gettext(argv: list[str]) -> bool:
-    """train.py or eval.py on the embedded gettext corpus (no other `data=`, no experiment on
-    the public data)."""
-    entry = any(a.endswith(("src/f2llm/train.py", "src/f2llm/eval.py")) for a in argv[:2])
-    public = any(a.startswith("experiment=f2llm_v2") for a in argv)
-    return (entry and not public
-            and all(a == "data=gettext" for a in argv if a.startswith("data=")))
-
-
-# --- How each README command is run ----------------------------------------------------------
-
-
-@dataclass
-class Result:
-    command: str
-    returncode: int
-    output: str
-    seconds: float
-    folders: list[Path]  # run folders it made (logs/<task>/runs/* and multiruns/*)
-
-
-@dataclass(frozen=True)
-class Run:
-    """Must exit 0. `extra`: step and validation overrides added; `corpus`: add the test corpus
-    (None: when `reads_gettext`); `output`: lines it must print; `makes`: files each new run
-    folder must hold (globs); `check`: anything more."""
-
-    extra: tuple[str, ...] = ()
-    corpus: bool | None = None
-    output: tuple[str, ...] = ()
-    makes: tuple[str, ...] = ()
-    check: Callable[[Result], None] | None = None
-    # `<time>` is the run of the README command keyed here (None: the first command's run);
-    # `keep`: a later command reads this command's run folder.
-    time_from: str | None = None
-    keep: bool = False
-
-
-@dataclass(frozen=True)
-class Fails:
-    """Needs what the test machine lacks (a network, a GPU, weights): a non-zero exit within
-    FAIL_WITHIN_S printing `message`, which the README documents."""
-
-    message: str
-    corpus: bool | None = None  # as in Run
-    extra: tuple[str, ...] = field(default=())
-    time_from: str | None = None  # as in Run
-
-
-@dataclass(frozen=True)
-class NotRun:
-    reason: str
 
 
 TRAINED = ("final_metrics.json", "export/modules.json", "checkpoints/last.ckpt")
@@ -165,7 +99,7 @@ def resumed(result: Result) -> None:
 
 
 HUB_OFFLINE = "is not a local folder and not in the local Hugging Face cache"
-T = "python src/f2llm/train.py"
+T = TRAIN
 E = "python src/f2llm/eval.py"
 D = "python scripts/f2llm_v2_data.py"
 M = "python src/f2llm/merge.py run=logs/train/runs/<time> last=3"
@@ -175,7 +109,7 @@ MERGE_RUN = (f"{T} trainer.max_steps=300 data.stages.0.steps=300 "
 # One line per README command, in the README's order. The key is the command as the README
 # writes it (continuations joined, comment dropped, shell quotes removed); a ```python snippet is
 # keyed by "python snippet: <its first line>".
-COMMANDS: dict[str, Run | Fails | NotRun] = {
+COMMANDS: Table = {
     "make train": NotRun("installs packages, then runs the 1,600-step default (14 min); its "
                          "training step is `python src/f2llm/train.py`, run below"),
     "make test": NotRun("the suite this module is part of"),
@@ -185,9 +119,10 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
         Run(ONE_STAGE, output=("initialised weights from",), makes=TRAINED),
     f"{T} trainer.max_steps=300 data.stages.0.steps=300 data.alpha=0.3": Run(TWO_STAGES,
                                                                              makes=TRAINED),
-    f"{T} -m optimizer.lr=5e-4,1e-3": Run(TWO_STAGES, makes=("0/final_metrics.json",
-                                                              "1/export/modules.json"),
-                                          check=sweep_results(2)),
+    # Both jobs train, validate and export (one run folder each).
+    f"{T} -m optimizer.lr=5e-4,1e-3": Run(TWO_STAGES, makes=(
+        "0/final_metrics.json", "0/export/modules.json", "1/final_metrics.json",
+        "1/export/modules.json"), check=sweep_results(2)),
     f"{T} -m hparams_search=default_optuna hydra.sweeper.n_trials=2":
         Run(TWO_STAGES, output=("Best value:",), makes=("optimization_results.yaml",),
             check=optuna_results),
@@ -274,42 +209,14 @@ COMMANDS: dict[str, Run | Fails | NotRun] = {
 }
 
 
-# --- Reading the README ----------------------------------------------------------------------
-
-_BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
-
-
-def readme_blocks(kind: str) -> list[str]:
-    return [body for lang, body in _BLOCK.findall(README.read_text()) if lang == kind]
-
-
-def readme_commands() -> list[tuple[str, list[str] | str]]:
-    """(key, argv) for each bash command, (key, source) for each python snippet, in order."""
-    found: list[tuple[str, list[str] | str]] = []
-    text = README.read_text()
-    for lang, body in _BLOCK.findall(text):
-        if lang == "bash":
-            for line in body.replace("\\\n", " ").splitlines():
-                argv = shlex.split(line, comments=True)
-                if argv:
-                    found.append((" ".join(argv), argv))
-        elif lang == "python":
-            found.append((f"python snippet: {body.splitlines()[0]}", body))
-    return found
-
-
-def written_in_readme(message: str) -> bool:
-    return " ".join(message.split()) in " ".join(README.read_text().split())
-
-
-# --- Running them ----------------------------------------------------------------------------
+# --- The files the README tells a user to bring --------------------------------------------
 
 
 def user_data(repo: Path) -> None:
     """`my_data.yaml` from the README's YAML block, and a small dataset at each path it names,
     in the format it declares (the stored negatives a record of that format needs); the mining
     example's pairs (`my_pairs.parquet`) and its manifest (from its YAML block)."""
-    (mined,) = [b for b in readme_blocks("yaml") if b.startswith("# data/mined/mined.yaml")]
+    (mined,) = [b for b in fenced_blocks(README, "yaml") if b.startswith("# data/mined/mined.yaml")]
     (repo / "data/mined").mkdir(parents=True)
     (repo / "data/mined/mined.yaml").write_text(mined)
     words = ["file", "folder", "printer", "network", "window", "archive", "password", "disk"]
@@ -317,7 +224,7 @@ def user_data(repo: Path) -> None:
              for verb in ("open", "remove", "copy", "rename", "share", "find") for noun in words]
     pq.write_table(pa.table({"query": [q for q, _ in pairs], "passage": [p for _, p in pairs]}),
                    repo / "my_pairs.parquet")
-    (block,) = [b for b in readme_blocks("yaml") if b.startswith("# my_data.yaml")]
+    (block,) = [b for b in fenced_blocks(README, "yaml") if b.startswith("# my_data.yaml")]
     (repo / "my_data.yaml").write_text(block)
     for entry in yaml.safe_load(block)["datasets"]:
         n, k = 32, get_format(entry["format"]).num_negatives
@@ -340,121 +247,11 @@ def user_data(repo: Path) -> None:
             datasets.Dataset.from_dict(rows).save_to_disk(str(path))
 
 
-def run_folders(repo: Path) -> set[Path]:
-    return {p for p in (repo / "logs").glob("*/*runs/*") if p.is_dir()}
-
-
-class Session:
-    """One repository copy; each command runs once (the first run fills `<time>`)."""
-
-    def __init__(self, repo: Path, locale_dir: Path, scratch: Path) -> None:
-        self.repo, self.locale_dir, self.scratch = repo, locale_dir, scratch
-        self.results: dict[str, Result] = {}
-        self.passed: set[str] = set()
-        self.base: Path | None = None
-        self.env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}
-        self.env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        user_data(repo)
-
-    def first_run(self) -> Path:
-        if self.base is None:
-            result = self.run(T, T.split(), COMMANDS[T])
-            assert result.returncode == 0, result.output[-3000:]
-            (self.base,) = result.folders
-        return self.base
-
-    def fill(self, text: str, time_from: str | None = None) -> str:
-        if "<f2llm_v2_folder>" in text:
-            text = text.replace("<f2llm_v2_folder>", str(self.synthetic_folder()))
-        if "<synthetic_folder>" in text:
-            text = text.replace("<synthetic_folder>", str(self.scratch / "synthetic"))
-        if "<stage1_run>" in text:
-            text = text.replace("<stage1_run>", self.first_run().relative_to(self.repo)
-                                .as_posix())
-        if "<time>" in text or "<run>" in text or "…/export" in text:
-            if time_from is not None:
-                if time_from not in self.results:  # run it first (a -k selection skipped it)
-                    self.run(time_from, dict(readme_commands())[time_from], COMMANDS[time_from])
-                (folder,) = self.results[time_from].folders
-            else:
-                folder = self.first_run()
-            run = folder.relative_to(self.repo).as_posix()
-            text = (text.replace("<run>", run).replace("logs/train/runs/<time>", run)
-                    .replace("…/export", f"{run}/export"))
-        return text.replace("[...]", '["File not found"]')
-
-    def synthetic_folder(self) -> Path:
-        """A small synthetic copy of the public data (real dataset names), made once."""
-        folder = self.scratch / "f2llm_v2"
-        if not folder.exists():
-            subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "synthetic", "--root",
-                            str(folder), "--layout", "raw"], cwd=self.repo, env=self.env,
-                           check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
-        return folder
-
-    def run(self, key: str, command: list[str] | str, how: Run | Fails) -> Result:
-        if key in self.results:
-            return self.results[key]
-        if isinstance(command, str):  # a python snippet
-            script = self.scratch / f"snippet_{len(self.results)}.py"
-            script.write_text(self.fill(command))
-            argv = [sys.executable, str(script)]
-        else:
-            argv = [self.fill(a, how.time_from) for a in command]
-            if argv[0] == "python":
-                argv[0] = sys.executable
-            if how.corpus or (how.corpus is None and reads_gettext(argv)):
-                argv += corpus(self.locale_dir)
-            argv += list(how.extra)
-        timeout = FAIL_WITHIN_S if isinstance(how, Fails) else RUN_TIMEOUT_S
-        before = run_folders(self.repo)
-        start = time.monotonic()
-        try:
-            done = subprocess.run(argv, cwd=self.repo, env=self.env, capture_output=True,
-                                  text=True, timeout=timeout)
-            code, output = done.returncode, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as e:
-            out = (e.stdout or b"") + (e.stderr or b"")
-            code, output = -9, (out.decode() if isinstance(out, bytes) else out)
-            output += f"\n[still running after {timeout} s: stopped]"
-        result = Result(key, code, output, time.monotonic() - start,
-                        sorted(run_folders(self.repo) - before))
-        self.results[key] = result
-        return result
-
-    def tidy(self, result: Result) -> None:
-        """Run folders hold ~0.5 GB of checkpoints each: keep only the first run's."""
-        if result.command == T or getattr(COMMANDS[result.command], "keep", False):
-            return
-        for folder in result.folders:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def summary(self) -> str:
-        rows = ["| command | exit | seconds | key line |", "|---|---|---|---|"]
-        for r in self.results.values():
-            how = COMMANDS[r.command]
-            rows.append(f"| `{r.command}` | {r.returncode} | {r.seconds:.0f} | "
-                        f"{key_line(r.output, getattr(how, 'message', None))} |")
-        return "\n".join(rows)
-
-
-def key_line(output: str, message: str | None = None) -> str:
-    """The line a user looks at: the result of a run, or the message of a failure."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    for pattern in (message, "Best value", "held-out bitext accuracy by dim", "bitext/accuracy ",
-                    "train records", "Error"):
-        if not pattern:
-            continue
-        hits = [line for line in lines if pattern in line]
-        if hits:
-            return hits[-1][-160:].replace("|", "/")
-    return (lines[-1][-160:] if lines else "").replace("|", "/")
-
-
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path):
     repo = copy_repository(tmp_path_factory.mktemp("readme") / "f2llm")
-    s = Session(repo, locale_dir, tmp_path_factory.mktemp("snippets"))
+    s = Session(README, COMMANDS, repo, locale_dir, tmp_path_factory.mktemp("snippets"),
+                prepare=user_data)
     yield s
     summary = s.summary()
     (tmp_path_factory.getbasetemp() / "readme_commands.md").write_text(summary + "\n")
@@ -466,8 +263,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path):
 
 
 def test_every_table_line_is_in_the_readme() -> None:
-    in_readme = {key for key, _ in readme_commands()}
-    stale = [key for key in COMMANDS if key not in in_readme]
+    stale = stale_lines(README, COMMANDS)
     assert not stale, f"COMMANDS lines for commands the README no longer has: {stale}"
 
 
@@ -477,37 +273,6 @@ def test_not_run_commands_are_few() -> None:
 
 
 @pytest.mark.parametrize("key, command", [pytest.param(k, c, id=k[:100])
-                                          for k, c in readme_commands()])
+                                          for k, c in page_commands(README)])
 def test_readme_command(session: Session, key: str, command: list[str] | str) -> None:
-    how = COMMANDS.get(key)
-    assert how is not None, (
-        f"README command not in tests/commands/test_readme.py COMMANDS (add one line saying how "
-        f"it is run):\n  {key}")
-    if isinstance(how, NotRun):
-        pytest.skip(f"not run: {how.reason}")
-    if key in session.passed:
-        return  # the README repeats a command; it ran and passed above
-    result = session.run(key, command, how)
-    try:
-        if isinstance(how, Fails):
-            assert result.returncode != 0, result.output[-3000:]
-            assert result.returncode != -9, (f"still running after {FAIL_WITHIN_S} s:\n"
-                                             f"{result.output[-3000:]}")
-            assert how.message in result.output, result.output[-3000:]
-            assert written_in_readme(how.message), f"the README does not say {how.message!r}"
-            session.passed.add(key)
-            return
-        assert result.returncode == 0, result.output[-5000:]
-        for line in how.output:
-            assert line in result.output, (line, result.output[-3000:])
-        for pattern in how.makes:
-            for folder in result.folders:
-                assert list(folder.glob(pattern)), (folder, pattern,
-                                                    sorted(p.name for p in folder.iterdir()))
-        if how.makes:
-            assert result.folders, "no run folder under the copy's logs/"
-        if how.check:
-            how.check(result)
-        session.passed.add(key)
-    finally:
-        session.tidy(result)
+    check_command(session, key, command, "tests/commands/test_readme.py")

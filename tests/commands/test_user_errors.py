@@ -121,7 +121,6 @@ def test_missing_checkpoint_or_model_is_one_message(clone: Path) -> None:
                       "run folder or .ckpt file")
 
 
-@pytest.mark.slow
 def test_damaged_explicit_checkpoint_is_named(trained: Path, tmp_path: Path) -> None:
     run = shutil.copytree(run_folders(trained)[0], tmp_path / "run")
     damaged = truncate(run / "checkpoints" / "last.ckpt")
@@ -133,7 +132,6 @@ def test_damaged_explicit_checkpoint_is_named(trained: Path, tmp_path: Path) -> 
         assert "Errno" in message or "zip" in message, message  # torch's reason, after the name
 
 
-@pytest.mark.slow
 def test_resume_from_a_run_folder_skips_a_damaged_last_ckpt(trained: Path, tmp_path: Path,
                                                            locale_dir: Path) -> None:
     run = shutil.copytree(run_folders(trained)[0], tmp_path / "run")
@@ -159,7 +157,6 @@ def test_resume_from_a_run_folder_skips_a_damaged_last_ckpt(trained: Path, tmp_p
     assert "last.ckpt" in message and "stage-stage1-end.ckpt" in message
 
 
-@pytest.mark.slow
 def test_resume_with_another_embedding_lr_scale_is_one_message(trained: Path,
                                                               locale_dir: Path) -> None:
     run = run_folders(trained)[0]  # trained as the default: module.embedding_lr_scale=4
@@ -170,7 +167,6 @@ def test_resume_with_another_embedding_lr_scale_is_one_message(trained: Path,
                       "module.embedding_lr_scale=4")
 
 
-@pytest.mark.slow
 def test_truncated_teacher_cache_shard_does_not_stop_a_kd_run(trained: Path, tmp_path: Path,
                                                               locale_dir: Path) -> None:
     student = export_sentence_transformers(tiny_encoder(), tmp_path / "export")  # 32 wide
@@ -198,7 +194,6 @@ def test_truncated_teacher_cache_shard_does_not_stop_a_kd_run(trained: Path, tmp
         np.load(emb, mmap_mode="r")
 
 
-@pytest.mark.slow
 def test_eval_of_a_run_folder_skips_a_damaged_last_ckpt(trained: Path, tmp_path: Path,
                                                         locale_dir: Path) -> None:
     run = shutil.copytree(run_folders(trained)[0], tmp_path / "run")

@@ -179,7 +179,6 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 # ---- the tests -------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("use_negatives", [False, True], ids=["inbatch", "inbatch+hard"])
 def test_gathered_objective_equals_one_process(ranks: list[dict[str, Any]],
                                                use_negatives: bool) -> None:
@@ -202,7 +201,6 @@ def test_gathered_objective_equals_one_process(ranks: list[dict[str, Any]],
         assert (g["x_grad"][others] == 0).all()  # a rank's graph holds only its own inputs
 
 
-@pytest.mark.slow
 def test_gradcache_across_ranks_equals_one_plain_step(ranks: list[dict[str, Any]]) -> None:
     encoder = tiny_encoder()
     full = batch(0, None)
@@ -218,7 +216,6 @@ def test_gradcache_across_ranks_equals_one_plain_step(ranks: list[dict[str, Any]
                                        rtol=1e-5, atol=1e-5, msg=name)
 
 
-@pytest.mark.slow
 def test_ddp_training_equals_one_process(ranks: list[dict[str, Any]]) -> None:
     reference = params(fit(module(tiny_encoder(), False), None))
     start = params(module(tiny_encoder(), False))

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -65,7 +64,6 @@ def _epoch_worker(rank: int, out: str, data_cfg: dict, model_cfg: dict) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_ddp_epoch_trains_on_every_record_exactly_once(tmp_path: Path,
                                                        locale_dir: Path) -> None:
     # Two of the slice's languages keep the epoch (every record tokenized once) short.

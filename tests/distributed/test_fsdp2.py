@@ -106,7 +106,6 @@ def test_a_sharded_checkpoint_folder_resumes(tmp_path: Path) -> None:
     assert resolve_ckpt_path(str(tmp_path / "run")) == str(newer)
 
 
-@pytest.mark.slow
 def test_two_ranks_evaluate_a_sharded_encoder_as_one_process_does(tmp_path: Path,
                                                                    locale_dir: Path) -> None:
     """`trainer=fsdp2_sim`: both ranks embed every held-out text through the sharded encoder

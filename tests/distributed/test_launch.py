@@ -1,7 +1,7 @@
 """How a run's processes start: Lightning's subprocess launcher inside a Hydra multirun, torchrun
-across two simulated nodes (kill -9 and resume), Hydra's submitit launcher. The slow tests run
-the commands as a user types them, in a repository copy; a callback of this module (`RankLog`,
-added with `+callbacks.rank_log`) records what each rank trained with."""
+across two simulated nodes (kill -9 and resume), Hydra's submitit launcher. The multi-process
+tests run the commands as a user types them, in a repository copy; a callback of this module
+(`RankLog`, added with `+callbacks.rank_log`) records what each rank trained with."""
 
 from __future__ import annotations
 
@@ -114,7 +114,6 @@ def test_lightning_runs_a_multirun_job_alone_in_its_folder(
     assert "-m" not in command[-len(tail) - 1:] and cwd == os.getcwd()
 
 
-@pytest.mark.slow
 def test_multirun_of_multi_process_runs(tmp_path: Path, locale_dir: Path) -> None:
     """Two jobs of 2 DDP processes each through Lightning's subprocess launcher (the launcher
     of `trainer=ddp`, `fsdp`, `fsdp2`): rank 1 of each job trains that job's lr, in its folder."""
@@ -191,7 +190,6 @@ def wait(procs: list[subprocess.Popen], repo: Path, name: str) -> None:
         assert proc.wait(timeout=600) == 0, node_output(repo, name, node).read_text()[-3000:]
 
 
-@pytest.mark.slow
 def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir: Path) -> None:
     repo = copy_repository(tmp_path / "f2llm")  # no corpus yet: both nodes start building it
     steps = 10
@@ -276,7 +274,6 @@ def test_sweep_results_one_row_per_job_from_its_global_rank_zero(
 
 
 
-@pytest.mark.slow
 def test_submitit_local_sweep(tmp_path: Path, locale_dir: Path) -> None:
     """Both jobs run in processes of their own (at once) and write their folders; each appends
     its row to results.jsonl."""

@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import lightning as L
-import pytest
 import torch
 from hydra.utils import instantiate
 
@@ -16,7 +15,6 @@ from f2llm.train import train
 from tests.conftest import compose_train, tiny_overrides
 
 
-@pytest.mark.slow
 def test_ddp_sim_trains_two_processes_end_to_end(tmp_path: Path, locale_dir: Path) -> None:
     cfg = compose_train(tiny_overrides(tmp_path, locale_dir, **{
         "trainer": "ddp_sim", "trainer.max_steps": 2, "final_validate": False}))

@@ -94,7 +94,6 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("split", SPLITS, ids=str)
 def test_each_rank_scores_its_queries_against_every_positive(
     ranks: list[dict[str, Any]], split: tuple[int, ...]
@@ -109,7 +108,6 @@ def test_each_rank_scores_its_queries_against_every_positive(
         torch.testing.assert_close(got[f"{split}/inbatch"], per_query[mine].mean())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("use_negatives", [False, True], ids=["inbatch", "inbatch+hard"])
 @pytest.mark.parametrize("split", SPLITS, ids=str)
 def test_unequal_gather_equals_one_process(ranks: list[dict[str, Any]],

@@ -1,5 +1,6 @@
-"""eval.py scores an export and a checkpoint of the same run identically, on all four tasks, and
-as the run's own final validation did."""
+"""eval.py scores an export and a checkpoint of the same run identically, on all four tasks
+(eval.py as a user types it, against the run's own final validation:
+tests/commands/test_eval.py); the held-out instructions follow the stage trained last."""
 
 from __future__ import annotations
 
@@ -7,22 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from f2llm.eval import evaluate, format_table
 from f2llm.train import train
-from tests.conftest import CONFIGS, ROOT, TEST_VAL_CATALOGS, run_cli, run_folders, small_run
+from tests.conftest import TEST_VAL_CATALOGS, compose_config
 
 
 def eval_cfg(model_path: Path, out: Path, train_cfg: DictConfig) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("eval", overrides=[f"model_path={model_path}", f"paths.root_dir={ROOT}",
-                                         f"paths.output_dir={out}",
-                                         f"paths.data_dir={train_cfg.paths.data_dir}"])
+    cfg = compose_config("eval", [f"model_path={model_path}", f"paths.output_dir={out}",
+                                  f"paths.data_dir={train_cfg.paths.data_dir}"])
     with open_dict(cfg):
-        cfg.pop("hydra", None)
         cfg.data.corpus = train_cfg.data.corpus  # the test's small locale slice
     assert list(cfg.data.corpus.val_catalogs) == TEST_VAL_CATALOGS
     return cfg
@@ -47,27 +44,6 @@ def test_eval_export_and_checkpoint_agree(cfg_tiny: DictConfig, tmp_path: Path) 
     table = format_table(by_export).splitlines()
     assert table[0].split()[1:] == ["8", "16", "32"]
     assert any(line.startswith("classification/accuracy") for line in table)
-
-
-@pytest.mark.slow
-def test_final_validation_equals_eval_py_on_the_export(trained_repo: Path,
-                                                        locale_dir: Path) -> None:
-    """The run ends in stage 2 (instructions on) and validates once more after fit
-    (`trainer.validate`, which sets the datamodule up again): its clustering and classification
-    queries must still get the stage-2 instructions, as eval.py gives them from the export's
-    prompts."""
-    run = run_folders(trained_repo)[0]  # the fixture's; tests of other modules add later runs
-    final = json.loads((run / "final_metrics.json").read_text())
-    corpus = [a for a in small_run(locale_dir) if a.startswith("data.corpus.")]
-    before = set(run_folders(trained_repo, "eval"))
-    done = run_cli(trained_repo, "eval", f"model_path={run / 'export'}", *corpus)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (folder,) = set(run_folders(trained_repo, "eval")) - before
-    by_eval = json.loads((folder / "eval_metrics.json").read_text())["metrics"]
-    for task in ("bitext", "retrieval", "clustering", "classification"):
-        assert any(k.startswith(f"{task}/") for k in by_eval), task
-    for key, value in by_eval.items():
-        assert final[f"val/{key}"] == pytest.approx(value, abs=1e-4), key
 
 
 def test_held_out_instructions_follow_the_last_trained_batch(cfg_tiny: DictConfig) -> None:

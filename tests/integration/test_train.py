@@ -1,11 +1,10 @@
-"""End to end: the composed default trains, evaluates, logs and exports; multirun sweeps."""
+"""End to end through `train()`: the composed default trains, evaluates, logs and exports (a
+multirun sweep, as a user types it: the README's `-m optimizer.lr=...` line,
+tests/commands/test_readme.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from f2llm.train import train
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import tiny_overrides
 
 
 def scalar_tags(run: Path) -> set[str]:
@@ -51,21 +50,6 @@ def test_default_config_trains_evaluates_and_exports(cfg_tiny: DictConfig) -> No
     events.Reload()
     assert "val/matryoshka" in events.Tags()["images"]
     assert (run / "matryoshka.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.slow
-def test_multirun_sweep_runs_two_jobs(tmp_path: Path, locale_dir: Path) -> None:
-    overrides = [o for o in tiny_overrides(tmp_path, locale_dir, **{"trainer.max_steps": 2})
-                 if not o.startswith("paths.output_dir")]
-    cmd = [sys.executable, "src/f2llm/train.py", "-m", "optimizer.lr=1e-3,2e-3",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for job in ("0", "1"):
-        job_dir = tmp_path / "sweep" / job
-        assert (job_dir / "final_metrics.json").exists(), sorted(p.name for p in job_dir.iterdir())
-        assert (job_dir / "export" / "modules.json").exists()
 
 
 def test_turning_the_progress_bar_off_needs_one_override(tmp_path: Path, locale_dir: Path) -> None:

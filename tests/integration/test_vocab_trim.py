@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from omegaconf import DictConfig, open_dict
 from safetensors.torch import load_file
@@ -13,7 +12,6 @@ from safetensors.torch import load_file
 from f2llm.train import train
 
 
-@pytest.mark.slow
 def test_train_with_vocab_trim_gives_the_untrimmed_model(cfg_tiny: DictConfig,
                                                          tmp_path: Path) -> None:
     """`callbacks.vocab_trim.enabled=true` through `train()`: the same export as without."""

@@ -8,12 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ROOT, tiny_overrides
 
 
-@pytest.mark.slow
 def test_benchmark_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
     out = tmp_path / "benchmark.json"
     overrides = tiny_overrides(tmp_path, locale_dir, **{"data.batch_size": 16})

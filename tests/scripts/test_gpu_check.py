@@ -31,7 +31,6 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads((tmp / "out" / "gpu_check.json").read_text())
 
 
-@pytest.mark.slow
 def test_peak_and_speed_levers(report: dict) -> None:
     assert report["mode"] == "toy (CPU)"
     assert report["peak"]["flops_per_s"] > 0
@@ -59,7 +58,6 @@ def test_peak_and_speed_levers(report: dict) -> None:
     assert report["speed"]["largest_batch"]["gradient_checkpointing_on"]["batch"] >= 4
 
 
-@pytest.mark.slow
 def test_fsdp2_two_cpu_processes_kill_resume_and_export(report: dict) -> None:
     fsdp = report["fsdp"]
     assert "error" not in fsdp, fsdp.get("error")
@@ -80,7 +78,6 @@ def test_fsdp2_two_cpu_processes_kill_resume_and_export(report: dict) -> None:
     assert export["ok"]
 
 
-@pytest.mark.slow
 def test_prune_and_kd_step_times(report: dict) -> None:
     prune = report["prune"]
     target = {**{k.split("=")[0].rsplit(".", 1)[1]: int(k.split("=")[1])

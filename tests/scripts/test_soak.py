@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ROOT, load_script, tiny_overrides
 
 
@@ -63,7 +61,6 @@ def test_tree_rss_counts_the_children() -> None:
     assert soak.tree_rss(parent.pid) == (0, 0, 0)
 
 
-@pytest.mark.slow
 def test_soak_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
     # The soak sets these itself; the run folder goes into the soak's output folder.
     own = ("trainer.max_steps=", "trainer.val_check_interval=", "paths.output_dir=",

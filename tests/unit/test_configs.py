@@ -30,7 +30,7 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path,
     if experiment.startswith("f2llm_v2"):  # the public data: a folder instead of gettext
         overrides = [o for o in overrides if not o.startswith("data.corpus.")]
         overrides.append(f"data.corpus.root={tmp_path}")
-    cfg = compose_train(overrides, experiment=experiment)
+    cfg = compose_train([f"experiment={experiment}", *overrides])
     assert cfg.trainer.max_steps == 4
     instantiate(cfg.objective)
     instantiate(cfg.optimizer)
@@ -67,7 +67,7 @@ for experiment in sys.argv[4:]:
     if experiment.startswith("f2llm_v2"):  # the public data: a folder instead of gettext
         overrides = [o for o in overrides if not o.startswith("data.corpus.")]
         overrides.append(f"data.corpus.root={tmp}")
-    cfg = compose_train(overrides, experiment=experiment)
+    cfg = compose_train([f"experiment={experiment}", *overrides])
     with open_dict(cfg):
         if cfg.get("teacher") and not cfg.model.get("pretrained"):
             cfg.model.pretrained = local  # the CPU recipe: the user's export, and its teacher

@@ -548,13 +548,13 @@ def test_prune_distill_takes_any_data_group_without_a_stages_override(
 
 def test_model_override_leaves_no_hub_name_behind(tmp_path: Path) -> None:
     for experiment in ("f2llm_v2_stage1", "f2llm_v2_stage2"):
-        cfg = compose_train([f"data.corpus.root={tmp_path}"], experiment=experiment)
+        cfg = compose_train([f"experiment={experiment}", f"data.corpus.root={tmp_path}"])
         assert cfg.model.pretrained == "Qwen/Qwen3-0.6B"
         assert (cfg.data.batch_size, cfg.optimizer.lr, cfg.scheduler.warmup_steps) == (
             512, 8e-6, 500)
         assert cfg.model.max_length == 1024
-        tiny = compose_train([f"data.corpus.root={tmp_path}", "model=tiny"],
-                             experiment=experiment)
+        tiny = compose_train([f"experiment={experiment}", f"data.corpus.root={tmp_path}",
+                              "model=tiny"])
         assert tiny.model.pretrained is None and tiny.model.name == "tiny"
         assert not tiny.model.gradient_checkpointing
     assert (CONFIGS / "model" / "qwen3_14b.yaml").exists()
@@ -571,7 +571,6 @@ def _train(cwd: Path, root: Path, extra: list[str]) -> subprocess.CompletedProce
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["raw", "tokenized"])
 def test_done_when_command_trains_offline(tmp_path: Path, tokenizer, layout: str) -> None:
     root = write_synthetic(tmp_path / layout, layout, NAMES, 64,

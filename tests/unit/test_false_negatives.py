@@ -391,7 +391,6 @@ def _worker(rank: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_gathered_rules_equal_one_process(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 

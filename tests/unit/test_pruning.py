@@ -98,7 +98,6 @@ def sharing_copy(model: PreTrainedModel) -> PreTrainedModel:
     return copy.deepcopy(model, memo=shared)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "method"),
     [("f2llm_80m", "activation"), ("f2llm_160m", "activation"), ("f2llm_330m", "activation"),
