@@ -93,11 +93,11 @@ def made_once(folder: Path, make: Callable[[Path], None]) -> Path:
     """`folder`, made by `make(folder)` once per session: the first worker to ask makes it
     while the others wait on its lock, then every caller reads it. Readers must not change
     it (copy what they change: `shutil.copytree`)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{folder}.lock"):
-        done = folder / ".made"
+        done = folder.with_name(f"{folder.name}.made")
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)  # a failed attempt's leftovers
-            folder.mkdir(parents=True)
             make(folder)
             done.touch()
     return folder

@@ -30,6 +30,7 @@ from f2llm.evaluation.embedders import (  # noqa: E402
 )
 from f2llm.evaluation.figure import matryoshka_figure, save_figure  # noqa: E402
 from f2llm.evaluation.heldout import HeldoutEvaluator, curves  # noqa: E402
+from f2llm.launch import exit_without_final_collection  # noqa: E402
 from f2llm.paths import set_project_root  # noqa: E402
 
 set_project_root(__file__)  # before @hydra.main composes `paths.root_dir`
@@ -135,4 +136,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main()

@@ -1,4 +1,5 @@
-"""The processes of a run: what each further rank of a Hydra multirun job runs.
+"""The processes of a run: what each further rank of a Hydra multirun job runs, and how an entry
+point's process ends.
 
 Lightning's default launcher (`_SubprocessScriptLauncher`: DDP's default `popen` start, FSDP,
 FSDP2) starts ranks 1..N-1 of a node by running this process's command line again, `sys.argv`,
@@ -13,12 +14,13 @@ command this job alone, as a single run in the job's folder.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
@@ -59,8 +61,21 @@ def multirun_job_ranks() -> Iterator[None]:
     try:
         yield
     finally:
+        import torch.distributed as dist
+
         if dist.is_initialized():
             dist.destroy_process_group()
         os.environ.clear()
         os.environ.update(environ)
         sys.argv[:] = argv
+
+
+def exit_without_final_collection() -> None:
+    """Skip the interpreter's last garbage collection when this process exits.
+
+    At exit Python collects every object still alive; after a run that is all of torch's,
+    Lightning's and transformers' (about 600,000), and it took 1.8-2.1 s of every command on a
+    2-core machine (0.25 s without). The process is ending, so the OS takes the memory back;
+    nothing waits on that collection: Lightning closes the loggers and checkpoint files at the
+    end of fit, and `logging` flushes its handlers in an exit handler of its own."""
+    atexit.register(gc.freeze)  # frozen objects are left out of every collection

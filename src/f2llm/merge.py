@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from f2llm.export import export_sentence_transformers  # noqa: E402
+from f2llm.launch import exit_without_final_collection  # noqa: E402
 from f2llm.model.vocab import untrimmed_state  # noqa: E402
 from f2llm.paths import set_project_root  # noqa: E402
 
@@ -190,4 +191,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main()

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from f2llm.data.readers import DatasetSpec, read_dataset  # noqa: E402
+from f2llm.launch import exit_without_final_collection  # noqa: E402
 from f2llm.paths import set_project_root  # noqa: E402
 
 if TYPE_CHECKING:
@@ -140,4 +141,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main()

@@ -26,7 +26,7 @@ from f2llm.callbacks.matryoshka_eval import MatryoshkaEval  # noqa: E402
 from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_checkpoint  # noqa: E402
 from f2llm.config_checks import check_config  # noqa: E402
 from f2llm.errors import NotFound, one_message  # noqa: E402
-from f2llm.launch import multirun_job_ranks  # noqa: E402
+from f2llm.launch import exit_without_final_collection, multirun_job_ranks  # noqa: E402
 from f2llm.loggers import build_loggers, log_config, runs_ended  # noqa: E402
 from f2llm.module import F2LLMModule  # noqa: E402
 from f2llm.paths import set_project_root  # noqa: E402
@@ -155,4 +155,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main()
