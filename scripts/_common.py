@@ -1,5 +1,5 @@
-"""What the scripts share: the composed training config, the "training steps only" overrides,
-a step timer, A/B rounds in alternating order, and the machine's description.
+"""What the scripts share: the "training steps only" overrides, a step timer, A/B rounds in
+alternating order, and the machine's description (the composed config: `f2llm.compose`).
 
 The scripts import it as `_common` (Python puts scripts/ first on the path of
 `python scripts/<name>.py`).
@@ -14,11 +14,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,20 +30,6 @@ TRAINING_STEPS_ONLY = [
     "~logger", "++trainer.limit_val_batches=0", "++trainer.enable_checkpointing=false",
     "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
 ]
-
-
-def compose_train(overrides: Sequence[str], output_dir: str | Path | None = None) -> DictConfig:
-    """`configs/train.yaml` with `overrides`, as `python src/f2llm/train.py` composes it, minus
-    the `hydra` node (no Hydra run here). A script that trains passes `output_dir` (a folder
-    of its own, e.g. a temporary one), so nothing lands in the repository's logs/."""
-    from hydra import compose, initialize_config_dir
-
-    out = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", *out, *overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
 
 
 def scratch_dir(prefix: str) -> Path:

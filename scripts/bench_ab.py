@@ -34,10 +34,11 @@ from _common import (
     TRAINING_STEPS_ONLY,
     StepTimer,
     alternating_rounds,
-    compose_train,
     machine,
     scratch_dir,
 )
+
+from f2llm.compose import compose_train
 
 SKIP = 20  # warm-up steps left out of the timing
 

@@ -24,7 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import compose_train, scratch_dir
+from _common import scratch_dir
+
+from f2llm.compose import compose_train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

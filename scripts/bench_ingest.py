@@ -88,8 +88,8 @@ def first_step_child(folder: str, out: str, run_dir: str, t0: float) -> None:
     """Train to the first step on the corpus built into `out`; print seconds since `t0` (set by
     the parent just before starting this process)."""
     import lightning as L
-    from _common import compose_train
 
+    from f2llm.compose import compose_train
     from f2llm.train import train
 
     class FirstStep(L.Callback):

@@ -28,9 +28,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import lightning as L
 import torch
-from _common import compose_train, machine, scratch_dir
+from _common import machine, scratch_dir
 from hydra.utils import instantiate
 
+from f2llm.compose import compose_train
 from f2llm.evaluation.embedders import EncoderEmbedder
 from f2llm.evaluation.heldout import HeldoutEvaluator
 from f2llm.pruning import encoder_importance, prune_backbone

@@ -33,10 +33,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import lightning as L
 import torch
-from _common import TRAINING_STEPS_ONLY, StepTimer, compose_train, machine, scratch_dir
+from _common import TRAINING_STEPS_ONLY, StepTimer, machine, scratch_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from f2llm.compose import compose_train
 from f2llm.data.batch import TrainBatch
 from f2llm.train import build
 

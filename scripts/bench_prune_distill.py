@@ -42,9 +42,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lightning as L
 import torch
-from _common import ROOT, StepTimer, alternating_rounds, compose_train, machine
+from _common import ROOT, StepTimer, alternating_rounds, machine
 from hydra.utils import instantiate
 
+from f2llm.compose import compose_train
 from f2llm.data import F2LLMDataModule
 from f2llm.evaluation.embedders import EncoderEmbedder
 from f2llm.evaluation.heldout import HeldoutEvaluator

@@ -68,13 +68,14 @@ import torch
 from _common import (
     ROOT,
     TRAINING_STEPS_ONLY,
-    compose_train,
     cpu_name,  # noqa: F401  (gpu_check.py reads bench.cpu_name)
     machine,
 )
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
+
+from f2llm.compose import compose_train
 
 GRADCACHE_BATCH, PLAIN_BATCH = 2048, 64
 GRADCACHE_WARMUP, GRADCACHE_STEPS = 1, 2

@@ -21,9 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import lightning as L
 import pyarrow.parquet as pq
 import torch
-from _common import ROOT, compose_train
+from _common import ROOT
 from hydra.utils import instantiate
 
+from f2llm.compose import compose_train
 from f2llm.evaluation import bitext_accuracy_by_dim, mean_over_languages
 from f2llm.objective import matryoshka_dims
 

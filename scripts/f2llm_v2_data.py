@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import compose_train
 from omegaconf import OmegaConf
 
+from f2llm.compose import compose_train
 from f2llm.data.datamodule import select_datasets
 from f2llm.data.sampler import temperature_probs
 from f2llm.data.sources.f2llm_v2 import (

@@ -38,7 +38,7 @@ e. precision: what one GPU shows that a CPU cannot. Which attention `attn_implem
    the rotary frequencies after the model is cast to bf16 (they stay float32: the cos/sin at
    the longest position are compared with a float32 model's).
    The multi-rank checks (ranks with different numbers of chunks, DDP and FSDP2 with every
-   feature) run on CPU processes in tests/test_conformance.py.
+   feature) run on CPU processes in tests/distributed/test_conformance.py.
 d. prune: the 0.6B shape (random init, saved as a folder that is also the teacher) pruned to
    the 80M target by the `StructuredPruning` callback on the GPU (`experiment=prune_distill_80m`),
    then step times without KD, with the online teacher, and with the cached teacher (a first
@@ -81,7 +81,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark as bench  # noqa: E402
-from _common import compose_train  # noqa: E402
+
+from f2llm.compose import compose_train  # noqa: E402
 
 MIB = 2**20
 MFU_FORMULA = ("MFU = model FLOPs / measured bf16 matmul peak; model FLOPs per step = "

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from _common import compose_train
 from hydra.utils import instantiate
+
+from f2llm.compose import compose_train
 
 
 def realised_language_shares(overrides: list[str], batches: int) -> tuple[Counter, Counter]:

@@ -31,7 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, compose_train, machine
+from _common import ROOT, machine
+
+from f2llm.compose import compose_train
 
 LONG_STAGE_STEPS = 1_000_000  # outlasts any soak; the cosine schedule needs a finite horizon
 SOAK_OVERRIDES = ["callbacks.checkpoint.every_n_train_steps=50",

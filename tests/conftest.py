@@ -1,4 +1,12 @@
-"""Shared fixtures: offline hub, a small slice of the gettext catalogs, a tiny composed config."""
+"""Shared fixtures and helpers: offline hub, one thread per process, a small slice of the
+gettext catalogs, the tiny composed config, repository copies and the runs several test modules
+read (each made once per session, by whichever xdist worker asks first), and the check that the
+suite leaves the repository clean.
+
+Test modules import helpers from here, never from each other. torch and f2llm's model and data
+modules are imported inside the helpers that use them, so a `pytest` process that needs none of
+them (the clean-tree test starts two) starts in a second.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per process: `make test` runs two workers on a 2-core machine and each
+# starts subprocesses (gloo ranks, the README's commands). A second OpenMP thread per process
+# only spins, waiting for a core another process holds: the same run took up to ten times the
+# CPU time. Set before torch is imported; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import contextlib
 import importlib.util
@@ -15,24 +28,29 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from filelock import FileLock
 
-from f2llm.data.batch import TrainBatch
-from f2llm.data.corpus import Corpus, TrainingDataset
-from f2llm.data.datamodule import DataPlan, Group, Stage, TrainBatches
-from f2llm.model import Encoder, TruncatingTokenizer, build_encoder
+from f2llm.compose import CONFIGS, ROOT, compose_config, compose_train
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import torch
+    from omegaconf import DictConfig
+
+    from f2llm.data.batch import TrainBatch
+    from f2llm.data.corpus import TrainingDataset
+    from f2llm.data.datamodule import DataPlan
+    from f2llm.model import Encoder
+
+__all__ = ["CONFIGS", "ROOT", "compose_config", "compose_train"]  # f2llm.compose's, for tests
+
 LOCALES = Path("/usr/share/locale")
 TEST_LANGUAGES = ["fr", "de", "ru", "es", "ja", "uk"]
 TEST_TRAIN_CATALOGS = ["coreutils", "tar", "sed", "grep", "wget", "gzip", "diffutils", "bash",
@@ -48,13 +66,44 @@ TINY_SHAPE = {
     "model.shape.intermediate_size": 64,
 }
 
+# Published parameter counts of the F2LLM-v2 model configs (arXiv 2603.19223).
+PUBLISHED = {
+    "f2llm_80m": 80_084_288,
+    "f2llm_160m": 159_185_024,
+    "f2llm_330m": 334_349_184,
+    "f2llm_0_6b": 596_049_920,
+    "f2llm_1_7b": 1_720_574_976,
+    "f2llm_4b": 4_022_468_096,
+    "f2llm_8b": 7_568_405_504,
+    "f2llm_14b": 13_990_394_880,
+}
+
+
+# --- Made once per session, shared by the xdist workers ------------------------------------------
 
 @pytest.fixture(scope="session")
-def locale_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A locale tree with a few languages and catalogs (symlinks to the machine's .mo files)."""
-    if not LOCALES.exists():
-        pytest.skip("no gettext catalogs on this machine")
-    root = tmp_path_factory.mktemp("locale")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every worker of this test session sees: under xdist each worker's base temp is
+    `<session temp>/popen-gw<n>`, and the session temp is theirs in common."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def made_once(folder: Path, make: Callable[[Path], None]) -> Path:
+    """`folder`, made by `make(folder)` once per session: the first worker to ask makes it
+    while the others wait on its lock, then every caller reads it. Readers must not change
+    it (copy what they change: `shutil.copytree`)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        done = folder.with_name(f"{folder.name}.made")
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a failed attempt's leftovers
+            make(folder)
+            done.touch()
+    return folder
+
+
+def _link_locale(root: Path) -> None:
     for lang in TEST_LANGUAGES:
         for catalog in TEST_TRAIN_CATALOGS + TEST_VAL_CATALOGS:
             src = LOCALES / lang / "LC_MESSAGES" / f"{catalog}.mo"
@@ -62,7 +111,65 @@ def locale_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 dst = root / lang / "LC_MESSAGES" / src.name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.symlink_to(src)
-    return root
+
+
+@pytest.fixture(scope="session")
+def locale_dir(shared_dir: Path) -> Path:
+    """A locale tree with a few languages and catalogs (symlinks to the machine's .mo files),
+    one for the session: the gettext corpus built from it has one fingerprint everywhere."""
+    if not LOCALES.exists():
+        pytest.skip("no gettext catalogs on this machine")
+    return made_once(shared_dir / "locale", _link_locale)
+
+
+# --- Configs: the tests' corpus slice, tiny shape and few steps --------------------------------
+
+SMALL_VALIDATION = {"val_min_pairs": 16, "val_max_pairs": 32}
+
+
+def _values(values: dict[str, object]) -> list[str]:
+    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+
+
+def corpus_overrides(locale: Path) -> list[str]:
+    """The tests' slice of the gettext catalogs: a few languages and held-out catalogs."""
+    return _values({"data.corpus.locale_dir": locale,
+                    "data.corpus.val_catalogs": "[" + ",".join(TEST_VAL_CATALOGS) + "]",
+                    **{f"data.corpus.{k}": v for k, v in SMALL_VALIDATION.items()}})
+
+
+def small_run(locale: Path, steps: int = 4, **extra: object) -> list[str]:
+    """A command line's overrides for a run in seconds: the tests' corpus slice, the tiny
+    shape, batch 8, `steps` steps validated every 2 (and `extra`). No `paths.*`: commands run
+    as a user types them, in a repository copy."""
+    return corpus_overrides(locale) + _values({
+        "data.batch_size": 8, "trainer.max_steps": steps, "trainer.val_check_interval": 2,
+        "trainer.enable_progress_bar": "false", **TINY_SHAPE, **extra})
+
+
+def tiny_overrides(tmp: Path, locale: Path, **extra: object) -> list[str]:
+    """`small_run` for a config composed in-process: paths under `tmp`, logged every step,
+    checkpoints every 2 steps, no progress bar callback.
+
+    Runs on the same slice share one corpus next to `locale` (built by the first run, which the
+    others wait for: the source's build lock), unless `extra` changes the corpus options."""
+    shared = {} if any(k.startswith("data.corpus.") for k in extra) else {
+        "data.corpus.out_dir": locale.parent / f"{locale.name}_gettext"}
+    return _values({"paths.data_dir": tmp / "data", "paths.output_dir": tmp / "run"}) + small_run(
+        locale, **{"trainer.log_every_n_steps": 1, "callbacks.throughput.window": 2,
+                   "callbacks.checkpoint.every_n_train_steps": 2, "callbacks.progress": None,
+                   **shared, **extra})
+
+
+@pytest.fixture()
+def cfg_tiny(tmp_path: Path, locale_dir: Path) -> DictConfig:
+    """The default config, shrunk to a CPU, tiny-model, few-step run."""
+    return compose_train(tiny_overrides(tmp_path, locale_dir))
+
+
+def model_config(name: str) -> DictConfig:
+    """`configs/model/<name>.yaml` as Hydra composes it (the model files build on each other)."""
+    return compose_train([f"model={name}"]).model
 
 
 def load_script(name: str) -> ModuleType:
@@ -77,72 +184,17 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-def tiny_overrides(tmp: Path, locale: Path, **extra: object) -> list[str]:
-    values: dict[str, object] = {
-        "paths.root_dir": str(ROOT),
-        "paths.data_dir": str(tmp / "data"),
-        "paths.output_dir": str(tmp / "run"),
-        "data.corpus.locale_dir": str(locale),
-        "data.corpus.val_catalogs": "[" + ",".join(TEST_VAL_CATALOGS) + "]",
-        "data.corpus.val_min_pairs": 16,
-        "data.corpus.val_max_pairs": 32,
-        "data.batch_size": 8,
-        "trainer.max_steps": 4,
-        "trainer.val_check_interval": 2,
-        "trainer.log_every_n_steps": 1,
-        "trainer.enable_progress_bar": False,
-        "callbacks.throughput.window": 2,
-        "callbacks.checkpoint.every_n_train_steps": 2,
-        "callbacks.progress": None,
-        **TINY_SHAPE,
-        **extra,
-    }
-    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+# --- Models, batches and records for in-process tests ------------------------------------------
 
+def tiny_encoder(layers: int = 2, **kw: Any) -> Encoder:
+    """The tests' tiny Qwen3 encoder: TINY_SHAPE with `layers` layers, the bundled Qwen3
+    tokenizer, max_length 32, random init from seed 0 (so every call gives the same weights)."""
+    import torch
 
-def compose_train(overrides: list[str], experiment: str | None = None) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        extra = [f"experiment={experiment}"] if experiment else []
-        cfg = compose(config_name="train", overrides=extra + overrides)
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    from f2llm.model import build_encoder
 
-
-@pytest.fixture()
-def cfg_tiny(tmp_path: Path, locale_dir: Path) -> DictConfig:
-    """The default config, shrunk to a CPU, tiny-model, few-step run."""
-    return compose_train(tiny_overrides(tmp_path, locale_dir))
-
-
-# ---- functions shared by the test modules (one definition each; test modules import them from
-# here, never from each other) ------------------------------------------------------------------
-
-# Parameter counts of the published F2LLM-v2 models (codefuse-ai/F2LLM-v2-* on Hugging Face).
-PUBLISHED = {
-    "f2llm_80m": 80_084_288,
-    "f2llm_160m": 159_185_024,
-    "f2llm_330m": 334_349_184,
-    "f2llm_0_6b": 596_049_920,
-    "f2llm_1_7b": 1_720_574_976,
-    "f2llm_4b": 4_022_468_096,
-    "f2llm_8b": 7_568_405_504,
-    "f2llm_14b": 13_990_394_880,
-}
-WORDS = ["file", "open", "cannot", "save", "print", "network", "error", "user", "disk", "copy",
-         "window", "font", "colour", "archive", "mount", "password", "device", "folder"]
-
-
-def model_config(name: str) -> DictConfig:
-    """`configs/model/<name>.yaml` as Hydra composes it (the model files build on each other)."""
-    return compose_train([f"model={name}", f"paths.root_dir={ROOT}"]).model
-
-
-def tiny_encoder(**kw: Any) -> Encoder:
-    """The tests' tiny Qwen3 encoder: TINY_SHAPE with two layers, the bundled Qwen3 tokenizer,
-    max_length 32, random init from seed 0 (so every call gives the same weights)."""
     shape = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
-    shape.update(vocab_size=151_936, num_hidden_layers=2)
+    shape.update(vocab_size=151_936, num_hidden_layers=layers)
     torch.manual_seed(0)
     return build_encoder("tiny", shape=shape, **{"max_length": 32, **kw})
 
@@ -162,6 +214,9 @@ def one_group_plan(table: pa.Table, dataset: TrainingDataset, instructions: bool
                    num_negatives: dict[str, int]) -> DataPlan:
     """A `DataPlan` of one stage "s" over `dataset` (records `table`), all in one group
     "toy/xx" of language "xx"."""
+    from f2llm.data.corpus import Corpus
+    from f2llm.data.datamodule import DataPlan, Group, Stage
+
     rows = np.arange(table.num_rows)
     return DataPlan(corpus=Corpus(train=[dataset]),
                     stages={"s": Stage("s", (dataset.name,), instructions=instructions)},
@@ -176,6 +231,12 @@ def collated_batches(encoder: Encoder, fmt: str, count: int, batch_size: int = 8
 
     `max_tokens` is small so that every batch is packed into several chunks.
     """
+    import pyarrow as pa
+
+    from f2llm.data.corpus import TrainingDataset
+    from f2llm.data.datamodule import TrainBatches
+    from f2llm.model import TruncatingTokenizer
+
     rng = np.random.default_rng(0)
     columns = ["query", "passage", *(f"negative_{j + 1}" for j in range(TOY_NEGATIVES))]
     table = pa.table({c: [_text(rng) for _ in range(TOY_RECORDS)] for c in columns})
@@ -244,7 +305,7 @@ def good(k: int = 7, **fields: object) -> dict:
     return {key: value for key, value in row.items() if value is not ...}
 
 
-# --- The repository as a user has it, and a suite that leaves it clean ---------------------------
+# --- The repository as a user has it, and the commands as a user types them ----------------------
 
 # Not in a repository copy: what a fresh clone does not hold (run folders, data, caches).
 _NOT_COPIED_AT_TOP = {".git", "logs", "data", "build", "dist"}
@@ -266,23 +327,8 @@ def copy_repository(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One repository copy shared by a test run's subprocess tests."""
+    """One repository copy shared by a worker's subprocess tests."""
     return copy_repository(tmp_path_factory.mktemp("repo") / "f2llm")
-
-
-# --- The entry points as a user types them: `python src/f2llm/<script>.py ...` in a repository
-# copy, no `hydra.*` or `paths.*` overrides; only steps, validation interval and the test corpus.
-
-def small_run(locale: Path, steps: int = 4, **extra: object) -> list[str]:
-    """Step-count, validation-interval and test-corpus overrides (and `extra`)."""
-    values: dict[str, object] = {
-        "data.corpus.locale_dir": locale,
-        "data.corpus.val_catalogs": "[" + ",".join(TEST_VAL_CATALOGS) + "]",
-        "data.corpus.val_min_pairs": 16, "data.corpus.val_max_pairs": 32,
-        "data.batch_size": 8, "trainer.max_steps": steps, "trainer.val_check_interval": 2,
-        "trainer.enable_progress_bar": "false", **TINY_SHAPE, **extra,
-    }
-    return [f"{k}={v}" for k, v in values.items()]
 
 
 def user_env(**extra: str) -> dict[str, str]:
@@ -299,22 +345,41 @@ def run_cli(repo: Path, script: str, *args: str, timeout: int = 600, **env: str
                           env=user_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
-def run_folders(repo: Path, task: str = "train") -> list[Path]:
-    """The copy's run folders of `task` (train, eval), oldest first."""
-    return sorted((repo / "logs" / task / "runs").glob("*"))
+def run_folders(repo: Path, pattern: str = "train/runs/*") -> list[Path]:
+    """The copy's run folders under `logs/<pattern>` (e.g. "eval/runs/*", "*/*runs/*"),
+    oldest first (Hydra names them by the time they started)."""
+    return sorted((p for p in (repo / "logs").glob(pattern) if p.is_dir()),
+                  key=lambda p: (p.name, str(p)))
 
 
-@pytest.fixture(scope="session")
-def trained_repo(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
-    """A repository copy holding one short run of the default, made once per test session:
-    4 steps in two stages (a checkpoint at the switch, step 2, and `last.ckpt`), validated at
-    step 3 and once more after fit (final_validate), so the last metrics come after fit."""
-    repo = copy_repository(tmp_path_factory.mktemp("trained") / "f2llm")
-    done = run_cli(repo, "train", *small_run(locale_dir, **{
+def _train_default(repo: Path, locale: Path) -> None:
+    copy_repository(repo)
+    done = run_cli(repo, "train", *small_run(locale, **{
         "data.stages.0.steps": 2, "trainer.val_check_interval": 3}))
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def trained_repo(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                 locale_dir: Path) -> Path:
+    """A repository copy holding one short run of the default as a user runs it: 4 steps in two
+    stages (a checkpoint at the switch, step 2, and `last.ckpt`), validated at step 3 and once
+    more after fit (final_validate), so the last metrics come after fit.
+
+    The run is trained once per session; each test module gets its own copy of the repository
+    (its runs and caches its own) whose `logs/train/runs/` links that run folder, so modules on
+    two workers never start runs in one folder. Copy the run before changing it."""
+    shared = made_once(shared_dir / "trained" / "f2llm", lambda repo: _train_default(
+        repo, locale_dir))
+    repo = copy_repository(tmp_path_factory.mktemp("trained") / "f2llm")
+    shutil.copytree(shared / "data", repo / "data")  # the corpus cache the first run built
+    (repo / "logs" / "train" / "runs").mkdir(parents=True)
+    for run in run_folders(shared):
+        (repo / "logs" / "train" / "runs" / run.name).symlink_to(run, target_is_directory=True)
     return repo
 
+
+# --- A suite that leaves the repository clean -------------------------------------------------
 
 _SESSION_START = time.time()
 _WATCHED = ("logs", "data")  # git-ignored: `git status` cannot show what a test left there

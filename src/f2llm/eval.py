@@ -8,7 +8,10 @@ and prints the table.
 
 from __future__ import annotations
 
-from f2llm.bootstrap import CONFIG_DIR  # first: sys.path and the project root
+from f2llm.bootstrap import (  # first: sys.path and the project root
+    CONFIG_DIR,
+    exit_without_final_collection,
+)
 
 import json
 import logging
@@ -130,4 +133,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main()

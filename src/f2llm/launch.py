@@ -18,7 +18,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
@@ -59,6 +58,8 @@ def multirun_job_ranks() -> Iterator[None]:
     try:
         yield
     finally:
+        import torch.distributed as dist
+
         if dist.is_initialized():
             dist.destroy_process_group()
         os.environ.clear()

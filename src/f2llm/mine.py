@@ -16,7 +16,10 @@ than `num_negatives` candidates is dropped (counted in the log and in
 
 from __future__ import annotations
 
-from f2llm.bootstrap import CONFIG_DIR  # first: sys.path and the project root
+from f2llm.bootstrap import (  # first: sys.path and the project root
+    CONFIG_DIR,
+    exit_without_final_collection,
+)
 
 import json
 import logging
@@ -136,4 +139,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main()

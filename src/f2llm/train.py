@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from f2llm.bootstrap import CONFIG_DIR  # first: sys.path and the project root
+from f2llm.bootstrap import (  # first: sys.path and the project root
+    CONFIG_DIR,
+    exit_without_final_collection,
+)
 
 import ctypes
 import json
@@ -168,4 +171,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main()

@@ -1,0 +1,139 @@
+"""FSDP2 (`trainer=fsdp` / `fsdp_sim`): the configs build the strategy, the encoder shards
+and computes what the unsharded one does, the gathered copy has the same weights, a sharded
+checkpoint folder resumes, and two ranks evaluate the held-out sets as one process does. The
+2-process run with kill, resume and export is in tests/scripts/test_gpu_check.py, which runs
+scripts/gpu_check.py --toy."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from hydra.utils import instantiate
+from lightning.pytorch.strategies import ModelParallelStrategy
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+
+from f2llm.evaluation.embedders import PackedEncoder
+from f2llm.evaluation.heldout import HeldoutEvaluator
+from f2llm.model import TruncatingTokenizer, build_encoder
+from f2llm.parallel import FSDP2Strategy, gathered_encoder, is_sharded, shard_encoder
+from f2llm.train import resolve_ckpt_path
+from tests.conftest import ROOT, TINY_SHAPE, compose_train, tiny_overrides
+
+SHAPE = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
+
+
+@pytest.mark.parametrize("name", ["fsdp", "fsdp_sim"])
+def test_fsdp2_configs_build_the_strategy(name: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"trainer={name}", f"paths.output_dir={tmp_path}"],
+                        experiment="gettext_tiny")
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDP2Strategy) and isinstance(strategy, ModelParallelStrategy)
+    assert strategy.layer_classes == (Qwen3DecoderLayer,)
+    assert strategy._tensor_parallel_size == 1
+    assert strategy._save_distributed_checkpoint  # one shard file per rank
+    assert cfg.trainer.use_distributed_sampler is False  # the sampler shards the batches
+    if name == "fsdp_sim":
+        trainer = instantiate(cfg.trainer, logger=False)  # processes start only in fit
+        assert trainer.num_devices == 2 and trainer.world_size == 2
+        assert trainer.strategy.process_group_backend == "gloo"
+    else:
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+
+
+def test_fsdp2_rejects_an_unknown_param_dtype() -> None:
+    with pytest.raises(ValueError, match="param_dtype"):
+        FSDP2Strategy(layer_classes=[Qwen3DecoderLayer], param_dtype="int8")
+
+
+@pytest.fixture()
+def one_process_group(tmp_path: Path):
+    """A one-rank gloo group: fully_shard's code paths without spawning."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0,
+                            world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_sharded_encoder_equals_unsharded_and_gathers_back(one_process_group: None) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", shape={**SHAPE, "vocab_size": 151936,
+                                           "max_position_embeddings": 512}, max_length=16)
+    plain = copy.deepcopy(encoder)
+    texts = ["a short text", "a somewhat longer text than the first one", "x"]
+    batch = encoder.tokenize(texts)
+    chunks = [batch]
+    restore = torch.arange(len(texts))
+    expected = plain.forward_chunks(chunks, restore)
+
+    mesh = init_device_mesh("cpu", (1,))
+    units = shard_encoder(encoder, mesh, [Qwen3DecoderLayer])
+    assert units == SHAPE["num_hidden_layers"] and is_sharded(encoder)
+    assert shard_encoder(encoder, mesh, [Qwen3DecoderLayer]) == units  # idempotent
+    got = encoder.forward_chunks(chunks, restore)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    got.sum().backward()  # gradients reach the sharded parameters
+    assert all(p.grad is not None for p in encoder.parameters())
+
+    copy_ = gathered_encoder(encoder)
+    assert copy_ is not None and not is_sharded(copy_)
+    for (name, a), b in zip(plain.state_dict().items(), copy_.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(copy_.encode(texts), plain.encode(texts), rtol=0, atol=0)
+
+
+def test_a_sharded_checkpoint_folder_resumes(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "run" / "checkpoints"
+    older, newer = checkpoints / "step=2.ckpt", checkpoints / "last.ckpt"
+    for folder in (older, newer):
+        folder.mkdir(parents=True)
+        (folder / "__0_0.distcp").write_bytes(b"")
+        (folder / "meta.pt").write_bytes(b"")
+    # last.ckpt rewritten in place: its files are newer, the folder's own time is not.
+    os.utime(newer, (1, 1))
+    assert resolve_ckpt_path(str(newer)) == str(newer)  # the folder itself, not a run folder
+    assert resolve_ckpt_path(str(tmp_path / "run")) == str(newer)
+
+
+def test_two_ranks_evaluate_a_sharded_encoder_as_one_process_does(tmp_path: Path,
+                                                                   locale_dir: Path) -> None:
+    """`trainer=fsdp_sim`: both ranks embed every held-out text through the sharded encoder
+    (each forward gathers the shards: a rank that skipped one would leave the other waiting),
+    in fit (step 2) and in the validation after fit (step 3, after stage 2: instructed). The
+    scores equal those of the exported weights evaluated in one process the same way."""
+    overrides = tiny_overrides(tmp_path, locale_dir, **{
+        "trainer": "fsdp_sim", "trainer.max_steps": 3, "trainer.val_check_interval": 2,
+        "data.stages.0.steps": 2, "data.stages.1.steps": 1,
+        "callbacks.checkpoint.every_n_train_steps": 100})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(ROOT / "src/f2llm/train.py"), *overrides,
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "matryoshka_eval.jsonl").read_text()
+               .splitlines()]
+    assert [r["step"] for r in records] == [2, 3]
+
+    cfg = compose_train(overrides)
+    encoder = instantiate(cfg.model, pretrained=str(run / "export"))
+    dims = sorted({int(k.split("@")[1]) for k in records[-1]["metrics"] if "@" in k})
+    alone = HeldoutEvaluator(instantiate(cfg.data.corpus)())(
+        PackedEncoder(encoder, TruncatingTokenizer(encoder.tokenizer, encoder.max_length),
+                      torch.device("cpu")), dims, instructed=True)
+    assert alone.instructed == ("classification/text", "clustering/text")
+    assert records[-1]["metrics"] == alone.metrics
+    final = json.loads((run / "final_metrics.json").read_text())
+    for key, value in alone.metrics.items():
+        assert final[f"val/{key}"] == pytest.approx(value, rel=1e-6), key

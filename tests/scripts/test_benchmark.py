@@ -1,0 +1,40 @@
+"""scripts/benchmark.py runs end to end at toy size (its numbers belong in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, tiny_overrides
+
+
+def test_benchmark_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
+    out = tmp_path / "benchmark.json"
+    overrides = tiny_overrides(tmp_path, locale_dir, **{"data.batch_size": 16})
+    # One thread: on shared CPU cores, OpenMP threads waiting for descheduled peers make each
+    # step tens of times slower, and no timing is asserted here.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/benchmark.py"), "--steps", "3", "--warmup", "1",
+         "--json", str(out), *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for trainer in ("f2llm", "st"):
+        numbers = result[trainer]
+        assert numbers["steps"] == 3
+        for key in ("samples_per_s", "tokens_per_s", "peak_memory_mib", "flops_per_s", "mfu"):
+            assert numbers[key] > 0, (trainer, key)
+        assert 0 <= numbers["padding_fraction"] < 1
+    # The same texts went through both: the same real tokens.
+    assert result["st"]["tokens"] == result["f2llm"]["tokens"]
+    assert result["ratio_samples_per_s"] > 0
+    assert result["gradcache"]["gradcache"]["mean_batch_size"] > 64
+    assert result["gradcache"]["memory_ratio"] > 0
+    assert result["peak"]["flops_per_s"] > 0
+    assert "| f2llm |" in done.stdout and "f2llm / sentence-transformers" in done.stdout
