@@ -216,6 +216,8 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
         Measured("tests/scripts/test_bench_loader.py"),
     f"{B}ab.py --a keep_freed_host_memory=false --b keep_freed_host_memory=true --steps 150 "
     "--rounds 4": Measured("tests/scripts/test_bench_ab.py"),
+    f"{B}ab.py --a-src /tmp/before --steps 150 --rounds 3":
+        Measured("tests/scripts/test_bench_ab.py"),
     f"{B}default.py --threads 1 --steps 10 --keep 64991":
         Measured("tests/scripts/test_bench_default.py"),
     f"{B}prune_distill.py <default export> --steps 200 --seeds 42 1 2":
