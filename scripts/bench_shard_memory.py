@@ -30,7 +30,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from _common import compose_train, machine
+from _common import machine
+
+from f2llm.compose import compose_train
 
 
 def peak_mib() -> float:

@@ -1,10 +1,10 @@
-"""Shared fixtures and helpers: offline hub, one thread per process, a small slice of the
+"""Shared fixtures and functions: offline hub, one thread per process, a small slice of the
 gettext catalogs, the tiny composed config, repository copies and the runs several test modules
-read (each made once per session, by whichever xdist worker asks first), and the check that the
+read (each made once per test run, by whichever xdist worker asks first), and the check that the
 suite leaves the repository clean.
 
-Test modules import helpers from here, never from each other. torch and f2llm's model and data
-modules are imported inside the helpers that use them, so a `pytest` process that needs none of
+Test modules import these from here, never from each other. torch and f2llm's model and data
+modules are imported inside the functions that use them, so a `pytest` process that needs none of
 them (the clean-tree test starts two) starts in a second.
 """
 
@@ -79,18 +79,18 @@ PUBLISHED = {
 }
 
 
-# --- Made once per session, shared by the xdist workers ------------------------------------------
+# --- Made once per test run, shared by the xdist workers ------------------------------------------
 
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder every worker of this test session sees: under xdist each worker's base temp is
-    `<session temp>/popen-gw<n>`, and the session temp is theirs in common."""
+    `<base temp>/popen-gw<n>`, and that base temp is theirs in common."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 def made_once(folder: Path, make: Callable[[Path], None]) -> Path:
-    """`folder`, made by `make(folder)` once per session: the first worker to ask makes it
+    """`folder`, made by `make(folder)` once per test run: the first worker to ask makes it
     while the others wait on its lock, then every caller reads it. Readers must not change
     it (copy what they change: `shutil.copytree`)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def _link_locale(root: Path) -> None:
 @pytest.fixture(scope="session")
 def locale_dir(shared_dir: Path) -> Path:
     """A locale tree with a few languages and catalogs (symlinks to the machine's .mo files),
-    one for the session: the gettext corpus built from it has one fingerprint everywhere."""
+    one for the test run: the gettext corpus built from it has one fingerprint everywhere."""
     if not LOCALES.exists():
         pytest.skip("no gettext catalogs on this machine")
     return made_once(shared_dir / "locale", _link_locale)
@@ -366,7 +366,7 @@ def trained_repo(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory,
     stages (a checkpoint at the switch, step 2, and `last.ckpt`), validated at step 3 and once
     more after fit (final_validate), so the last metrics come after fit.
 
-    The run is trained once per session; each test module gets its own copy of the repository
+    The run is trained once per test run; each test module gets its own copy of the repository
     (its runs and caches its own) whose `logs/train/runs/` links that run folder, so modules on
     two workers never start runs in one folder. Copy the run before changing it."""
     shared = made_once(shared_dir / "trained" / "f2llm", lambda repo: _train_default(

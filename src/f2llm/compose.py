@@ -27,9 +27,11 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
-def compose_train(overrides: Sequence[str] = (), output_dir: str | Path | None = None
-                  ) -> DictConfig:
-    """`configs/train.yaml` with `overrides`; code that trains passes `output_dir` (a folder of
-    its own, e.g. a temporary one), so nothing lands in the checkout's logs/."""
+def compose_train(overrides: Sequence[str] = (), output_dir: str | Path | None = None, *,
+                  experiment: str | None = None) -> DictConfig:
+    """`configs/train.yaml` with `overrides` (after `experiment=<experiment>` when given); code
+    that trains passes `output_dir` (a folder of its own, e.g. a temporary one), so nothing
+    lands in the checkout's logs/."""
     out = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
-    return compose_config("train", [*out, *overrides])
+    chosen = [f"experiment={experiment}"] if experiment else []
+    return compose_config("train", [*chosen, *out, *overrides])

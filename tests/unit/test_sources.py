@@ -5,19 +5,13 @@ training from `data.corpus.source`: tests/integration/test_sources.py)."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.csv as csv
-import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
 from f2llm.config_checks import check_config
-from f2llm.data import Corpus, TrainingDataset, build_corpus
-from f2llm.data.corpus_io import atomic_write, build_lock, fingerprint, read_json, write_json
+from f2llm.data import Corpus, build_corpus
 from f2llm.data.sources import SOURCES, UnknownSourceError, register
 from tests.conftest import CONFIGS, compose_train, tiny_overrides
 
@@ -55,41 +49,3 @@ def test_two_sources_cannot_share_a_name() -> None:
     with pytest.raises(ValueError, match="two corpus sources named 'gettext'"):
         register("gettext")(build_other)
     assert SOURCES["gettext"].__name__ == "build_gettext_corpus"
-
-
-# A new source as a user adds one (one file under f2llm/data/sources/ in practice): a TSV of
-# `query<TAB>passage` lines per dataset, negatives the passages of other lines.
-def build_tsv_pairs_corpus(files: Sequence[str], out_dir: str, language: str = "en",
-                           num_negatives: int = 1, seed: int = 0) -> Corpus:
-    paths = [Path(f).resolve() for f in files]
-    out = Path(out_dir)
-    key = fingerprint({"files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns]
-                                 for p in paths],
-                       "language": language, "num_negatives": num_negatives, "seed": seed})
-    train_sets = [TrainingDataset(p.stem, out / f"{p.stem}.parquet", "retrieval")
-                  for p in paths]
-    with build_lock(out):
-        if (read_json(out / "built.json") or {}).get("fingerprint") != key:
-            rng = np.random.default_rng(seed)
-            for path, dataset in zip(paths, train_sets, strict=True):
-                table = csv.read_csv(path, csv.ReadOptions(column_names=["query", "passage"]),
-                                     csv.ParseOptions(delimiter="\t", quote_char=False))
-                n = table.num_rows
-                columns = {"query": table["query"], "passage": table["passage"],
-                           "language": pa.repeat(language, n)}
-                for j in range(1, num_negatives + 1):
-                    other = (np.arange(n) + rng.integers(1, n, n)) % n  # never the line itself
-                    columns[f"negative_{j}"] = table["passage"].take(other)
-                with atomic_write(dataset.path) as tmp:
-                    pq.write_table(pa.table(columns), tmp)
-            write_json(out / "built.json", {"fingerprint": key})
-    return Corpus(train_sets)
-
-
-@pytest.fixture
-def tsv_pairs() -> Iterator[None]:
-    register("tsv_pairs")(build_tsv_pairs_corpus)
-    yield
-    del SOURCES["tsv_pairs"]
-
-
