@@ -12,15 +12,12 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from f2llm.callbacks.export import ExportOnFitEnd
-from f2llm.callbacks.matryoshka_eval import MatryoshkaEval
 from f2llm.checkpoints import (
     check_loadable,
     is_sharded_checkpoint,
@@ -31,8 +28,15 @@ from f2llm.checkpoints import (
 from f2llm.config_checks import check_config, sharded_strategy
 from f2llm.errors import NotFound, one_message
 from f2llm.launch import multirun_job_ranks
-from f2llm.loggers import build_loggers, log_config, runs_ended
-from f2llm.module import F2LLMModule
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from f2llm.module import F2LLMModule
+
+# Lightning and what builds on it (the module, the callbacks, the loggers: about half of a
+# run's start-up) are imported by `build` and `train` after the config and the checkpoints it
+# names are checked, so a mistake in them is reported within seconds of the command.
 
 log = logging.getLogger("f2llm.train")
 
@@ -41,6 +45,10 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
           ) -> tuple[F2LLMModule, L.LightningDataModule, L.Trainer]:
     """Instantiate encoder, datamodule, module, callbacks, loggers and trainer from `cfg`;
     `callbacks` are added to the configured ones (how benchmarks time steps)."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from f2llm.loggers import build_loggers
+
     precision = cfg.trainer.get("precision")
     empty = builds_empty(cfg)
     # The trainer's precision decides what `attn_implementation: auto` may pick.
@@ -123,6 +131,12 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
     if cfg.get("init_from"):
         check_loadable(cfg.init_from, "init_from")
+    import lightning as L
+
+    from f2llm.callbacks.export import ExportOnFitEnd
+    from f2llm.callbacks.matryoshka_eval import MatryoshkaEval
+    from f2llm.loggers import log_config, runs_ended
+
     if cfg.get("keep_freed_host_memory") and keep_freed_host_memory():
         log.debug("glibc keeps freed host memory for reuse (keep_freed_host_memory)")
     L.seed_everything(cfg.seed, workers=True)

@@ -5,7 +5,6 @@ checks (`records`), per-language sampling and the datamodule."""
 from f2llm.data.batch import TrainBatch
 from f2llm.data.corpus import Corpus, TrainingDataset
 from f2llm.data.corpus_io import CorpusFile, read_corpus
-from f2llm.data.datamodule import F2LLMDataModule, memory_mapped_table
 from f2llm.data.formats import FORMATS, Format, get_format
 from f2llm.data.readers import DatasetSpec, read_dataset, write_corpus
 from f2llm.data.records import DataError, SkipReport, check_language_code
@@ -45,3 +44,13 @@ __all__ = [
     "temperature_probs",
     "write_corpus",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The datamodule on first use: it imports Lightning (seconds), which the config checks
+    (`f2llm.config_checks`, run before any work) and the corpus sources do not need."""
+    if name in {"F2LLMDataModule", "memory_mapped_table"}:
+        from f2llm.data import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
