@@ -211,6 +211,14 @@ def tiny_encoder(layers: int = 2, **kw: Any) -> Encoder:
     return build_encoder("tiny", shape=shape, **{"max_length": 32, **kw})
 
 
+def copy_encoder(encoder: Encoder) -> Encoder:
+    """A copy of `encoder` with weights of its own and `encoder`'s tokenizer (no test changes
+    it; a deep copy of the Qwen3 tokenizer takes as long as loading it again)."""
+    import copy
+
+    return copy.deepcopy(encoder, memo={id(encoder.tokenizer): encoder.tokenizer})
+
+
 def word_level_tokenizer(folder: Path) -> Path:
     """`folder` holding a tokenizer that is not Qwen3's: a three-word WordLevel vocabulary."""
     from tokenizers import Tokenizer, models, pre_tokenizers
