@@ -79,6 +79,18 @@ PUBLISHED = {
 }
 
 
+# The (format, language) each of the F2LLM-v2 example names (`EXAMPLE_NAMES`) must get, in a
+# built corpus and in a run's data mix.
+F2LLM_V2_EXAMPLES = {
+    "amazon_polarity": ("classification", "mul"), "mela": ("classification", "mul"),
+    "banking77": ("clustering", "mul"), "arxiv_clustering_p2p": ("clustering", "mul"),
+    "msmarco": ("retrieval", "mul"), "webfaq_deu": ("retrieval", "de"),
+    "miracl_ar": ("retrieval", "ar"), "mmarco_german": ("retrieval", "de"),
+    "unpc_ar2en": ("retrieval", "ar"), "paracrawl_en-sw": ("retrieval", "en"),
+    "xcodeeval_nl2code_Rust": ("retrieval", "code:rust"), "mqa_fi": ("retrieval", "fi"),
+}
+
+
 # --- Made once per test run, shared by the xdist workers ------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -197,6 +209,26 @@ def tiny_encoder(layers: int = 2, **kw: Any) -> Encoder:
     shape.update(vocab_size=151_936, num_hidden_layers=layers)
     torch.manual_seed(0)
     return build_encoder("tiny", shape=shape, **{"max_length": 32, **kw})
+
+
+def copy_encoder(encoder: Encoder) -> Encoder:
+    """A copy of `encoder` with weights of its own and `encoder`'s tokenizer (no test changes
+    it; a deep copy of the Qwen3 tokenizer takes as long as loading it again)."""
+    import copy
+
+    return copy.deepcopy(encoder, memo={id(encoder.tokenizer): encoder.tokenizer})
+
+
+def word_level_tokenizer(folder: Path) -> Path:
+    """`folder` holding a tokenizer that is not Qwen3's: a three-word WordLevel vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    other = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1, "a": 2},
+                                       unk_token="[UNK]"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=other, unk_token="[UNK]").save_pretrained(folder)
+    return folder
 
 
 WORDS = ["open", "file", "directory", "cannot", "read", "write", "permission", "denied",

@@ -17,7 +17,7 @@ from f2llm.export import export_sentence_transformers
 from f2llm.model import attention_of, build_encoder, folder_pooling, mean_pool
 from f2llm.model.frozen import build_frozen_encoder
 from f2llm.pruning.slicing import prune_backbone
-from tests.conftest import tiny_encoder
+from tests.conftest import copy_encoder, tiny_encoder
 
 COMBOS = [(a, p) for a in ("causal", "bidirectional") for p in ("last", "mean")]
 TEXTS = ["Fichier introuvable", "Cannot open file %s for writing", "Файл не найден", "保存", "x"]
@@ -68,8 +68,10 @@ def test_with_one_layer_the_last_token_is_the_same_either_way() -> None:
     (docs/benchmarks.md): the last token attends to every token in both, and a single layer's
     keys and values are the token embeddings alone. From two layers on, earlier tokens' states
     differ, and so does it."""
+    models = {a: tiny_encoder(attention=a) for a in ("causal", "bidirectional")}
+
     def last_token(attention: str, layers: int) -> torch.Tensor:
-        enc = tiny_encoder(attention=attention)
+        enc = copy_encoder(models[attention])
         enc.backbone.layers = enc.backbone.layers[:layers]
         enc.backbone.config.num_hidden_layers = layers
         enc.backbone.config.layer_types = enc.backbone.config.layer_types[:layers]

@@ -5,17 +5,17 @@ cache that holds small checkpoints the test makes (the real ones cannot load off
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 
+from f2llm.config_checks import check_config
 from f2llm.export import export_sentence_transformers
-from tests.conftest import CONFIGS, ROOT, compose_train, tiny_encoder, tiny_overrides
+from tests.conftest import CONFIGS, compose_train, tiny_encoder, tiny_overrides
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 # Every hub name an experiment names: the published 0.6B (prune -> distill) and the base Qwen3
@@ -51,53 +51,50 @@ def fake_hub_cache(root: Path, checkpoint: Path) -> Path:
     return root
 
 
-# Run in a fresh process: the hub cache's location is read when huggingface_hub is imported.
-BUILD = """
-import json, sys
-from hydra.utils import instantiate
-from omegaconf import open_dict
-from f2llm.config_checks import check_config
-from tests.conftest import compose_train, tiny_overrides
-from pathlib import Path
+def build(experiment: str, tmp: Path, locale: Path, local: Path, built: dict[str, dict]
+          ) -> dict[str, Any]:
+    """What `experiment`'s model and teacher are built as, at the shapes its configs give.
 
-tmp, locale, local = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-out = {}
-for experiment in sys.argv[4:]:
-    overrides = [o for o in tiny_overrides(tmp / experiment, locale) if ".shape." not in o]
+    `built` holds what each model and teacher config built so far: experiments that differ
+    elsewhere (the pruning target, the stages) share one build of the same configs."""
+    overrides = [o for o in tiny_overrides(tmp, locale) if ".shape." not in o]
     if experiment.startswith("f2llm_v2"):  # the public data: a folder instead of gettext
         overrides = [o for o in overrides if not o.startswith("data.corpus.")]
         overrides.append(f"data.corpus.root={tmp}")
     cfg = compose_train([f"experiment={experiment}", *overrides])
     with open_dict(cfg):
         if cfg.get("teacher") and not cfg.model.get("pretrained"):
-            cfg.model.pretrained = local  # the CPU recipe: the user's export, and its teacher
+            cfg.model.pretrained = str(local)  # the CPU recipe: the user's export, its teacher
         cfg.init_from = None
     check_config(cfg)
-    model = instantiate(cfg.model)
-    teacher = instantiate(cfg.teacher) if cfg.get("teacher") else None
-    out[experiment] = {
-        "pretrained": str(cfg.model.pretrained),
-        "width": model.hidden_size,
-        "teacher": None if teacher is None else str(cfg.teacher.path),
-        "teacher_width": None if teacher is None else teacher.hidden_size,
-        "weight_sum": float(model.backbone.embed_tokens.weight.double().sum()),
-    }
-print(json.dumps(out))
-"""
+    key = json.dumps([OmegaConf.to_container(cfg[part], resolve=True) if cfg.get(part) else None
+                      for part in ("model", "teacher")], sort_keys=True, default=str)
+    if key not in built:
+        model = instantiate(cfg.model)
+        teacher = instantiate(cfg.teacher) if cfg.get("teacher") else None
+        built[key] = {
+            "pretrained": str(cfg.model.pretrained),
+            "width": model.hidden_size,
+            "teacher": None if teacher is None else str(cfg.teacher.path),
+            "teacher_width": None if teacher is None else teacher.hidden_size,
+            "weight_sum": float(model.backbone.embed_tokens.weight.double().sum()),
+        }
+    return built[key]
 
 
-def test_every_experiment_builds_its_model_and_teacher(tmp_path: Path, locale_dir: Path) -> None:
-    checkpoint = export_sentence_transformers(tiny_encoder(), tmp_path / "tiny")  # 32 wide
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "HF_HUB_CACHE": str(fake_hub_cache(tmp_path / "hub", checkpoint)),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    done = subprocess.run([sys.executable, "-c", BUILD, str(tmp_path), str(locale_dir),
-                           str(checkpoint), *EXPERIMENTS], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    built = json.loads(done.stdout.splitlines()[-1])
-    assert set(built) == set(EXPERIMENTS)
-    expected = float(tiny_encoder().backbone.embed_tokens.weight.double().sum())
+def test_every_experiment_builds_its_model_and_teacher(tmp_path: Path, locale_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    source = tiny_encoder()  # 32 wide
+    checkpoint = export_sentence_transformers(source, tmp_path / "tiny")
+    # What HF_HUB_CACHE sets (read once, when huggingface_hub is imported): every hub lookup,
+    # transformers' included, reads this at call time.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE",
+                        str(fake_hub_cache(tmp_path / "hub", checkpoint)))
+    builds: dict[str, dict] = {}
+    built = {e: build(e, tmp_path, locale_dir, checkpoint, builds) for e in EXPERIMENTS}
+    expected = float(source.backbone.embed_tokens.weight.double().sum())
     for experiment, b in built.items():
         if b["pretrained"] in HUB_NAMES or b["pretrained"] == str(checkpoint):
             # The published name (or the user's folder) loaded the test's checkpoint weights.

@@ -1,13 +1,12 @@
-"""The public F2LLM-v2 data recipe: names -> format / language / instruction, both layouts,
-their errors, download offline, the dry-run table, and the `Done when` training command."""
+"""The public F2LLM-v2 data recipe in one process: names -> format / language / instruction,
+both layouts, their errors, download offline, and the experiments' data (the recipe's commands
+as a user types them, `scripts/f2llm_v2_data.py` and the `Done when` training:
+tests/commands/test_f2llm_v2_data.py; two processes building one corpus:
+tests/distributed/test_f2llm_v2_build.py)."""
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,9 @@ from f2llm.data.sources.f2llm_v2.names import CLASSIFICATION, CLUSTERING, RETRIE
 from f2llm.data.sources.f2llm_v2.recipes import ISO_639_3_TO_1
 from f2llm.model.encoder import QUERY_TEMPLATE
 from f2llm.model.tokenizer import load_tokenizer
-from tests.conftest import CONFIGS, ROOT, compose_train, copy_repository
+from tests.conftest import CONFIGS, F2LLM_V2_EXAMPLES, compose_train, word_level_tokenizer
 
 NAMES = list(EXAMPLE_NAMES)
-EXPECTED = {  # dataset -> (format, language) as a run must show them
-    "amazon_polarity": ("classification", "mul"), "mela": ("classification", "mul"),
-    "banking77": ("clustering", "mul"), "arxiv_clustering_p2p": ("clustering", "mul"),
-    "msmarco": ("retrieval", "mul"), "webfaq_deu": ("retrieval", "de"),
-    "miracl_ar": ("retrieval", "ar"), "mmarco_german": ("retrieval", "de"),
-    "unpc_ar2en": ("retrieval", "ar"), "paracrawl_en-sw": ("retrieval", "en"),
-    "xcodeeval_nl2code_Rust": ("retrieval", "code:rust"), "mqa_fi": ("retrieval", "fi"),
-}
 
 
 def _prompt(instruction: str) -> str:
@@ -119,14 +110,6 @@ def test_unknown_names_are_listed_at_once_with_the_map_to_fix_them(tmp_path: Pat
     assert (recipes["my_faq"].language, recipes["my_faq"].source) == ("de", "override")
     assert (recipes["my_topics"].format, recipes["my_topics"].language) == ("clustering", "mul")
     assert recipes["my_topics"].instruction == "Find the topic"
-    # The map as the message suggests it, typed on the command line.
-    done = subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "table",
-                           f"data.corpus.root={root}", "data.corpus.datasets={my_faq: {format: "
-                           "retrieval, language: de}, my_topics: {format: clustering}}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    row = next(x.split() for x in done.stdout.splitlines() if x.startswith("my_faq "))
-    assert row[1:3] == ["retrieval", "de"] and row[-1] == "override"
 
 
 def test_a_language_column_is_used_where_the_name_says_none(tmp_path: Path) -> None:
@@ -155,7 +138,7 @@ def test_raw_layout_streams_into_the_canonical_corpus(tmp_path: Path) -> None:
         source = pq.read_table(root / f"{name}.parquet")
         assert rows.column("query").to_pylist() == source.column("query").to_pylist()
         assert rows.column("negative_1").to_pylist() == source.column("negative_1").to_pylist()
-        fmt, language = EXPECTED[name]
+        fmt, language = F2LLM_V2_EXAMPLES[name]
         assert set(rows.column("language").to_pylist()) == {language}
         assert set(rows.column("format").to_pylist()) == {fmt}
         k = 1 if fmt == "classification" else 24
@@ -260,19 +243,6 @@ def test_a_built_corpus_is_reused_by_fingerprint_and_rebuilt_when_a_file_changes
     write_synthetic(root, "raw", ["mela"], 12, seed=3)
     build_f2llm_v2_corpus(root, tmp_path / "out")
     assert read_corpus(path).datasets["mela"].num_rows == 12
-
-
-def test_concurrent_builders_wait_for_one_build(tmp_path: Path) -> None:
-    root = write_synthetic(tmp_path / "raw", "raw", NAMES, 200)
-    code = ("import sys, logging; logging.basicConfig(level=logging.INFO);"
-            "from f2llm.data import build_f2llm_v2_corpus;"
-            "build_f2llm_v2_corpus(sys.argv[1], sys.argv[2])")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(root), str(tmp_path / "out")],
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    logs = [p.communicate(timeout=300)[1] for p in procs]
-    assert all(p.returncode == 0 for p in procs), logs
-    assert sum("built the F2LLM-v2 corpus" in log for log in logs) == 1
-    assert sum("reusing the F2LLM-v2 corpus" in log for log in logs) == 1
 
 
 def _with_language_column(root: Path, layout: str, name: str) -> None:
@@ -463,65 +433,27 @@ def test_a_bad_raw_record_names_file_row_and_field(tmp_path: Path) -> None:
 
 
 def test_a_tokenizer_other_than_the_datas_is_a_clear_error(tmp_path: Path, tokenizer) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    other = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1, "a": 2},
-                                       unk_token="[UNK]"))
-    other.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=other, unk_token="[UNK]")
-    fast.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="made with the Qwen3 tokenizer"):
-        check_tokenizer(load_tokenizer(tmp_path / "other"), 151643, 150000)
+        check_tokenizer(load_tokenizer(word_level_tokenizer(tmp_path / "other")), 151643,
+                        150000)
     # The Qwen3 vocabulary but another EOS than the data's.
     with pytest.raises(ValueError, match="appends 151645"):
         check_tokenizer(load_tokenizer(None, "<|im_end|>"), 151643, 150000)
     check_tokenizer(tokenizer, 151643, 150000)
-    # As a user meets it: the training command stops before any step.
-    root = write_synthetic(tmp_path / "tok", "tokenized", ["msmarco"], 8, tokenizer=tokenizer)
-    done = _train(tmp_path / "f2llm", root,
-                  ["trainer.max_steps=2", f"model.tokenizer={tmp_path / 'other'}"])
-    assert done.returncode != 0
-    assert "made with the Qwen3 tokenizer" in done.stderr, done.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------
-# Download and dry run
+# Download
 
 
-def test_download_offline_fails_fast_naming_the_command(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "download", "--root",
-                           str(tmp_path / "dl"), "--datasets", "msmarco"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert "python scripts/f2llm_v2_data.py download --root <folder>" in done.stderr
+def test_download_offline_fails_fast(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError, match="no network here"):
         build_f2llm_v2_corpus(tmp_path / "dl", tmp_path / "out", download=True,
                               include=["msmarco"])
 
 
-def test_dry_run_prints_the_table_and_group_probabilities(tmp_path: Path) -> None:
-    root = write_synthetic(tmp_path / "raw", "raw", NAMES, [10 * (i + 1) for i in
-                                                             range(len(NAMES))])
-    done = subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "table",
-                           f"data.corpus.root={root}", "data.alpha=0.5"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
-    for name, (fmt, language) in EXPECTED.items():
-        row = next(line.split() for line in lines if line.startswith(name + " "))
-        assert row[1:3] == [fmt, language]
-    groups = lines[lines.index(next(x for x in lines if x.startswith("stage stage2"))) + 2:]
-    probs = {g.split()[0]: float(g.split()[-1]) for g in groups}
-    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
-    sizes = {n: 10 * (i + 1) for i, n in enumerate(NAMES)}
-    total = sum(s ** 0.5 for s in sizes.values())
-    assert probs["mqa_fi"] == pytest.approx(sizes["mqa_fi"] ** 0.5 / total, abs=1e-5)
-
-
 # ---------------------------------------------------------------------------------------------
-# The experiments and the `Done when` command
+# The experiments
 
 
 @pytest.mark.parametrize("data", ["f2llm_v2", "gettext"])
@@ -558,35 +490,6 @@ def test_model_override_leaves_no_hub_name_behind(tmp_path: Path) -> None:
         assert tiny.model.pretrained is None and tiny.model.name == "tiny"
         assert not tiny.model.gradient_checkpointing
     assert (CONFIGS / "model" / "qwen3_14b.yaml").exists()
-
-
-def _train(cwd: Path, root: Path, extra: list[str]) -> subprocess.CompletedProcess:
-    # The command as the user types it, in a copy of the repository at `cwd` (its data/ and
-    # logs/ are the copy's).
-    copy_repository(cwd)
-    cmd = [sys.executable, "src/f2llm/train.py", "experiment=f2llm_v2_stage2",
-           f"data.corpus.root={root}", "model=tiny", "trainer=cpu", "trainer.max_steps=20",
-           "data.batch_size=16", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
-@pytest.mark.parametrize("layout", ["raw", "tokenized"])
-def test_done_when_command_trains_offline(tmp_path: Path, tokenizer, layout: str) -> None:
-    root = write_synthetic(tmp_path / layout, layout, NAMES, 64,
-                           tokenizer=tokenizer if layout == "tokenized" else None)
-    repo = tmp_path / "f2llm"
-    done = _train(repo, root, [])
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = (repo / "logs" / "train" / "runs").iterdir()
-    mix = json.loads((run / "data_mix.json").read_text())
-    assert mix["batches"] == 20
-    drawn = mix["batches_by_stage_dataset_format_language"]
-    assert len({row[1] for row in drawn}) >= 5
-    for stage, dataset, fmt, language, _ in drawn:
-        assert stage == "stage2" and (fmt, language) == EXPECTED[dataset], dataset
-    assert (repo / "data" / "f2llm_v2").is_dir()
-    assert (run / "export" / "modules.json").exists()
 
 
 def test_datamodule_serves_stored_ids_and_decodes_them_for_calibration(tmp_path: Path,

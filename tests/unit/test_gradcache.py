@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from functools import partial
 from typing import Any
 
@@ -16,7 +15,7 @@ from f2llm.model import Encoder
 from f2llm.module import F2LLMModule
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.schedule import cosine_with_warmup
-from tests.conftest import collated_batches, grads, tiny_encoder
+from tests.conftest import collated_batches, copy_encoder, grads, tiny_encoder
 
 
 def plain_step(encoder: Encoder, objective: F2LLMObjective,
@@ -67,15 +66,15 @@ def test_gradcache_module_trains_like_the_plain_module() -> None:
     encoder = tiny_encoder()
     batches = collated_batches(encoder, "retrieval", count=2)
     clip = 1e-3
-    probe = copy.deepcopy(encoder)
+    probe = copy_encoder(encoder)
     plain_step(probe, F2LLMObjective(), batches[0])
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in probe.parameters()]))
     assert norm > 10 * clip  # clipping must change the update for the comparison to test it
 
-    plain = _module(copy.deepcopy(encoder))
+    plain = _module(copy_encoder(encoder))
     plain_trainer = _trainer(max_steps=2, gradient_clip_val=clip)
     plain_trainer.fit(plain, train_dataloaders=_loader(batches))
-    cached = _module(copy.deepcopy(encoder), gradcache=True, gradient_clip_val=clip)
+    cached = _module(copy_encoder(encoder), gradcache=True, gradient_clip_val=clip)
     cached_trainer = _trainer(max_steps=2)
     cached_trainer.fit(cached, train_dataloaders=_loader(batches))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
@@ -20,7 +20,13 @@ from f2llm.model.vocab import (
     untrimmed_state,
 )
 from f2llm.schedule import cosine_with_warmup
-from tests.conftest import tiny_encoder
+from tests.conftest import (
+    TEST_VAL_CATALOGS,
+    compose_train,
+    copy_encoder,
+    tiny_encoder,
+    tiny_overrides,
+)
 
 TEXTS = ["Fichier introuvable", "Cannot open file %s", "Файл не найден", "保存", "x"]
 
@@ -52,7 +58,9 @@ def _train(encoder, batches, trimmed: bool) -> None:
 
 
 def test_trimmed_training_equals_full_vocabulary_training() -> None:
-    full, trim = tiny_encoder(), tiny_encoder()
+    full = tiny_encoder()
+    trim = copy_encoder(full)
+    initial = full.backbone.get_input_embeddings().weight.detach().clone()
     batches = _batches(full, 6)
     used = torch.cat([b["input_ids"].reshape(-1) for b in batches])
     table = trim_input_embeddings(trim.backbone, used)
@@ -64,7 +72,7 @@ def test_trimmed_training_equals_full_vocabulary_training() -> None:
     w_full = full.backbone.get_input_embeddings().weight.detach()
     # Every row: the used ones trained, the others only weight-decayed as untrimmed AdamW does.
     torch.testing.assert_close(table.full_weight(), w_full, rtol=1e-6, atol=1e-7)
-    assert not torch.equal(w_full, tiny_encoder().backbone.get_input_embeddings().weight)
+    assert not torch.equal(w_full, initial)
     for (name, a), (_, b) in zip(list(full.backbone.named_parameters())[1:],
                                  list(trim.backbone.named_parameters())[1:], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
@@ -97,12 +105,26 @@ def test_token_outside_the_vocabulary_is_refused() -> None:
         trim_input_embeddings(enc.backbone, torch.tensor([0, 10**7]))
 
 
-def test_training_token_ids_cover_every_batch_of_both_stages(cfg_tiny: DictConfig) -> None:
+def _small_locale(root: Path, locale: Path) -> Path:
+    """Part of the tests' locale slice, enough for every gettext dataset: three languages (one
+    written in CJK), four components to cluster, the country and language names."""
+    for lang in ("fr", "de", "ja"):
+        for catalog in ("tar", "wget", "apt", "bash", "sed", "iso_3166-1", "iso_639-2",
+                        *TEST_VAL_CATALOGS):
+            src = locale / lang / "LC_MESSAGES" / f"{catalog}.mo"
+            if src.exists():
+                (root / lang / "LC_MESSAGES").mkdir(parents=True, exist_ok=True)
+                (root / lang / "LC_MESSAGES" / src.name).symlink_to(src.resolve())
+    return root
+
+
+def test_training_token_ids_cover_every_batch_of_both_stages(tmp_path: Path,
+                                                             locale_dir: Path) -> None:
     """The kept ids include every id the run's batches hold, in the default's two stages
     (the second with instructions, which changes how a query's first word tokenizes)."""
     from hydra.utils import instantiate
 
-    cfg = cfg_tiny.copy()
+    cfg = compose_train(tiny_overrides(tmp_path, _small_locale(tmp_path / "locale", locale_dir)))
     with open_dict(cfg):
         cfg.data.stages = [
             {"name": "s1", "datasets": ["gettext_bitext"], "instructions": False, "steps": 3},
