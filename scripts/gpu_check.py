@@ -11,7 +11,7 @@ then `python scripts/gpu_check.py`; on one that cannot fetch packages, scripts/g
 and scripts/gpu_check.sh bring and install what it lacks, then run this.
 
 Sections:
-a. peak: best of 20 bf16 matmuls 8192^3 (toy: fp32 2048^3), 2 n^3 FLOPs each.
+a. peak: best of 20 bf16 matmuls 8192^3 (toy: 6 fp32 1024^3), 2 n^3 FLOPs each.
 b. speed: `model=f2llm_0_6b` (random init, the bundled Qwen3 tokenizer), synthetic retrieval
    texts longer than 512 tokens truncated to exactly 512, 7 hard negatives, bf16-mixed,
    built by `f2llm.train.build` from the Hydra configs and trained by `trainer.fit`, one
@@ -120,6 +120,7 @@ class Shape:
     prune_calibration: int
     records: int
     fsdp_full_run: bool = True
+    peak_n: int = 8192
     fsdp_timeout_s: float = 600.0
     prune_overrides: list[str] = field(default_factory=list)
     levers: list[str] = field(default_factory=lambda: [
@@ -152,6 +153,7 @@ TOY = Shape(model=["model=tiny", *TOY_SHAPE], trainer="cpu", max_length=32, nega
             prune_overrides=[f"callbacks.pruning.target.shape.{k}={v}"
                              for k, v in TOY_PRUNED.items()],
             prune_target="tiny_half", prune_calibration=32, records=64, fsdp_full_run=False,
+            peak_n=1024,
             levers=["sdpa", "fused_adamw", "gradient_checkpointing", "flash_attention_2"])
 
 
@@ -216,9 +218,9 @@ def data_overrides(manifest: Path, data_dir: Path, batch: int, max_length: int,
 
 # --- a. the matmul peak ---
 
-def peak_section(device: torch.device, toy: bool) -> dict[str, Any]:
+def peak_section(shape: Shape, device: torch.device, toy: bool) -> dict[str, Any]:
     dtype = torch.float32 if toy else torch.bfloat16
-    return bench.matmul_peak(device, dtype)
+    return bench.matmul_peak(device, dtype, shape.peak_n)
 
 
 # --- b. speed ---
@@ -857,7 +859,7 @@ def main() -> None:
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 comparisons stay fp32
         if "peak" in sections:
             log("a. matmul peak")
-            result["peak"] = peak_section(device, args.toy)
+            result["peak"] = peak_section(shape, device, args.toy)
             log(f"peak {result['peak']['flops_per_s'] / 1e12:.2f} TFLOP/s")
             save()
         peak = result.get("peak", {}).get("flops_per_s", float("nan"))
