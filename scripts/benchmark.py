@@ -71,6 +71,7 @@ from _common import (
     ROOT,
     TRAINING_STEPS_ONLY,
     cpu_name,  # noqa: F401  (gpu_check.py reads bench.cpu_name)
+    exit_without_final_collection,
     machine,
 )
 from hydra.utils import instantiate
@@ -86,13 +87,15 @@ MIB = 2**20
 
 # --- configuration -------------------------------------------------------------------------------
 
-def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The training config of `overrides`, stripped to what a timed training loop needs."""
+def compose_cfg(overrides: list[str], output_dir: Path, keep: tuple[str, ...] = ()
+                ) -> DictConfig:
+    """The training config of `overrides`, stripped to what a timed training loop needs; `keep`:
+    callbacks that shape the run (gpu_check's pruning), left as composed."""
     # After the user's overrides, so that they may set what is then turned off.
     cfg = compose_train([*overrides, *TRAINING_STEPS_ONLY], output_dir)
     with open_dict(cfg):
-        # The bare step, timed against sentence-transformers' own: no callbacks at all.
-        cfg.callbacks = None
+        # The bare step, timed against sentence-transformers' own: no other callbacks.
+        cfg.callbacks = {name: cfg.callbacks[name] for name in keep} or None
         cfg.trainer.max_epochs = -1  # max_steps decides
     return cfg
 
@@ -510,6 +513,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    exit_without_final_collection()  # the orchestrator's and every worker's
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the training config")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
