@@ -32,8 +32,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from _common import (
     TRAINING_STEPS_ONLY,
-    StepTimer,
     alternating_rounds,
+    exit_without_final_collection,
     machine,
     scratch_dir,
 )
@@ -50,6 +50,8 @@ def run_overrides(steps: int) -> list[str]:
 
 def child(overrides: list[str]) -> None:
     """One timed run in this process; prints {"ms_per_step": ...} as the last line."""
+    from _step_timer import StepTimer  # Lightning: here only, the rounds' process never trains
+
     import f2llm.train as entry
 
     cfg = compose_train(overrides, scratch_dir("bench_ab_"))
@@ -75,6 +77,7 @@ def timed_run(setting: str, common: list[str], steps: int, src: Path | None = No
 
 
 def main() -> None:
+    exit_without_final_collection()
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
         return

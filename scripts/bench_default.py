@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import scratch_dir
+from _common import exit_without_final_collection, scratch_dir
 
 from f2llm.compose import compose_train
 
@@ -34,6 +34,7 @@ PARTS = ("forward", "backward", "optimizer", "zero_grad")
 
 
 def main() -> None:
+    exit_without_final_collection()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--skip", type=int, default=2, help="warm-up steps left out")

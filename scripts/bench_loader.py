@@ -33,7 +33,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import lightning as L
 import torch
-from _common import TRAINING_STEPS_ONLY, StepTimer, machine, scratch_dir
+from _common import TRAINING_STEPS_ONLY, exit_without_final_collection, machine, scratch_dir
+from _step_timer import StepTimer
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
@@ -86,6 +87,7 @@ def model_step_seconds(overrides: list[str], stage: int, steps: int, warmup: int
 
 
 def main() -> None:
+    exit_without_final_collection()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the training config")
     ap.add_argument("--batches", type=int, default=200, help="loader batches timed")

@@ -42,7 +42,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lightning as L
 import torch
-from _common import ROOT, StepTimer, alternating_rounds, machine
+from _common import ROOT, alternating_rounds, exit_without_final_collection, machine
+from _step_timer import StepTimer
 from hydra.utils import instantiate
 
 from f2llm.compose import compose_train
@@ -71,6 +72,7 @@ def compose_cfg(export: Path, out: Path, overrides: list[str]):
 
 
 def main() -> None:
+    exit_without_final_collection()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("export", type=Path)
     ap.add_argument("--steps", type=int, default=200)

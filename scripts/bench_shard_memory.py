@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from _common import machine
+from _common import exit_without_final_collection, machine
 
 from f2llm.compose import compose_train
 
@@ -47,6 +47,7 @@ def _rank(rank: int, world: int, model: str, empty: bool, out: str) -> None:
 
     from f2llm.parallel import shard_and_fill
 
+    exit_without_final_collection()  # each rank's process
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
                             world_size=world)
@@ -78,6 +79,7 @@ def run(model: str, world: int, empty: bool) -> list[dict]:
 
 
 def main() -> None:
+    exit_without_final_collection()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="f2llm_1_7b")
     parser.add_argument("--ranks", type=int, default=2)

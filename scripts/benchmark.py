@@ -1,7 +1,8 @@
 """Training throughput: f2llm vs. sentence-transformers on the same work, and GradCache memory.
 
     python scripts/benchmark.py [--steps 20] [--warmup 3] [--json out.json] [--skip-st]
-        [--skip-gradcache] [Hydra overrides, e.g. model=f2llm_0_6b trainer=gpu data.max_length=512]
+        [--skip-gradcache] [--gradcache-batch 2048]
+        [Hydra overrides, e.g. model=f2llm_0_6b trainer=gpu data.max_length=512]
 
 Without overrides: the embedded default (`experiment=gettext_tiny`). Every measured configuration
 runs in its own subprocess, so its peak memory (CPU: peak RSS of the process; GPU:
@@ -19,8 +20,9 @@ runs in its own subprocess, so its peak memory (CPU: peak RSS of the process; GP
   each column (their padding to the longest text, columns merged as their losses do), forward,
   loss, backward, step. Their MNRL also scores in-batch negatives where our clustering and
   classification batches do not; the loss is a negligible share of a step.
-- GradCache memory: peak memory at global batch 2048 with `module.gradcache=true` vs. batch 64 plain
-  (a batch is capped at its group's size), 1 warm-up + 2 steps each.
+- GradCache memory: peak memory at global batch 2048 (`--gradcache-batch`) with
+  `module.gradcache=true` vs. batch 64 plain (a batch is capped at its group's size), 1 warm-up +
+  2 steps each.
 
 samples/s counts queries (batch_size per step); tokens/s real tokens of all texts; padding
 fraction = pad / (real + pad) tokens the model ran on.
@@ -69,6 +71,7 @@ from _common import (
     ROOT,
     TRAINING_STEPS_ONLY,
     cpu_name,  # noqa: F401  (gpu_check.py reads bench.cpu_name)
+    exit_without_final_collection,
     machine,
 )
 from hydra.utils import instantiate
@@ -84,13 +87,15 @@ MIB = 2**20
 
 # --- configuration -------------------------------------------------------------------------------
 
-def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The training config of `overrides`, stripped to what a timed training loop needs."""
+def compose_cfg(overrides: list[str], output_dir: Path, keep: tuple[str, ...] = ()
+                ) -> DictConfig:
+    """The training config of `overrides`, stripped to what a timed training loop needs; `keep`:
+    callbacks that shape the run (gpu_check's pruning), left as composed."""
     # After the user's overrides, so that they may set what is then turned off.
     cfg = compose_train([*overrides, *TRAINING_STEPS_ONLY], output_dir)
     with open_dict(cfg):
-        # The bare step, timed against sentence-transformers' own: no callbacks at all.
-        cfg.callbacks = None
+        # The bare step, timed against sentence-transformers' own: no other callbacks.
+        cfg.callbacks = {name: cfg.callbacks[name] for name in keep} or None
         cfg.trainer.max_epochs = -1  # max_steps decides
     return cfg
 
@@ -168,9 +173,12 @@ def training_flops(linear: int, attn: int, tokens: int, sum_sq: int) -> float:
     return 3.0 * (2.0 * linear * tokens + 4.0 * attn * sum_sq)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Best FLOP/s of a few large square matmuls on `device` in `dtype`."""
-    n, reps = (8192, 20) if device.type == "cuda" else (2048, 6)
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None
+                ) -> dict[str, Any]:
+    """Best FLOP/s of a few large square `n` x `n` matmuls on `device` in `dtype` (`n`: 8192
+    on a GPU, 2048 on a CPU unless given)."""
+    size, reps = (8192, 20) if device.type == "cuda" else (2048, 6)
+    n = n or size
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device, dtype)
     b = torch.randn(n, n, generator=gen).to(device, dtype)
@@ -498,12 +506,14 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {r['mean_batch_size']:.0f} | "
                          f"{gib_or_mib(r['peak_memory_mib'])} | "
                          f"{gib_or_mib(r['training_memory_mib'])} | {r['samples_per_s']:.1f} |")
-        lines += ["", f"GradCache batch {GRADCACHE_BATCH} / plain batch {PLAIN_BATCH} peak memory: "
-                      f"**{g['memory_ratio']:.2f}x** (target <= 1.3x)", ""]
+        lines += ["", f"GradCache batch {g['batch']['gradcache']} / plain batch "
+                      f"{g['batch']['plain']} peak memory: **{g['memory_ratio']:.2f}x** "
+                      "(target <= 1.3x)", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
+    exit_without_final_collection()  # the orchestrator's and every worker's
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the training config")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -511,6 +521,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     ap.add_argument("--skip-st", action="store_true", help="no sentence-transformers run")
     ap.add_argument("--skip-gradcache", action="store_true", help="no GradCache memory runs")
+    ap.add_argument("--gradcache-batch", type=int, default=GRADCACHE_BATCH,
+                    help=f"global batch of the GradCache memory run (the plain one: {PLAIN_BATCH})")
     # A worker: one measured configuration, started by the orchestrator.
     ap.add_argument("--worker", choices=["f2llm", "st"], help=argparse.SUPPRESS)
     ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
@@ -523,6 +535,8 @@ def main() -> None:
         return
     if args.steps < 1 or args.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
+    if args.gradcache_batch <= PLAIN_BATCH:
+        ap.error(f"--gradcache-batch must exceed the plain run's batch {PLAIN_BATCH}")
 
     from f2llm.config_checks import check_config
 
@@ -566,9 +580,10 @@ def main() -> None:
             steps = GRADCACHE_WARMUP + GRADCACHE_STEPS
             plain = variant(cfg, work / "plain", steps, **{"module.gradcache": False,
                                                            "data.batch_size": PLAIN_BATCH})
-            cached = variant(cfg, work / "gradcache", steps, **{"module.gradcache": True,
-                                                                "data.batch_size": GRADCACHE_BATCH})
-            g = {"plain": spawn("plain", plain, work, GRADCACHE_WARMUP, GRADCACHE_STEPS),
+            cached = variant(cfg, work / "gradcache", steps, **{
+                "module.gradcache": True, "data.batch_size": args.gradcache_batch})
+            g = {"batch": {"plain": PLAIN_BATCH, "gradcache": args.gradcache_batch},
+                 "plain": spawn("plain", plain, work, GRADCACHE_WARMUP, GRADCACHE_STEPS),
                  "gradcache": spawn("gradcache", cached, work, GRADCACHE_WARMUP,
                                     GRADCACHE_STEPS)}
             g["memory_ratio"] = g["gradcache"]["peak_memory_mib"] / g["plain"]["peak_memory_mib"]

@@ -11,7 +11,7 @@ then `python scripts/gpu_check.py`; on one that cannot fetch packages, scripts/g
 and scripts/gpu_check.sh bring and install what it lacks, then run this.
 
 Sections:
-a. peak: best of 20 bf16 matmuls 8192^3 (toy: fp32 2048^3), 2 n^3 FLOPs each.
+a. peak: best of 20 bf16 matmuls 8192^3 (toy: 6 fp32 1024^3), 2 n^3 FLOPs each.
 b. speed: `model=f2llm_0_6b` (random init, the bundled Qwen3 tokenizer), synthetic retrieval
    texts longer than 512 tokens truncated to exactly 512, 7 hard negatives, bf16-mixed,
    built by `f2llm.train.build` from the Hydra configs and trained by `trainer.fit`, one
@@ -76,11 +76,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark as bench  # noqa: E402
+from _common import exit_without_final_collection  # noqa: E402
 
 from f2llm.compose import compose_train  # noqa: E402
 
@@ -120,6 +121,7 @@ class Shape:
     prune_calibration: int
     records: int
     fsdp_full_run: bool = True
+    peak_n: int = 8192
     fsdp_timeout_s: float = 600.0
     prune_overrides: list[str] = field(default_factory=list)
     levers: list[str] = field(default_factory=lambda: [
@@ -152,6 +154,7 @@ TOY = Shape(model=["model=tiny", *TOY_SHAPE], trainer="cpu", max_length=32, nega
             prune_overrides=[f"callbacks.pruning.target.shape.{k}={v}"
                              for k, v in TOY_PRUNED.items()],
             prune_target="tiny_half", prune_calibration=32, records=64, fsdp_full_run=False,
+            peak_n=1024,
             levers=["sdpa", "fused_adamw", "gradient_checkpointing", "flash_attention_2"])
 
 
@@ -216,9 +219,9 @@ def data_overrides(manifest: Path, data_dir: Path, batch: int, max_length: int,
 
 # --- a. the matmul peak ---
 
-def peak_section(device: torch.device, toy: bool) -> dict[str, Any]:
+def peak_section(shape: Shape, device: torch.device, toy: bool) -> dict[str, Any]:
     dtype = torch.float32 if toy else torch.bfloat16
-    return bench.matmul_peak(device, dtype)
+    return bench.matmul_peak(device, dtype, shape.peak_n)
 
 
 # --- b. speed ---
@@ -624,11 +627,9 @@ def prune_section(shape: Shape, base_data: list[str], work: Path, result: dict[s
     prune["kd"] = {}
     for name, overrides in modes.items():
         out_dir = work / f"prune_{name}"
-        pruning = composed_callback([*common, *overrides], out_dir, "pruning")
-        cfg = bench.variant(bench.compose_cfg([*common, *overrides], out_dir), out_dir,
-                            shape.warmup + shape.steps)
-        with open_dict(cfg):
-            cfg.callbacks = {"pruning": pruning}
+        # The pruning callback as the experiment composes it: the point of section d.
+        cfg = bench.variant(bench.compose_cfg([*common, *overrides], out_dir, keep=("pruning",)),
+                            out_dir, shape.warmup + shape.steps)
         try:
             out = train_timed(cfg, shape.warmup, shape.steps)
         except Exception as e:  # a failed mode is a result, not a crash
@@ -651,13 +652,6 @@ def prune_section(shape: Shape, base_data: list[str], work: Path, result: dict[s
         prune["step_time_vs_no_kd"] = {"online": kd["online"]["step_s"] / base,
                                        "cached": kd["cached"]["step_s"] / base}
     save()
-
-
-def composed_callback(overrides: list[str], output_dir: Path, name: str) -> dict[str, Any]:
-    """One callback's config as the experiment composes it (`bench.compose_cfg` drops the
-    callbacks; the pruning callback is the point of section d)."""
-    cfg = compose_train(overrides, output_dir)
-    return OmegaConf.to_container(cfg.callbacks[name], resolve=True)
 
 
 # --- e. precision ---
@@ -809,6 +803,11 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    # The imports' objects (torch's, Lightning's, transformers': hundreds of thousands) are
+    # never garbage: frozen, they are left out of the collection between configurations
+    # (`free_memory`: a quarter of a second each on a CPU) and of the one at exit.
+    gc.freeze()
+    exit_without_final_collection()  # what main makes after this point
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--toy", action="store_true", help="CPU-sized shapes (the test)")
     ap.add_argument("--out-dir", type=Path, default=None,
@@ -857,7 +856,7 @@ def main() -> None:
             torch.backends.cuda.matmul.allow_tf32 = False  # fp32 comparisons stay fp32
         if "peak" in sections:
             log("a. matmul peak")
-            result["peak"] = peak_section(device, args.toy)
+            result["peak"] = peak_section(shape, device, args.toy)
             log(f"peak {result['peak']['flops_per_s'] / 1e12:.2f} TFLOP/s")
             save()
         peak = result.get("peak", {}).get("flops_per_s", float("nan"))

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import ROOT, machine
+from _common import ROOT, exit_without_final_collection, machine
 
 # The default before the screen (causal attention, last-token pooling, one lr): every arm but
 # "default" starts from it, so the table reads the same whichever default is shipped.
@@ -147,6 +147,7 @@ def table(results: dict[str, dict[int, dict[str, object]]]) -> str:
 
 
 def main() -> None:
+    exit_without_final_collection()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])

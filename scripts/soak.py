@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, machine
+from _common import ROOT, exit_without_final_collection, machine
 
 from f2llm.compose import compose_train
 
@@ -295,6 +295,7 @@ def markdown(info: dict[str, Any], result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_without_final_collection()
     argv = list(sys.argv[1:] if argv is None else argv)
     user = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv

@@ -16,7 +16,10 @@ def test_bench_layer_pruning_scores_both_arms_before_and_after_the_cut(
     own = ("trainer.max_steps=", "trainer.val_check_interval=", "trainer.enable_progress_bar=",
            "model.shape.num_hidden_layers=")  # the script's own (--steps, --depth)
     common = [o for o in small_run(locale_dir) if not o.startswith(own)]
-    common.append(f"paths.data_dir={tmp_path / 'data'}")  # the corpus, not in the repository
+    common.append(f"paths.data_dir={tmp_path / 'data'}")  # data, not in the repository
+    # The gettext corpus of the tests' slice, built once for the test run (as tiny_overrides
+    # shares it), not once more here.
+    common.append(f"data.corpus.out_dir={locale_dir.parent / f'{locale_dir.name}_gettext'}")
     out = tmp_path / "layers.json"
     scratch = tmp_path / "tmp"  # the runs' temporary folders: removed when the script exits
     scratch.mkdir()

@@ -17,11 +17,14 @@ def test_screen_runs_each_arm_and_seed_and_reports_its_metrics(tmp_path: Path,
                                                                locale_dir: Path) -> None:
     own = ("trainer.max_steps=", "trainer.val_check_interval=", "trainer.enable_progress_bar=")
     common = [o for o in small_run(locale_dir) if not o.startswith(own)]
-    common.append(f"paths.data_dir={tmp_path / 'data'}")  # the corpus, not in the repository
+    common.append(f"paths.data_dir={tmp_path / 'data'}")  # data, not in the repository
+    # The gettext corpus of the tests' slice, built once for the test run (as tiny_overrides
+    # shares it), not once more here.
+    common.append(f"data.corpus.out_dir={locale_dir.parent / f'{locale_dir.name}_gettext'}")
     out = tmp_path / "screen"
     done = subprocess.run(
         [sys.executable, "scripts/screen_default.py", "--arms", "base", "batch384_same_texts",
-         "--seeds", "1", "2", "--steps", "2", "--jobs", "2", "--out", str(out),
+         "--seeds", "1", "2", "--steps", "1", "--jobs", "2", "--out", str(out),
          "--json", str(tmp_path / "screen.json"), "--", *common],
         cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
@@ -34,8 +37,8 @@ def test_screen_runs_each_arm_and_seed_and_reports_its_metrics(tmp_path: Path,
             assert folder.is_relative_to(out)  # nothing in the repository's logs/
             overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
             assert f"seed={seed}" in overrides
-            # The arm's own overrides and its share of proxy steps (2 x 2.0 for batch 384).
-            steps = 4 if name == "batch384_same_texts" else 2
+            # The arm's own overrides and its share of proxy steps (1 x 2.0 for batch 384).
+            steps = 2 if name == "batch384_same_texts" else 1
             assert f"trainer.max_steps={steps}" in overrides and r["steps"] == steps
             assert ("data.batch_size=384" in overrides) == (name == "batch384_same_texts")
             # Both arms start from the default before the screen, whatever is shipped now.
