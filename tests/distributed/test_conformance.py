@@ -16,10 +16,11 @@ issuing different collectives) fails the test by the deadline, naming the case.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,13 @@ WORLD = 2
 B, K = 4, 3  # queries per rank, hard negatives
 STEPS = 2
 CLIP = 0.05  # small enough to clip every step: the clipping norm is global across ranks
-MAX_TOKENS = 24  # padded tokens per chunk: short texts fit in a few chunks, long ones need many
+MAX_TOKENS = 48  # padded tokens per chunk: short texts fit in 2 chunks, long ones need 6
 VOCAB = 2000  # token ids drawn below this (the tiny model keeps the real vocabulary)
 STRATEGIES = ("ddp", "fsdp")
 FEATURES = ("plain", "gradcache", "kd_cached", "layers", "vocab_trim", "lora")
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"],
         "init_lora_weights": False}
+RESUMED = ("fsdp/plain", "fsdp/gradcache")  # resumed from their step-1 checkpoints
 DEADLINE_S = 420
 
 
@@ -104,15 +106,27 @@ def used_token_ids() -> Tensor:
                                 for t in text}))
 
 
+@cache
+def _tiny(lora: bool) -> Encoder:
+    return tiny_encoder(lora=LORA) if lora else tiny_encoder()
+
+
+def fresh_encoder(lora: bool = False) -> Encoder:
+    """`tiny_encoder` (with `LORA`): a copy of one built per process, sharing its tokenizer
+    (loading the tokenizer takes longer than a case's training)."""
+    template = _tiny(lora)
+    return copy.deepcopy(template, memo={id(template.tokenizer): template.tokenizer})
+
+
 def build(feature: str, cache_dir: Path) -> F2LLMModule:
     """The case's module, the same weights in every process."""
-    encoder = tiny_encoder(lora=LORA) if feature == "lora" else tiny_encoder()
+    encoder = fresh_encoder(lora=feature == "lora")
     if feature == "vocab_trim":
         trim_input_embeddings(encoder.backbone, used_token_ids())
     teacher = None
     if feature == "kd_cached":
         torch.manual_seed(1)
-        other = tiny_encoder()
+        other = fresh_encoder()
         for p in other.parameters():  # another model than the student
             p.data.add_(0.01 * torch.randn_like(p))
         teacher = FrozenEncoder(other, mode="cached", cache_dir=cache_dir)
@@ -257,7 +271,11 @@ def _worker(rank: int, out: str) -> None:
             (folder / f"progress{rank}").write_text(case)
             module = build(feature, folder / case / "teacher")
             record = Record()
-            fit(module, rank, strategy, [record])
+            callbacks: list[L.Callback] = [record]
+            if case in RESUMED:  # saved every step: the run the resumed one must equal
+                callbacks.append(ModelCheckpoint(dirpath=folder / case / "checkpoints",
+                                                 every_n_train_steps=1, save_top_k=-1))
+            fit(module, rank, strategy, callbacks)
             result[case] = {"losses": record.losses, "chunks": record.chunks,
                             "reduced": record.reduced, "weights": full_weights(module.encoder),
                             "trainable": sum(p.numel() for p in module.parameters()
@@ -270,20 +288,15 @@ def _worker(rank: int, out: str) -> None:
                     result[case]["model_embeddings"] = plain.encode(TEXTS)
 
     # A sharded run resumed from its step-1 checkpoint, against the uninterrupted one.
-    for feature in ("plain", "gradcache"):
-        case = f"fsdp/{feature}/resume"
-        (folder / f"progress{rank}").write_text(case)
+    for case in RESUMED:
+        (folder / f"progress{rank}").write_text(f"{case}/resume")
         checkpoints = folder / case / "checkpoints"
-        save = ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=1, save_top_k=-1)
-        module = build(feature, folder / case / "teacher")
-        fit(module, rank, "fsdp", [save])
-        uninterrupted = full_weights(module.encoder)
-        resumed = build(feature, folder / case / "teacher")
+        resumed = build(case.removeprefix("fsdp/"), folder / case / "teacher")
         step1 = next(p for p in checkpoints.iterdir() if "step=1" in p.name)
         fit(resumed, rank, "fsdp", [], ckpt_path=str(step1))
-        result[case] = {"uninterrupted": uninterrupted, "resumed": full_weights(resumed.encoder),
-                        "folder": str(next(p for p in checkpoints.iterdir()
-                                           if "step=2" in p.name))}
+        result[f"{case}/resume"] = {
+            "uninterrupted": result[case]["weights"], "resumed": full_weights(resumed.encoder),
+            "folder": str(next(p for p in checkpoints.iterdir() if "step=2" in p.name))}
 
     # init_from=<a sharded folder>: into a sharded model built empty (each rank reads its
     # rows) and into a plain one on every rank.
@@ -303,7 +316,7 @@ def _worker(rank: int, out: str) -> None:
     fit(build_empty(), rank, "fsdp", [start], steps=1)
     pretrained = folder / "pretrained"
     if rank == 0:
-        export_sentence_transformers(tiny_encoder(), pretrained)
+        export_sentence_transformers(fresh_encoder(), pretrained)
     dist.barrier()
     loaded = StartWeights()
     fit(build_empty(pretrained=pretrained), rank, "fsdp", [loaded], steps=1)
@@ -451,7 +464,7 @@ def test_resuming_a_sharded_folder_checks_the_embedding_lr(ranks: list[dict[str,
     folder = Path(ranks[0]["fsdp/plain/resume"]["folder"])
     meta = read_checkpoint(folder / "meta.pt")
     assert meta["embedding_lr_scale"] == 1.0
-    module = F2LLMModule(tiny_encoder(), F2LLMObjective(),
+    module = F2LLMModule(fresh_encoder(), F2LLMObjective(),
                          optimizer=partial(torch.optim.SGD, lr=0.5), embedding_lr_scale=4.0)
     with pytest.raises(UserError, match="embedding_lr_scale=4, but the checkpoint was "
                                         "trained with 1"):
@@ -468,7 +481,7 @@ def test_built_empty_then_sharded(ranks: list[dict[str, Any]]) -> None:
     materialize(one.encoder, one.encoder.backbone, one.encoder.pending_weights,
                 torch.device("cpu"))
     alone = full_weights(one.encoder)
-    folder_weights = full_weights(tiny_encoder())
+    folder_weights = full_weights(fresh_encoder())
     for r in ranks:
         for name, value in alone.items():
             assert torch.equal(r["fsdp/empty"]["random"][name], value), name
@@ -479,4 +492,4 @@ def test_built_empty_then_sharded(ranks: list[dict[str, Any]]) -> None:
     norm = alone["backbone.norm.weight"]
     assert torch.equal(norm, torch.ones_like(norm))
     assert torch.equal(one.encoder.backbone.rotary_emb.inv_freq,
-                       tiny_encoder().backbone.rotary_emb.inv_freq)
+                       fresh_encoder().backbone.rotary_emb.inv_freq)
