@@ -20,7 +20,7 @@ train: install
 
 test: install-test
 	$(PYTHON) -m ruff check src tests scripts
-	$(PYTHON) -m pytest -n 2 --dist loadgroup
+	$(PYTHON) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 # The inner loop: the unit tests only (no run through train(), no subprocess).
 test-fast:

@@ -426,19 +426,23 @@ _KIND_ORDER = ("commands", "distributed", "scripts", "integration", "unit")
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs `--dist loadgroup`: a test marked `xdist_group` (the documented
-    commands, a group per page) goes with its group; every other test goes with its module, as
-    `--dist loadfile` would send it, so a module's fixtures are made once."""
+    """`make test` runs `--dist loadgroup --no-loadscope-reorder`: a test marked `xdist_group`
+    (the documented commands, a group per page) goes with its group; every other test goes with
+    its module, as `--dist loadfile` would send it, so a module's fixtures are made once."""
     for item in items:
         if not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
-    def kind(item: pytest.Item) -> int:
+    def kind(item: pytest.Item) -> tuple[int, bool]:
         parts = Path(item.nodeid.split("::")[0]).parts
         folder = parts[1] if len(parts) > 2 else ""
-        return _KIND_ORDER.index(folder) if folder in _KIND_ORDER else len(_KIND_ORDER)
+        page = any(str(m.args[0]).startswith("page:") for m in item.iter_markers("xdist_group"))
+        return (_KIND_ORDER.index(folder) if folder in _KIND_ORDER else len(_KIND_ORDER),
+                not page)  # the pages' commands first among the commands
 
-    items.sort(key=kind)  # stable: a module's tests keep their order
+    # Stable: a module's tests keep their order. xdist keeps this order of the groups with
+    # `--no-loadscope-reorder` (it would otherwise start the groups with the most tests first).
+    items.sort(key=kind)
 
 
 # --- A suite that leaves the repository clean -------------------------------------------------
