@@ -16,11 +16,10 @@ issuing different collectives) fails the test by the deadline, naming the case.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +48,11 @@ from f2llm.model.weights import materialize
 from f2llm.module import F2LLMModule
 from f2llm.objective import F2LLMObjective
 from f2llm.parallel import FSDP2Strategy, gathered_encoder
-from tests.conftest import TINY_SHAPE, tiny_encoder
+from tests.conftest import TINY_SHAPE
+from tests.distributed.tiny import fresh_encoder
 
 TINY = {**{k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()},
-        "vocab_size": 151_936, "num_hidden_layers": 2}  # tiny_encoder's shape
+        "vocab_size": 151_936, "num_hidden_layers": 2}  # fresh_encoder's shape
 
 WORLD = 2
 B, K = 4, 3  # queries per rank, hard negatives
@@ -62,8 +62,6 @@ MAX_TOKENS = 48  # padded tokens per chunk: short texts fit in 2 chunks, long on
 VOCAB = 2000  # token ids drawn below this (the tiny model keeps the real vocabulary)
 STRATEGIES = ("ddp", "fsdp")
 FEATURES = ("plain", "gradcache", "kd_cached", "layers", "vocab_trim", "lora")
-LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"],
-        "init_lora_weights": False}
 RESUMED = ("fsdp/plain", "fsdp/gradcache")  # resumed from their step-1 checkpoints
 DEADLINE_S = 420
 
@@ -104,18 +102,6 @@ def batch(step: int, rank: int | None) -> TrainBatch:
 def used_token_ids() -> Tensor:
     return torch.tensor(sorted({t for s in range(STEPS) for r in records(s) for text in r
                                 for t in text}))
-
-
-@cache
-def _tiny(lora: bool) -> Encoder:
-    return tiny_encoder(lora=LORA) if lora else tiny_encoder()
-
-
-def fresh_encoder(lora: bool = False) -> Encoder:
-    """`tiny_encoder` (with `LORA`): a copy of one built per process, sharing its tokenizer
-    (loading the tokenizer takes longer than a case's training)."""
-    template = _tiny(lora)
-    return copy.deepcopy(template, memo={id(template.tokenizer): template.tokenizer})
 
 
 def build(feature: str, cache_dir: Path) -> F2LLMModule:

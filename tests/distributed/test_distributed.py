@@ -36,6 +36,7 @@ from f2llm.module import F2LLMModule
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.schedule import cosine_with_warmup
 from tests.conftest import tiny_encoder
+from tests.distributed.tiny import fresh_encoder
 
 WORLD = 2
 B, K, D_IN, D = 4, 3, 16, 32  # per-rank queries, hard negatives, linear input and output width
@@ -148,7 +149,7 @@ def _worker(rank: int, out: str) -> None:
             "local_loss": objective_loss(linear, x, rank, use_negatives, gather=False).detach(),
         }
 
-    encoder = tiny_encoder()
+    encoder = fresh_encoder()
     loss, _ = gradcache_step(encoder, F2LLMObjective(), batch(0, rank))
     grads = {}
     for name, p in encoder.named_parameters():
@@ -157,9 +158,9 @@ def _worker(rank: int, out: str) -> None:
     result["gradcache"] = {"loss": loss, "grads": grads}
 
     strategy = DDPStrategy(process_group_backend="gloo")
-    result["ddp/plain"] = params(fit(module(tiny_encoder(), False), rank, strategy, WORLD))
+    result["ddp/plain"] = params(fit(module(fresh_encoder(), False), rank, strategy, WORLD))
     strategy = DDPStrategy(process_group_backend="gloo")
-    result["ddp/gradcache"] = params(fit(module(tiny_encoder(), True), rank, strategy, WORLD))
+    result["ddp/gradcache"] = params(fit(module(fresh_encoder(), True), rank, strategy, WORLD))
 
     torch.save(result, Path(out) / f"rank{rank}.pt")
     # Both ranks past their last collective before either tears gloo down (a
@@ -202,7 +203,7 @@ def test_gathered_objective_equals_one_process(ranks: list[dict[str, Any]],
 
 
 def test_gradcache_across_ranks_equals_one_plain_step(ranks: list[dict[str, Any]]) -> None:
-    encoder = tiny_encoder()
+    encoder = fresh_encoder()
     full = batch(0, None)
     emb = encoder.forward_chunks(full.chunks, full.restore)
     loss = F2LLMObjective().on_batch(emb, full)[0]
@@ -217,8 +218,8 @@ def test_gradcache_across_ranks_equals_one_plain_step(ranks: list[dict[str, Any]
 
 
 def test_ddp_training_equals_one_process(ranks: list[dict[str, Any]]) -> None:
-    reference = params(fit(module(tiny_encoder(), False), None))
-    start = params(module(tiny_encoder(), False))
+    reference = params(fit(module(fresh_encoder(), False), None))
+    start = params(module(fresh_encoder(), False))
     for mode in ("ddp/plain", "ddp/gradcache"):
         # DDP keeps the replicas equal, and equal to one process on the whole batch.
         for r in ranks:

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from tests.conftest import compose_train, tiny_overrides
+from tests.conftest import TEST_VAL_CATALOGS, compose_train, tiny_overrides
 
 WORLD = 2
 
@@ -66,13 +66,17 @@ def _epoch_worker(rank: int, out: str, data_cfg: dict, model_cfg: dict) -> None:
 
 def test_ddp_epoch_trains_on_every_record_exactly_once(tmp_path: Path,
                                                        locale_dir: Path) -> None:
-    # Two of the slice's languages keep the epoch (every record tokenized once) short.
+    # Two of the slice's languages and half its messages keep the epoch (every record tokenized
+    # once) short: the catalogs of both name lists (classification), the four smallest
+    # components that clustering draws from (it needs four) and the held-out ones.
     locale = tmp_path / "locale"
     for lang in ("fr", "ja"):
-        if not (locale_dir / lang).exists():
-            continue
-        (locale / lang).mkdir(parents=True)
-        (locale / lang / "LC_MESSAGES").symlink_to(locale_dir / lang / "LC_MESSAGES")
+        for catalog in ["iso_3166-1", "iso_639-2", "apt", "tar", "bash", "wget",
+                        *TEST_VAL_CATALOGS]:
+            found = locale_dir / lang / "LC_MESSAGES" / f"{catalog}.mo"
+            if found.exists():
+                (locale / lang / "LC_MESSAGES").mkdir(parents=True, exist_ok=True)
+                (locale / lang / "LC_MESSAGES" / found.name).symlink_to(found)
     # An odd global batch: every batch is split over the ranks in shares one record apart.
     cfg = compose_train(tiny_overrides(tmp_path, locale, **{
         "data.exhaustive": "true", "data.batch_size": 129}))
@@ -89,6 +93,7 @@ def test_ddp_epoch_trains_on_every_record_exactly_once(tmp_path: Path,
     reference.setup()
     rows = {name: t.num_rows for name, t in reference.plan.tables.items()}
     assert set(rows) == {"gettext_bitext", "gettext_domains", "gettext_names"}
+    assert all(rows.values()), rows  # each dataset has records in the epoch
 
     out = tmp_path / "ranks"
     out.mkdir()

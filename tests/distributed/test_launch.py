@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import shlex
 import signal
@@ -37,7 +36,12 @@ SCALING = ROOT / "docs" / "scaling.md"  # the page with the two-node command
 
 class RankLog(L.Callback):
     """Appends [step, lr, loss, sum of the weights] after each training step to
-    `rank<global rank>.jsonl` in the rank's own `trainer.default_root_dir` (its run folder)."""
+    `rank<global rank>.jsonl` in the rank's own `trainer.default_root_dir` (its run folder).
+    With `hold_after_step`, the rank then stops there, alive, until it is killed: a test kills
+    the run at that step, not at whichever step it reached by then."""
+
+    def __init__(self, hold_after_step: int | None = None) -> None:
+        self.hold_after_step = hold_after_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         total = sum(float(p.detach().double().sum()) for p in pl_module.parameters())
@@ -48,6 +52,8 @@ class RankLog(L.Callback):
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())  # a kill -9 keeps every step logged
+        while trainer.global_step == self.hold_after_step:
+            time.sleep(1)
 
 
 RANK_LOG = "+callbacks.rank_log._target_=tests.distributed.test_launch.RankLog"
@@ -120,7 +126,9 @@ def test_multirun_of_multi_process_runs(tmp_path: Path, locale_dir: Path) -> Non
     repo = copy_repository(tmp_path / "f2llm")
     done = subprocess.run(
         [sys.executable, "src/f2llm/train.py", "-m", "optimizer.lr=1e-3,2e-3", "trainer=ddp_sim",
-         "trainer.strategy.start_method=popen", *small_run(locale_dir, steps=2), RANK_LOG],
+         "trainer.strategy.start_method=popen", *small_run(locale_dir, steps=2, **{
+             "trainer.val_check_interval": 100, "final_validate": "false",
+             "callbacks.export": "null"}), RANK_LOG],
         cwd=repo, env=user_env(**ENV), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (repo / "logs" / "train" / "multiruns").iterdir()  # no rank swept on its own
@@ -192,17 +200,18 @@ def wait(procs: list[subprocess.Popen], repo: Path, name: str) -> None:
 
 def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir: Path) -> None:
     repo = copy_repository(tmp_path / "f2llm")  # no corpus yet: both nodes start building it
-    steps = 10
+    steps, killed_at = 4, 3  # killed past the first checkpoint (step 2), before the next
     extra = [*small_run(locale_dir, steps=steps, **{
         "trainer.val_check_interval": 100, "callbacks.checkpoint.every_n_train_steps": 2,
         "final_validate": "false", "callbacks.export": "null"}), RANK_LOG]
     run = repo / "logs/train/runs/two_nodes"  # the documented line's hydra.run.dir
     assert f"hydra.run.dir={run.relative_to(repo)}" in readme_torchrun()
 
-    nodes = start_nodes(repo, extra, "killed")
-    kill_after = random.Random().randint(3, 7)  # any step past the first checkpoint (step 2)
+    nodes = start_nodes(repo, [*extra, f"+callbacks.rank_log.hold_after_step={killed_at}"],
+                        "killed")
     deadline = time.monotonic() + 600
-    while len(rank_log(run, 0)) < kill_after and all(p.poll() is None for p in nodes):
+    while (min(len(rank_log(run, r)) for r in (0, 1)) < killed_at
+           and all(p.poll() is None for p in nodes)):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     # Both nodes die at once: each torchrun and its worker.
@@ -212,7 +221,7 @@ def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir:
     for proc in nodes:
         proc.wait()
     killed = [rank_log(run, r) for r in (0, 1)]
-    assert 3 <= len(killed[0]) < steps, "the run ended before it could be killed"
+    assert [len(k) for k in killed] == [killed_at] * 2, killed  # held there, then killed
     # The nodes share paths.data_dir, where each node's local rank 0 found no corpus: one
     # built it under the lock, the other waited and reused it.
     builds = sum("building gettext corpus" in node_output(repo, "killed", n).read_text()
@@ -228,14 +237,17 @@ def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir:
     resumed = [rank_log(resumed_run, r) for r in (0, 1)]
     assert [rank_log(run, r) for r in (0, 1)] == killed  # no process of the killed run lived on
 
-    # The same run on one node: 2 processes, the same global ranks and data.
-    done = run_cli(repo, "train", "trainer=ddp_sim", *extra, **ENV)
+    # The same run on one node: 2 processes, the same global ranks and data. Started as on a
+    # GPU node, by Lightning's subprocess launcher: rank 0 is this command's own process.
+    done = run_cli(repo, "train", "trainer=ddp_sim", "trainer.strategy.start_method=popen",
+                   *extra, **ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     (one_node,) = [p for p in (repo / "logs/train/runs").iterdir() if "two_nodes" not in p.name]
     for rank in (0, 1):
         expected = {s[0]: s[2] for s in rank_log(one_node, rank)}
         assert sorted(expected) == list(range(1, steps + 1))
-        assert resumed[rank][0][0] <= len(killed[rank]) + 1 and resumed[rank][-1][0] == steps
+        # From the step-2 checkpoint: step 3 again, then the steps the killed run never took.
+        assert [s[0] for s in resumed[rank]] == list(range(3, steps + 1))
         for step, _, loss, _ in killed[rank] + resumed[rank]:
             assert loss == pytest.approx(expected[step], rel=1e-5), (rank, step)
 
