@@ -28,12 +28,14 @@ def test_bench_ab_times_both_settings_in_alternating_processes(tmp_path: Path,
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts/bench_ab.py"), "--a", "keep_freed_host_memory=false",
          "--b", "keep_freed_host_memory=true", "--steps", "23", "--rounds", "2",
+         "--a-src", str(ROOT),  # arm A from a checkout (this one): how two versions compare
          "--json", str(out), *common],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(scratch.glob("bench_ab_*"))
     result = json.loads(out.read_text())
+    assert result["a_src"] == str(ROOT) and result["b_src"] == ""
     assert len(result["ms_per_step"]["A"]) == len(result["ms_per_step"]["B"]) == 2
     assert all(ms > 0 and math.isfinite(ms) for runs in result["ms_per_step"].values()
                for ms in runs)

@@ -224,6 +224,7 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
     f"{B}loader.py --batches 200 --steps 40 --stage 1": Measured("tests/test_bench_loader.py"),
     f"{B}ab.py --a keep_freed_host_memory=false --b keep_freed_host_memory=true --steps 150 "
     "--rounds 4": Measured("tests/test_bench_ab.py"),
+    f"{B}ab.py --a-src /tmp/before --steps 150 --rounds 3": Measured("tests/test_bench_ab.py"),
     f"{B}default.py --threads 1 --steps 10 --keep 64991": Measured("tests/test_bench_default.py"),
     f"{B}prune_distill.py <default export> --steps 200 --seeds 42 1 2":
         Measured("tests/test_bench_prune_distill.py"),
@@ -247,6 +248,7 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
     f"{B}ingest.py --sizes 500000 2000000 --repeats 2 --workdir /tmp/bi --row-group-rows 10000":
         Measured("tests/test_f2llm_v2.py"),
     "python scripts/gpu_check.py": Measured("tests/test_gpu_check.py"),
+    f"{B}shard_memory.py --model f2llm_1_7b": Measured("tests/test_bench_shard_memory.py"),
     # docs/checkpoints.md. The merges read the run of the line before them, which keeps a
     # checkpoint at every step here (3 steps: 3 checkpoints to merge).
     f"{T} ckpt_path=logs/train/runs/<time>": Run(RESUMED, output=("resuming from",),
