@@ -3,7 +3,7 @@ PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install install-test train test lint
+.PHONY: install install-test train test test-fast lint
 
 # torch first and pinned: anything that pulls it unpinned would download a CUDA build.
 install:
@@ -21,3 +21,7 @@ train: install
 test: install-test
 	$(PYTHON) -m ruff check src tests scripts
 	$(PYTHON) -m pytest -n 2 --dist loadfile
+
+# The inner loop: the tests not marked slow (no end-to-end run, no subprocess run of a command).
+test-fast:
+	$(PYTHON) -m pytest -n 2 -m "not slow"
