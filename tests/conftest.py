@@ -27,6 +27,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ import pytest
 from filelock import FileLock
 
 from f2llm.compose import CONFIGS, ROOT, compose_config, compose_train
+from tests.warm import WarmPython
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -364,17 +366,32 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def user_env(**extra: str) -> dict[str, str]:
-    """This environment as a user's shell has it: offline, no project-root or Hydra overrides."""
+    """This environment as a user's shell has it: offline, no project-root or Hydra overrides,
+    no seed left by a run in this process (Lightning's `seed_everything` exports it)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in {"PROJECT_ROOT", "HYDRA_FULL_ERROR"}}
+           if k not in {"PROJECT_ROOT", "HYDRA_FULL_ERROR", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"}}
     return {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
+
+
+_WARM: list[WarmPython] = []  # this test process's warm interpreter, started on first use
+
+
+def run_python(argv: list[str | Path], cwd: Path, env: dict[str, str], timeout: float = 600
+               ) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=...)`
+    for `[sys.executable, <script>.py, *args]`, without its 5 s of imports: the command runs in
+    a fork of an interpreter that has imported the libraries once (tests/warm.py says what a
+    fork keeps and when it falls back to a plain subprocess)."""
+    if not _WARM:
+        _WARM.append(WarmPython(user_env(), Path(tempfile.mkdtemp(prefix="f2llm-warm-"))))
+    return _WARM[0].run([str(a) for a in argv], cwd, env, timeout)
 
 
 def run_cli(repo: Path, script: str, *args: str, timeout: int = 600, **env: str
             ) -> subprocess.CompletedProcess[str]:
     """`python src/f2llm/<script>.py <args>` run from `repo`."""
-    return subprocess.run([sys.executable, f"src/f2llm/{script}.py", *args], cwd=repo,
-                          env=user_env(**env), capture_output=True, text=True, timeout=timeout)
+    return run_python([sys.executable, f"src/f2llm/{script}.py", *args], repo, user_env(**env),
+                      timeout)
 
 
 def run_folders(repo: Path, pattern: str = "train/runs/*") -> list[Path]:
@@ -466,8 +483,12 @@ def files_written_since(start: float, root: Path = ROOT) -> list[Path]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the suite if a test wrote into the repository's logs/ or data/ (tests write under
-    tmp paths; a user's `make train` running meanwhile would also be reported)."""
+    """Stop this process's warm interpreter; fail the suite if a test wrote into the
+    repository's logs/ or data/ (tests write under tmp paths; a user's `make train` running
+    meanwhile would also be reported)."""
+    for warm in _WARM:
+        warm.close()
+        shutil.rmtree(warm.scratch, ignore_errors=True)
     if hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks
         return
     left = files_written_since(_SESSION_START)

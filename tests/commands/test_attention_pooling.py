@@ -3,8 +3,6 @@ and merge all embed the trained model the same (the maths: tests/unit/test_atten
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from transformers import AutoModel
 
 from f2llm.eval import load_embedder
 from f2llm.model import attention_of, folder_pooling
-from tests.conftest import TEST_VAL_CATALOGS, copy_repository
+from tests.conftest import TEST_VAL_CATALOGS, copy_repository, run_python, user_env
 
 
 def test_training_with_the_options_on_as_a_user_types_it(
@@ -30,12 +28,9 @@ def test_training_with_the_options_on_as_a_user_types_it(
               "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1",
               "model.shape.num_hidden_layers=1", "model.shape.hidden_size=32",
               "model.shape.intermediate_size=64", "model.shape.head_dim=16"]
-    # A user's shell has no PROJECT_ROOT (importing f2llm.eval set it to this checkout here).
-    env = {**{k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"},
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [sys.executable, "src/f2llm/train.py", "model.attention=bidirectional",
            "model.pooling=mean", *slice_]
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    done = run_python(cmd, repo, user_env(), 900)
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = [p.parent for p in (repo / "logs").rglob("final_metrics.json")]
     export = run / "export"
@@ -54,7 +49,7 @@ def test_training_with_the_options_on_as_a_user_types_it(
 
     merged = tmp_path / "merged"
     cmd = [sys.executable, "src/f2llm/merge.py", f"run={run}", "last=2", f"out={merged}"]
-    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    done = run_python(cmd, repo, user_env(), 600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert attention_of(AutoModel.from_pretrained(merged).config) == "bidirectional"
     assert folder_pooling(merged) == "mean"

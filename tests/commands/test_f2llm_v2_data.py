@@ -5,7 +5,6 @@ training on both layouts (the recipe in one process: tests/unit/test_f2llm_v2.py
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,14 @@ import pytest
 
 from f2llm.data.sources.f2llm_v2 import EXAMPLE_NAMES, write_synthetic
 from f2llm.model.tokenizer import load_tokenizer
-from tests.conftest import F2LLM_V2_EXAMPLES, ROOT, copy_repository, word_level_tokenizer
+from tests.conftest import (
+    F2LLM_V2_EXAMPLES,
+    ROOT,
+    copy_repository,
+    run_python,
+    user_env,
+    word_level_tokenizer,
+)
 
 NAMES = list(EXAMPLE_NAMES)
 
@@ -28,20 +34,18 @@ def test_the_dataset_map_fixes_unknown_names_typed_on_the_command_line(tmp_path:
     """The map as the unknown-names message suggests it (the message itself:
     tests/unit/test_f2llm_v2.py)."""
     root = write_synthetic(tmp_path / "raw", "raw", ["msmarco", "my_faq", "my_topics"], 8)
-    done = subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "table",
-                           f"data.corpus.root={root}", "data.corpus.datasets={my_faq: {format: "
-                           "retrieval, language: de}, my_topics: {format: clustering}}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = run_python([sys.executable, "scripts/f2llm_v2_data.py", "table",
+                       f"data.corpus.root={root}", "data.corpus.datasets={my_faq: {format: "
+                       "retrieval, language: de}, my_topics: {format: clustering}}"],
+                      ROOT, user_env(), 120)
     assert done.returncode == 0, done.stderr[-2000:]
     row = next(x.split() for x in done.stdout.splitlines() if x.startswith("my_faq "))
     assert row[1:3] == ["retrieval", "de"] and row[-1] == "override"
 
 
 def test_download_offline_fails_fast_naming_the_command(tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "download", "--root",
-                           str(tmp_path / "dl"), "--datasets", "msmarco"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = run_python([sys.executable, "scripts/f2llm_v2_data.py", "download", "--root",
+                       tmp_path / "dl", "--datasets", "msmarco"], ROOT, user_env(), 60)
     assert done.returncode == 1
     assert "python scripts/f2llm_v2_data.py download --root <folder>" in done.stderr
 
@@ -49,9 +53,8 @@ def test_download_offline_fails_fast_naming_the_command(tmp_path: Path) -> None:
 def test_dry_run_prints_the_table_and_group_probabilities(tmp_path: Path) -> None:
     root = write_synthetic(tmp_path / "raw", "raw", NAMES, [10 * (i + 1) for i in
                                                              range(len(NAMES))])
-    done = subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "table",
-                           f"data.corpus.root={root}", "data.alpha=0.5"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = run_python([sys.executable, "scripts/f2llm_v2_data.py", "table",
+                       f"data.corpus.root={root}", "data.alpha=0.5"], ROOT, user_env(), 120)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     for name, (fmt, language) in F2LLM_V2_EXAMPLES.items():
@@ -72,8 +75,7 @@ def _train(cwd: Path, root: Path, extra: list[str]) -> subprocess.CompletedProce
     cmd = [sys.executable, "src/f2llm/train.py", "experiment=f2llm_v2_stage2",
            f"data.corpus.root={root}", "model=tiny", "trainer=cpu", "trainer.max_steps=20",
            "data.batch_size=16", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return run_python(cmd, cwd, user_env(), 900)
 
 
 def test_a_tokenizer_other_than_the_datas_stops_the_training_before_any_step(

@@ -4,7 +4,6 @@ which our readers accept, and a manifest run trains on its negatives."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +19,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from f2llm.data.readers import DatasetSpec, read_dataset
 from f2llm.export import export_sentence_transformers
 from f2llm.mine import mine
-from tests.conftest import ROOT, TINY_SHAPE, compose_config, tiny_encoder, write_jsonl
+from tests.conftest import (
+    ROOT,
+    TINY_SHAPE,
+    compose_config,
+    run_python,
+    tiny_encoder,
+    user_env,
+    write_jsonl,
+)
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 NOUNS = ["file", "folder", "printer", "network", "password", "window", "disk", "user",
          "keyboard", "screen", "backup", "archive"]
 
@@ -49,7 +55,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    done = run_python(cmd, ROOT, user_env(), 600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

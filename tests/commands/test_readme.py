@@ -23,7 +23,6 @@ paths it names) and for the snippets' elisions (`…/export`, `[...]`).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -43,7 +42,14 @@ import yaml
 from packaging.requirements import Requirement
 
 from f2llm.data.formats import get_format
-from tests.conftest import ROOT, copy_repository, corpus_overrides, run_folders
+from tests.conftest import (
+    ROOT,
+    copy_repository,
+    corpus_overrides,
+    run_folders,
+    run_python,
+    user_env,
+)
 
 README = ROOT / "README.md"
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
@@ -443,8 +449,7 @@ class CommandRuns:
         self.results: dict[str, Result] = {}
         self.passed: set[str] = set()
         self.base: Path | None = None
-        self.env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}
-        self.env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        self.env = user_env()
         user_data(repo)
 
     def first_run(self) -> Path:
@@ -478,9 +483,9 @@ class CommandRuns:
         """A small synthetic copy of the public data (real dataset names), made once."""
         folder = self.scratch / "f2llm_v2"
         if not folder.exists():
-            subprocess.run([sys.executable, "scripts/f2llm_v2_data.py", "synthetic", "--root",
-                            str(folder), "--layout", "raw"], cwd=self.repo, env=self.env,
-                           check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
+            done = run_python([sys.executable, "scripts/f2llm_v2_data.py", "synthetic", "--root",
+                               folder, "--layout", "raw"], self.repo, self.env, RUN_TIMEOUT_S)
+            assert done.returncode == 0, done.stderr[-3000:]
         return folder
 
     def run(self, key: str, command: list[str] | str, how: Run | Fails) -> Result:
@@ -501,8 +506,7 @@ class CommandRuns:
         before = set(run_folders(self.repo, "*/*runs/*"))
         start = time.monotonic()
         try:
-            done = subprocess.run(argv, cwd=self.repo, env=self.env, capture_output=True,
-                                  text=True, timeout=timeout)
+            done = run_python(argv, self.repo, self.env, timeout)
             code, output = done.returncode, done.stdout + done.stderr
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or b"") + (e.stderr or b"")

@@ -5,8 +5,6 @@ recipes' fast failure without a network."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from transformers import AutoModel
 
 from f2llm.export import export_sentence_transformers
 from f2llm.train import train
-from tests.conftest import compose_train, tiny_encoder, tiny_overrides
+from tests.conftest import compose_train, run_python, tiny_encoder, tiny_overrides, user_env
 
 
 def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None:
@@ -66,11 +64,9 @@ def test_prune_distill_tiny_end_to_end(tmp_path: Path, locale_dir: Path) -> None
 
 @pytest.mark.parametrize("size", ["80m", "160m", "330m"])
 def test_published_recipe_without_network_stops_in_seconds(size: str, repo_copy: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     # In a repository copy: the run folder Hydra makes before the failure lands there.
-    done = subprocess.run([sys.executable, "src/f2llm/train.py",
-                           f"experiment=prune_distill_{size}"], cwd=repo_copy, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_python([sys.executable, "src/f2llm/train.py", f"experiment=prune_distill_{size}"],
+                      repo_copy, user_env(), 120)
     assert done.returncode != 0
     assert "teacher.path=codefuse-ai/F2LLM-v2-0.6B" in done.stderr
     assert "set teacher.path=<folder>" in done.stderr

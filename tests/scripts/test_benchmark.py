@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, run_python, tiny_overrides, user_env
 
 
 def test_benchmark_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
     out = tmp_path / "benchmark.json"
     overrides = tiny_overrides(tmp_path, locale_dir, **{"data.batch_size": 16})
-    # One thread: on shared CPU cores, OpenMP threads waiting for descheduled peers make each
-    # step tens of times slower, and no timing is asserted here.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
+    # One thread (conftest's OMP_NUM_THREADS): on shared CPU cores, OpenMP threads waiting for
+    # descheduled peers make each step tens of times slower, and no timing is asserted here.
+    done = run_python(
         # GradCache at batch 128, twice the plain run's 64 (the documented run's 2048 takes
         # seconds more here and shows nothing more).
         [sys.executable, str(ROOT / "scripts/benchmark.py"), "--steps", "3", "--warmup", "1",
          "--gradcache-batch", "128", "--json", str(out), *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
+        ROOT, user_env(), 300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     for trainer in ("f2llm", "st"):
