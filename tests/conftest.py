@@ -367,9 +367,11 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def user_env(**extra: str) -> dict[str, str]:
     """This environment as a user's shell has it: offline, no project-root or Hydra overrides,
-    no seed left by a run in this process (Lightning's `seed_everything` exports it)."""
+    no seed left by a run in this process (Lightning's `seed_everything` exports it), no
+    pytest variable."""
     env = {k: v for k, v in os.environ.items()
-           if k not in {"PROJECT_ROOT", "HYDRA_FULL_ERROR", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"}}
+           if k not in {"PROJECT_ROOT", "HYDRA_FULL_ERROR", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
+                        "PYTEST_CURRENT_TEST"}}
     return {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
 
 

@@ -146,7 +146,8 @@ class WarmPython:
     def run(self, argv: list[str], cwd: Path | str, env: dict[str, str],
             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         argv = [str(a) for a in argv]
-        import os as _o, json as _j
+        import json as _j
+        import os as _o
         if _o.environ.get("WARM_STATS"):
             with open(_o.environ["WARM_STATS"], "a") as f:
                 f.write(_j.dumps({"warm": self.warm(argv, env), "argv": argv[:3], "diff": sorted(k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k))}) + "\n")

@@ -4,7 +4,6 @@ export embeds like the merged weights (the soup and slerp maths: tests/unit/test
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from tests.conftest import (
     ROOT,
     compose_config,
     copy_repository,
+    run_python,
     tiny_overrides,
     user_env,
 )
@@ -36,9 +36,7 @@ def short_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Pat
         "trainer.max_steps": 6, "trainer.val_check_interval": 100, "final_validate": False,
         "callbacks.checkpoint.save_top_k": -1, "paths.log_dir": str(tmp / "logs")})
         if not o.startswith("paths.output_dir")]
-    done = subprocess.run([sys.executable, "src/f2llm/train.py", *overrides], cwd=ROOT,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                          text=True, timeout=600)
+    done = run_python([sys.executable, "src/f2llm/train.py", *overrides], ROOT, user_env(), 600)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (tmp / "logs" / "train" / "runs").iterdir()
     return run

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, run_python, tiny_overrides, user_env
 
 
 def test_bench_default_times_full_and_trimmed_vocabulary(tmp_path: Path,
                                                          locale_dir: Path) -> None:
     out = tmp_path / "bd.json"
-    done = subprocess.run(
+    done = run_python(
         [sys.executable, str(ROOT / "scripts/bench_default.py"), "--steps", "5", "--skip", "1",
-         "--json", str(out), *tiny_overrides(tmp_path, locale_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+         "--json", str(out), *tiny_overrides(tmp_path, locale_dir)], ROOT, user_env(), 600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     # --keep 0: the rows of the tokens in the (tiny) training data, far below the vocabulary.

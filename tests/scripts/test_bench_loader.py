@@ -4,7 +4,6 @@ belong in docs/benchmarks.md, from the embedded default)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 from f2llm.data.batch import TrainBatch
-from tests.conftest import ROOT, load_script, tiny_overrides
+from tests.conftest import ROOT, load_script, run_python, tiny_overrides, user_env
 
 
 def chunk(lengths: list[int]) -> dict[str, torch.Tensor]:
@@ -38,7 +37,7 @@ def test_bench_loader_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
     own = ("trainer.max_steps=", "trainer.val_check_interval=")
     overrides = [o for o in tiny_overrides(tmp_path, locale_dir) if not o.startswith(own)]
     out = tmp_path / "loader.json"
-    done = subprocess.run(
+    done = run_python(
         [
             sys.executable,
             str(ROOT / "scripts/bench_loader.py"),
@@ -50,10 +49,9 @@ def test_bench_loader_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
             str(out),
             *overrides,
         ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ROOT,
+        user_env(),
+        300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())

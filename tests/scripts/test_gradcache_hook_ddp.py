@@ -3,16 +3,17 @@ torch's DDP ever all-reduces every chunk of a loss hook, this fails and GradCach
 the loss."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.conftest import run_python, user_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_loss_hook_loses_later_chunks_gradients_under_ddp() -> None:
-    done = subprocess.run([sys.executable, "scripts/gradcache_hook_ddp.py", "--chunks", "4"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_python([sys.executable, "scripts/gradcache_hook_ddp.py", "--chunks", "4"], ROOT,
+                      user_env(), 300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["plain DDP step vs the mean of the ranks' gradients"] < 1e-5  # DDP did reduce

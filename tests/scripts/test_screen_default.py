@@ -4,13 +4,12 @@ overrides, and the table and JSON hold each run's own final metrics."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT, small_run, user_env
+from tests.conftest import ROOT, run_python, small_run, user_env
 
 
 def test_screen_runs_each_arm_and_seed_and_reports_its_metrics(tmp_path: Path,
@@ -22,11 +21,11 @@ def test_screen_runs_each_arm_and_seed_and_reports_its_metrics(tmp_path: Path,
     # shares it), not once more here.
     common.append(f"data.corpus.out_dir={locale_dir.parent / f'{locale_dir.name}_gettext'}")
     out = tmp_path / "screen"
-    done = subprocess.run(
+    done = run_python(
         [sys.executable, "scripts/screen_default.py", "--arms", "base", "batch384_same_texts",
          "--seeds", "1", "2", "--steps", "1", "--jobs", "2", "--out", str(out),
          "--json", str(tmp_path / "screen.json"), "--", *common],
-        cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
+        ROOT, user_env(), 600)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     results = json.loads((tmp_path / "screen.json").read_text())["results"]
     assert set(results) == {"base", "batch384_same_texts"}
