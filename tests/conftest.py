@@ -95,6 +95,19 @@ F2LLM_V2_EXAMPLES = {
 
 # --- Made once per test run, shared by the xdist workers ------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _rank_zero_restored() -> Any:
+    """Lightning's process-wide rank (`rank_zero_only.rank`) as it was before the test. A Trainer
+    built in-process for another rank (as torchrun would start node 1's process) sets it, and
+    every later test of that worker would log nothing: rank-zero-only loggers give a dummy."""
+    rank_zero = sys.modules.get("lightning_utilities.core.rank_zero")
+    before = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", 0)
+    yield
+    rank_zero = sys.modules.get("lightning_utilities.core.rank_zero")
+    if rank_zero is not None:
+        rank_zero.rank_zero_only.rank = before
+
+
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder every worker of this test session sees: under xdist each worker's base temp is

@@ -146,11 +146,6 @@ class WarmPython:
     def run(self, argv: list[str], cwd: Path | str, env: dict[str, str],
             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         argv = [str(a) for a in argv]
-        import json as _j
-        import os as _o
-        if _o.environ.get("WARM_STATS"):
-            with open(_o.environ["WARM_STATS"], "a") as f:
-                f.write(_j.dumps({"warm": self.warm(argv, env), "argv": argv[:3], "diff": sorted(k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k))}) + "\n")
         if not (self.warm(argv, env) and self.lock.acquire(blocking=False)):
             return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                                   timeout=timeout)
