@@ -22,6 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import contextlib
+import copy
+import functools
 import importlib.util
 import json
 import shutil
@@ -213,17 +215,39 @@ def load_script(name: str) -> ModuleType:
 
 # --- Models, batches and records for in-process tests ------------------------------------------
 
+@functools.cache
+def _bundled_tokenizer() -> Any:
+    from f2llm.model import load_tokenizer
+
+    return load_tokenizer(None)
+
+
 def tiny_encoder(layers: int = 2, **kw: Any) -> Encoder:
     """The tests' tiny Qwen3 encoder: TINY_SHAPE with `layers` layers, the bundled Qwen3
-    tokenizer, max_length 32, random init from seed 0 (so every call gives the same weights)."""
+    tokenizer, max_length 32, random init from seed 0 (so every call gives the same weights).
+
+    The bundled tokenizer is loaded once per test process (about 0.9 s a load) and each encoder
+    gets a shallow copy of it: its own Python settings (`padding_side`, which tests change), the
+    Rust tokenizer shared (each call sets its padding and truncation). An encoder built from a
+    folder (`pretrained=`, `tokenizer=`) loads that folder's, as `build_encoder` does."""
+    from unittest import mock
+
     import torch
 
-    from f2llm.model import build_encoder
+    from f2llm.model import build_encoder, encoder
 
     shape = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
     shape.update(vocab_size=151_936, num_hidden_layers=layers)
     torch.manual_seed(0)
-    return build_encoder("tiny", shape=shape, **{"max_length": 32, **kw})
+    load = encoder.load_tokenizer
+
+    def bundled_once(name: Any, eos_token: str, trust_remote_code: bool = False) -> Any:
+        if name is None and eos_token == encoder.DEFAULT_EOS:
+            return copy.copy(_bundled_tokenizer())
+        return load(name, eos_token, trust_remote_code)
+
+    with mock.patch.object(encoder, "load_tokenizer", bundled_once):
+        return build_encoder("tiny", shape=shape, **{"max_length": 32, **kw})
 
 
 def copy_encoder(encoder: Encoder) -> Encoder:
