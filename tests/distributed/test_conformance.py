@@ -10,6 +10,15 @@ steps mean equal gradients. Also: under DDP + GradCache each step all-reduces th
 exactly once; a sharded run resumed from its step-1 checkpoint ends bitwise equal to the
 uninterrupted one; a sharded run's export embeds like its training model.
 
+Below Lightning, the objective's gathered loss and a GradCache step across the ranks equal one
+process on the concatenated batch. Convention, as under DDP: each rank's loss is the mean over
+its own B queries (scored against the positives of all ranks), and DDP averages parameter
+gradients over the W ranks. The one-process loss over the W * B queries is then the mean of the
+rank losses, and the rank-mean of the parameter gradients equals the one-process gradient. The
+gradient a rank gets for its own embeddings is W times the one-process gradient for those rows:
+the autograd all_gather sums every rank's gradient for a positive back to its owner, and the
+1 / W comes from DDP's average.
+
 One spawn runs every case (spawning costs more than the cases); a case that hangs (ranks
 issuing different collectives) fails the test by the deadline, naming the case.
 """
@@ -31,7 +40,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
@@ -46,9 +55,9 @@ from f2llm.model.packing import pack_by_length
 from f2llm.model.vocab import trim_input_embeddings
 from f2llm.model.weights import materialize
 from f2llm.module import F2LLMModule
-from f2llm.objective import F2LLMObjective
+from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.parallel import FSDP2Strategy, gathered_encoder
-from tests.conftest import TINY_SHAPE
+from tests.conftest import TINY_SHAPE, tiny_encoder
 from tests.distributed.tiny import fresh_encoder
 
 TINY = {**{k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()},
@@ -56,6 +65,7 @@ TINY = {**{k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()},
 
 WORLD = 2
 B, K = 4, 3  # queries per rank, hard negatives
+D_IN, D = 16, 32  # the objective's linear layer: input and output width
 STEPS = 2
 CLIP = 0.05  # small enough to clip every step: the clipping norm is global across ranks
 MAX_TOKENS = 48  # padded tokens per chunk: short texts fit in 2 chunks, long ones need 6
@@ -67,6 +77,34 @@ DEADLINE_S = 420
 
 
 # ---- inputs, identical in every process (fixed seeds) ----------------------------------------
+
+
+def objective_inputs() -> tuple[nn.Linear, Tensor]:
+    """A linear layer and the inputs whose outputs are the embeddings: rows are queries,
+    positives, then negatives [W * B, K] in query-major order."""
+    generator = torch.Generator().manual_seed(0)
+    linear = nn.Linear(D_IN, D).double()
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(D, D_IN, generator=generator, dtype=torch.float64))
+        linear.bias.copy_(torch.randn(D, generator=generator, dtype=torch.float64))
+    x = torch.randn(WORLD * B * (2 + K), D_IN, generator=generator, dtype=torch.float64)
+    return linear, x
+
+
+def rank_rows(rank: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Row indices of the queries, positives and negatives [b, K] of `rank` (None: all)."""
+    n = WORLD * B
+    q = torch.arange(n) if rank is None else torch.arange(rank * B, (rank + 1) * B)
+    return q, n + q, 2 * n + (q[:, None] * K + torch.arange(K))
+
+
+def objective_loss(linear: nn.Linear, x: Tensor, rank: int | None, use_negatives: bool,
+                   gather: bool) -> Tensor:
+    q, p, n = rank_rows(rank)
+    emb = linear(x)
+    negatives = emb[n] if use_negatives else None
+    objective = F2LLMObjective(gather_inbatch=gather)
+    return objective(emb[q], emb[p], negatives, use_inbatch=True)[0]
 
 
 def records(step: int) -> list[list[list[int]]]:
@@ -251,6 +289,27 @@ def _worker(rank: int, out: str) -> None:
                             world_size=WORLD)
     folder = Path(out)
     result: dict[str, Any] = {}
+
+    # The objective and a GradCache step, without Lightning.
+    (folder / f"progress{rank}").write_text("objective")
+    for use_negatives in (False, True):
+        linear, x = objective_inputs()
+        x.requires_grad_()
+        loss = objective_loss(linear, x, rank, use_negatives, gather=True)
+        loss.backward()
+        result[f"objective/{use_negatives}"] = {
+            "loss": loss.detach(), "x_grad": x.grad, "weight_grad": linear.weight.grad,
+            "bias_grad": linear.bias.grad,
+            "local_loss": objective_loss(linear, x, rank, use_negatives, gather=False).detach(),
+        }
+    encoder = fresh_encoder()
+    loss, _ = gradcache_step(encoder, F2LLMObjective(), batch(0, rank))
+    grads = {}
+    for name, p in encoder.named_parameters():
+        dist.all_reduce(p.grad)  # what DDP does, as a sum; divided by W in the test
+        grads[name] = p.grad
+    result["gradcache"] = {"loss": loss, "grads": grads}
+
     for strategy in STRATEGIES:
         for feature in FEATURES:
             case = f"{strategy}/{feature}"
@@ -357,6 +416,50 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
 def test_the_ranks_pack_different_numbers_of_chunks() -> None:
     counts = [[len(batch(s, r).chunks) for r in range(WORLD)] for s in range(STEPS)]
     assert all(c[1] > c[0] for c in counts), counts
+
+
+def test_rank_inputs_are_reproducible() -> None:
+    # The ranks rebuild the inputs and the model from seeds; they must come out the same.
+    a, b = tiny_encoder(), tiny_encoder()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert records(0) == records(0)
+
+
+@pytest.mark.parametrize("use_negatives", [False, True], ids=["inbatch", "inbatch+hard"])
+def test_gathered_objective_equals_one_process(ranks: list[dict[str, Any]],
+                                               use_negatives: bool) -> None:
+    linear, x = objective_inputs()
+    x.requires_grad_()
+    loss = objective_loss(linear, x, None, use_negatives, gather=False)
+    loss.backward()
+    got = [r[f"objective/{use_negatives}"] for r in ranks]
+
+    torch.testing.assert_close(torch.stack([g["loss"] for g in got]).mean(), loss.detach())
+    # The gather changed the loss: each rank scored against the other rank's positives too.
+    assert all((g["loss"] - g["local_loss"]).abs() > 1e-3 for g in got)
+    for name, reference in (("weight_grad", linear.weight.grad), ("bias_grad", linear.bias.grad)):
+        torch.testing.assert_close(torch.stack([g[name] for g in got]).mean(0), reference)
+    for rank, g in enumerate(got):
+        rows = torch.cat([r.flatten() for r in rank_rows(rank)])
+        torch.testing.assert_close(g["x_grad"][rows], WORLD * x.grad[rows])
+        others = torch.ones(len(x), dtype=torch.bool)
+        others[rows] = False
+        assert (g["x_grad"][others] == 0).all()  # a rank's graph holds only its own inputs
+
+
+def test_gradcache_across_ranks_equals_one_plain_step(ranks: list[dict[str, Any]]) -> None:
+    encoder = fresh_encoder()
+    full = batch(0, None)
+    emb = encoder.forward_chunks(full.chunks, full.restore)
+    loss = F2LLMObjective().on_batch(emb, full)[0]
+    loss.backward()
+
+    torch.testing.assert_close(torch.stack([r["gradcache"]["loss"] for r in ranks]).mean(),
+                               loss.detach(), rtol=0, atol=1e-6)
+    for name, p in encoder.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["gradcache"]["grads"][name] / WORLD, p.grad,
+                                       rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from f2llm.evaluation.heldout import HeldoutEvaluator
 from f2llm.model import TruncatingTokenizer, build_encoder
 from f2llm.parallel import FSDP2Strategy, gathered_encoder, is_sharded, shard_encoder
 from f2llm.train import resolve_ckpt_path
-from tests.conftest import ROOT, TINY_SHAPE, compose_train, tiny_overrides
+from tests.conftest import ROOT, TINY_SHAPE, compose_train, run_python, tiny_overrides, user_env
 
 SHAPE = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
 
@@ -116,10 +115,8 @@ def test_two_ranks_evaluate_a_sharded_encoder_as_one_process_does(tmp_path: Path
         "trainer": "fsdp_sim", "trainer.max_steps": 3, "trainer.val_check_interval": 2,
         "data.stages.0.steps": 2, "data.stages.1.steps": 1,
         "callbacks.checkpoint.every_n_train_steps": 100})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, str(ROOT / "src/f2llm/train.py"), *overrides,
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = run_python([sys.executable, ROOT / "src/f2llm/train.py", *overrides,
+                       f"hydra.run.dir={tmp_path / 'run'}"], ROOT, user_env(), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "matryoshka_eval.jsonl").read_text()

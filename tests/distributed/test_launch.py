@@ -120,17 +120,29 @@ def test_lightning_runs_a_multirun_job_alone_in_its_folder(
     assert "-m" not in command[-len(tail) - 1:] and cwd == os.getcwd()
 
 
-def test_multirun_of_multi_process_runs(tmp_path: Path, locale_dir: Path) -> None:
-    """Two jobs of 2 DDP processes each through Lightning's subprocess launcher (the launcher
-    of `trainer=ddp` and `fsdp`): rank 1 of each job trains that job's lr, in its folder."""
-    repo = copy_repository(tmp_path / "f2llm")
+STEPS = 4
+# Both multi-process runs of this module: `STEPS` steps, no validation, no export.
+QUIET = {"trainer.val_check_interval": 100, "final_validate": "false", "callbacks.export": "null"}
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path:
+    """The repository copy after a sweep of two jobs of 2 DDP processes each, started by
+    Lightning's subprocess launcher (the launcher of `trainer=ddp` and `fsdp`). Job 0 is also
+    the one-node run the two-node run must equal."""
+    repo = copy_repository(tmp_path_factory.mktemp("multirun") / "f2llm")
     done = subprocess.run(
         [sys.executable, "src/f2llm/train.py", "-m", "optimizer.lr=1e-3,2e-3", "trainer=ddp_sim",
-         "trainer.strategy.start_method=popen", *small_run(locale_dir, steps=2, **{
-             "trainer.val_check_interval": 100, "final_validate": "false",
-             "callbacks.export": "null"}), RANK_LOG],
+         "trainer.strategy.start_method=popen", *small_run(locale_dir, steps=STEPS, **QUIET),
+         RANK_LOG],
         cwd=repo, env=user_env(**ENV), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return repo
+
+
+def test_multirun_of_multi_process_runs(multirun: Path) -> None:
+    """Rank 1 of each job trains that job's lr, in its folder."""
+    repo = multirun
     (sweep,) = (repo / "logs" / "train" / "multiruns").iterdir()  # no rank swept on its own
     assert not (repo / "logs" / "train" / "runs").exists()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".") == ["0", "1"]
@@ -142,7 +154,7 @@ def test_multirun_of_multi_process_runs(tmp_path: Path, locale_dir: Path) -> Non
         assert (folder / "train_ddp_process_1.log").is_file()  # rank 1's Hydra log
         ranks = [rank_log(folder, r) for r in (0, 1)]
         for steps in ranks:
-            assert [s[0] for s in steps] == [1, 2]
+            assert [s[0] for s in steps] == list(range(1, STEPS + 1))
             assert all(s[1] == lr for s in steps), steps
         # One model: DDP kept the two replicas equal, step after step.
         assert [s[3] for s in ranks[0]] == pytest.approx([s[3] for s in ranks[1]], rel=1e-9)
@@ -198,12 +210,13 @@ def wait(procs: list[subprocess.Popen], repo: Path, name: str) -> None:
         assert proc.wait(timeout=600) == 0, node_output(repo, name, node).read_text()[-3000:]
 
 
-def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir: Path) -> None:
+def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir: Path,
+                                                     multirun: Path) -> None:
     repo = copy_repository(tmp_path / "f2llm")  # no corpus yet: both nodes start building it
-    steps, killed_at = 4, 3  # killed past the first checkpoint (step 2), before the next
-    extra = [*small_run(locale_dir, steps=steps, **{
-        "trainer.val_check_interval": 100, "callbacks.checkpoint.every_n_train_steps": 2,
-        "final_validate": "false", "callbacks.export": "null"}), RANK_LOG]
+    killed_at = 3  # killed past the first checkpoint (step 2), before the next
+    # Job 0 of the multirun's settings (its lr, `STEPS` steps), checkpointed every 2 steps.
+    extra = [*small_run(locale_dir, steps=STEPS, **{
+        **QUIET, "optimizer.lr": "1e-3", "callbacks.checkpoint.every_n_train_steps": 2}), RANK_LOG]
     run = repo / "logs/train/runs/two_nodes"  # the documented line's hydra.run.dir
     assert f"hydra.run.dir={run.relative_to(repo)}" in readme_torchrun()
 
@@ -237,17 +250,15 @@ def test_two_nodes_killed_and_resumed_equal_one_node(tmp_path: Path, locale_dir:
     resumed = [rank_log(resumed_run, r) for r in (0, 1)]
     assert [rank_log(run, r) for r in (0, 1)] == killed  # no process of the killed run lived on
 
-    # The same run on one node: 2 processes, the same global ranks and data. Started as on a
-    # GPU node, by Lightning's subprocess launcher: rank 0 is this command's own process.
-    done = run_cli(repo, "train", "trainer=ddp_sim", "trainer.strategy.start_method=popen",
-                   *extra, **ENV)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (one_node,) = [p for p in (repo / "logs/train/runs").iterdir() if "two_nodes" not in p.name]
+    # The same run on one node: 2 processes, the same global ranks and data, started as on a
+    # GPU node by Lightning's subprocess launcher (rank 0 is the command's own process): job 0
+    # of the multirun.
+    (sweep,) = (multirun / "logs" / "train" / "multiruns").iterdir()
     for rank in (0, 1):
-        expected = {s[0]: s[2] for s in rank_log(one_node, rank)}
-        assert sorted(expected) == list(range(1, steps + 1))
+        expected = {s[0]: s[2] for s in rank_log(sweep / "0", rank)}
+        assert sorted(expected) == list(range(1, STEPS + 1))
         # From the step-2 checkpoint: step 3 again, then the steps the killed run never took.
-        assert [s[0] for s in resumed[rank]] == list(range(3, steps + 1))
+        assert [s[0] for s in resumed[rank]] == list(range(3, STEPS + 1))
         for step, _, loss, _ in killed[rank] + resumed[rank]:
             assert loss == pytest.approx(expected[step], rel=1e-5), (rank, step)
 
@@ -290,8 +301,9 @@ def test_submitit_local_sweep(tmp_path: Path, locale_dir: Path) -> None:
     """Both jobs run in processes of their own (at once) and write their folders; each appends
     its row to results.jsonl."""
     repo = copy_repository(tmp_path / "f2llm")
+    # The user's environment as it is (no RankLog): the sweep's own process starts warm.
     done = run_cli(repo, "train", "-m", "hydra/launcher=submitit_local", "optimizer.lr=1e-3,2e-3",
-                   *small_run(locale_dir, steps=2), **ENV)
+                   *small_run(locale_dir, steps=2))
     assert done.returncode == 0, done.stderr[-3000:]
     (sweep,) = (repo / "logs" / "train" / "multiruns").iterdir()
     rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]

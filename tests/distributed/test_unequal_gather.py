@@ -6,7 +6,7 @@ rank's positives), so the one-process loss over the concatenated batch is the me
 rank losses weighted by share, b_r / B. Weighting each rank's loss by W * b_r / B before the
 backward (DDP then averages over the W ranks) must give the one-process gradients: the
 parameter gradients' rank-mean equals them, and a rank's gradient for its own inputs is W times
-the one-process gradient for those rows, as in tests/distributed/test_distributed.py.
+the one-process gradient for those rows, as in tests/distributed/test_conformance.py.
 """
 
 from __future__ import annotations
