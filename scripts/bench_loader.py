@@ -1,15 +1,16 @@
 """Does the loader keep up? Batches/s of the training loader vs. the model's steps/s, and padding.
 
-    python scripts/bench_loader.py [--batches 200] [--steps 40] [--json out.json] [overrides ...]
+    python scripts/bench_loader.py [--batches 200] [--steps 40] [--warmup 5] [--json out.json] \
+        [overrides ...]
 
 Without overrides: the embedded default (`experiment=gettext_tiny`), its stage-2 schedule as
 well as stage 1 (`--stage`). Three measurements in one process, one after another:
 
 - loader: the training DataLoader as the trainer gets it (sampler, Arrow rows, instructions,
   tokenization, length packing), `--batches` batches, nothing else running; batches/s.
-- model: `f2llm.train.build(cfg)` and `trainer.fit` for `--steps` steps with no validation,
-  checkpoints or loggers; the loader is inside the step here too, so the model's own time per
-  step is the step time minus the loader's time per batch.
+- model: `f2llm.train.build(cfg)` and `trainer.fit` for `--steps` steps (after `--warmup`
+  untimed ones) with no validation, checkpoints or loggers; the loader is inside the step here
+  too, so the model's own time per step is the step time minus the loader's time per batch.
 - padding: over the loader's batches, pad tokens / all tokens the model runs on, as packed
   (sorted by length, chunks of at most `data.max_tokens_per_chunk` tokens) and as one
   padded-to-the-longest tensor per batch (what an unsorted collate gives).
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the training config")
     ap.add_argument("--batches", type=int, default=200, help="loader batches timed")
     ap.add_argument("--steps", type=int, default=40, help="training steps timed")
+    ap.add_argument("--warmup", type=int, default=5, help="training steps before the timed ones")
     ap.add_argument(
         "--stage",
         type=int,
@@ -100,6 +102,8 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
+    if args.steps < 1 or args.warmup < 1:
+        ap.error("--steps and --warmup must be at least 1 (the timing starts at a step's end)")
 
     cfg = compose_train(args.overrides, scratch_dir(SCRATCH))
     start = sum(int(s["steps"]) for s in list(cfg.data.stages or [])[: args.stage])
@@ -108,7 +112,7 @@ def main() -> None:
     per_batch = loader_s / args.batches
     packed, longest = padding_fractions(batches)
     formats = sorted({b.format for b in batches})
-    per_step = model_step_seconds(args.overrides, args.stage, args.steps)
+    per_step = model_step_seconds(args.overrides, args.stage, args.steps, args.warmup)
     model_only = per_step - per_batch
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

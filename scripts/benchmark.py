@@ -1,7 +1,7 @@
 """Training throughput: f2llm vs. sentence-transformers on the same work, and GradCache memory.
 
     python scripts/benchmark.py [--steps 20] [--warmup 3] [--json out.json] [--skip-st]
-        [--skip-gradcache] [--gradcache-batch 2048]
+        [--skip-gradcache] [--gradcache-batch 2048] [--peak-n N]
         [Hydra overrides, e.g. model=f2llm_0_6b trainer=gpu data.max_length=512]
 
 Without overrides: the embedded default (`experiment=gettext_tiny`). Every measured configuration
@@ -9,7 +9,8 @@ runs in its own subprocess, so its peak memory (CPU: peak RSS of the process; GP
 `torch.cuda.max_memory_allocated`) belongs to it alone.
 
 - matmul peak: the best of several large square matmuls in the run's compute dtype (fp32, or
-  bf16/fp16 under a 16-bit `trainer.precision`), 2 n^3 FLOPs each.
+  bf16/fp16 under a 16-bit `trainer.precision`), 2 n^3 FLOPs each (n: `--peak-n`, 8192 on a
+  GPU and 2048 on a CPU by default).
 - f2llm: `f2llm.train.build(cfg)` and `trainer.fit` for `--warmup` + `--steps` steps, without
   validation, checkpoints, loggers or callbacks; the timed steps include data loading and
   tokenization, as in training.
@@ -524,6 +525,8 @@ def main() -> None:
     ap.add_argument("--gradcache-batch", type=int, default=GRADCACHE_BATCH,
                     help=f"global batch of the GradCache memory run (the plain one: {PLAIN_BATCH})")
     # A worker: one measured configuration, started by the orchestrator.
+    ap.add_argument("--peak-n", type=int, default=None,
+                    help="size of the matmul peak's matrices (default 8192 GPU, 2048 CPU)")
     ap.add_argument("--worker", choices=["f2llm", "st"], help=argparse.SUPPRESS)
     ap.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -592,7 +595,7 @@ def main() -> None:
             result["gradcache"] = g
 
     print("[peak] timing large matmuls ...", flush=True)
-    result["peak"] = matmul_peak(device, compute_dtype(cfg))
+    result["peak"] = matmul_peak(device, compute_dtype(cfg), args.peak_n)
     for key in ("f2llm", "st"):
         if key in result:
             result[key]["mfu"] = result[key]["flops_per_s"] / result["peak"]["flops_per_s"]

@@ -147,7 +147,7 @@ TOY_SHAPE = ["model.shape.hidden_size=32", "model.shape.num_hidden_layers=2",
 TOY_PRUNED = {"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32,
               "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}
 TOY = Shape(model=["model=tiny", *TOY_SHAPE], trainer="cpu", max_length=32, negatives=1,
-            batch=4, warmup=1, steps=2, sweep=[], fsdp_trainer="fsdp_sim",
+            batch=4, warmup=1, steps=1, sweep=[], fsdp_trainer="fsdp_sim",
             fsdp_model=["model=tiny", *TOY_SHAPE], fsdp_batch=4, fsdp_max_length=32,
             fsdp_steps=4, fsdp_every=2, fsdp_kill_at=3,
             prune_experiment="prune_distill_tiny", prune_model=["model=tiny", *TOY_SHAPE],
@@ -372,11 +372,12 @@ def sweep_section(shape: Shape, base: list[str], work: Path, clock: Clock, peak:
         key = f"gradient_checkpointing_{'on' if checkpointing else 'off'}"
         rows: dict[int, dict[str, Any]] = {}
         last_wall = 0.0
+        # The lever measured with these settings at the levers' batch: not run again.
+        same = same_lever(winner, checkpointing)
         for batch in [shape.batch, *shape.sweep]:
-            measured = speed["levers"].get(winner, {})
-            if batch == shape.batch and checkpointing == (winner == "gradient_checkpointing") \
-                    and measured.get("status") == "ok":
-                rows[batch] = {**measured, "from": f"lever {winner}"}
+            measured = speed["levers"].get(same, {})
+            if batch == shape.batch and measured.get("status") == "ok":
+                rows[batch] = {**measured, "from": f"lever {same}"}
                 continue
             # The next batch takes about twice the last one's time.
             if clock.left() < 2 * last_wall or clock.left() < 0:
@@ -396,6 +397,16 @@ def sweep_section(shape: Shape, base: list[str], work: Path, clock: Clock, peak:
             "next_batch": stop or f"not tried (sweep ends at {max(rows)})"}
         update_best(speed)
         save()
+
+
+def same_lever(winner: str, checkpointing: bool) -> str | None:
+    """The lever whose overrides are `winner`'s settings with gradient checkpointing on or off:
+    the winner itself, or (sdpa and gradient_checkpointing differ in checkpointing only) the
+    other one of those two; None for the other levers."""
+    if checkpointing == (winner == "gradient_checkpointing"):
+        return winner
+    pair = {"sdpa": "gradient_checkpointing", "gradient_checkpointing": "sdpa"}
+    return pair.get(winner)
 
 
 def update_best(speed: dict[str, Any]) -> None:

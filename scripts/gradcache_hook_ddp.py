@@ -141,7 +141,8 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
+    # fork: the ranks start with torch imported (CPU only, nothing run before the fork).
+    ctx = mp.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=worker, args=(r, port, args.chunks, queue)) for r in range(WORLD)]
     for p in procs:

@@ -44,7 +44,9 @@ def test_bench_loader_at_toy_size(tmp_path: Path, locale_dir: Path) -> None:
             "--batches",
             "4",
             "--steps",
-            "1",  # after the script's 5 warm-up steps
+            "1",
+            "--warmup",
+            "1",
             "--json",
             str(out),
             *overrides,

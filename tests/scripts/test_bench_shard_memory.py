@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_python, user_env
 
 
 def test_bench_shard_memory_at_toy_size(tmp_path: Path) -> None:
     out = tmp_path / "shard.json"
-    subprocess.run([sys.executable, "scripts/bench_shard_memory.py", "--model", "tiny",
-                    "--json", str(out)], cwd=ROOT, check=True, timeout=300)
+    done = run_python([sys.executable, "scripts/bench_shard_memory.py", "--model", "tiny",
+                       "--json", str(out)], ROOT, user_env(), 300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     for way in ("whole", "empty"):
         ranks = [r for r in report["rows"] if r["way"] == way]

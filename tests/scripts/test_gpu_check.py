@@ -6,14 +6,12 @@ losses, and the export gathered from the shards."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 from transformers import Qwen3Config, Qwen3Model
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_python, user_env
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import gpu_check
@@ -22,11 +20,9 @@ import gpu_check
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("gpu_check")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    subprocess.run([sys.executable, "scripts/gpu_check.py", "--toy", "--out-dir",
-                    str(tmp / "out"), "--work", str(tmp / "work")],
-                   cwd=ROOT, env=env, check=True, timeout=900, capture_output=True)
+    done = run_python([sys.executable, "scripts/gpu_check.py", "--toy", "--out-dir",
+                       str(tmp / "out"), "--work", str(tmp / "work")], ROOT, user_env(), 900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "## FSDP2" in (tmp / "out" / "gpu_check.md").read_text()
     return json.loads((tmp / "out" / "gpu_check.json").read_text())
 
