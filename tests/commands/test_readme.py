@@ -168,6 +168,24 @@ def stage_switch(result: Result) -> None:
     assert (run / "checkpoints" / "stage-stage1-end.ckpt").is_file()
 
 
+def two_processes_trained(result: Result) -> None:
+    """`trainer=ddp_sim`: both steps taken, one global batch each, the weights stepped in each
+    stage, the loss finite, the export written."""
+    import torch
+
+    stage_switch(result)
+    (run,) = result.folders
+    assert 0 < json.loads((run / "final_metrics.json").read_text())["train/loss"] < float("inf")
+    assert json.loads((run / "data_mix.json").read_text())["batches"] == 2
+    stage1, last = (torch.load(run / "checkpoints" / name, weights_only=True)
+                    for name in ("stage-stage1-end.ckpt", "last.ckpt"))
+    assert (stage1["global_step"], last["global_step"]) == (1, 2)
+    assert stage1["state_dict"].keys() == last["state_dict"].keys()
+    assert max((last["state_dict"][k] - stage1["state_dict"][k]).abs().max()
+               for k in last["state_dict"]) > 0  # the optimiser stepped in stage 2
+    assert (run / "export" / "modules.json").is_file()
+
+
 def pruned(result: Result) -> None:
     (run,) = result.folders
     config = json.loads((run / "pruned" / "config.json").read_text())
@@ -339,7 +357,7 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
     f"{T} trainer=gpu optimizer=adamw": (Run(TWO_STAGES, makes=TRAINED)
                                          if torch.cuda.is_available()
                                          else Fails("No supported gpu backend found!")),
-    f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED, check=two_processes_trained),
     f"{T} trainer=fsdp_sim": Run(TWO_STAGES, makes=TRAINED),
     f"{T} module.gradcache=true": Run(ONE_STAGE, makes=TRAINED),
     f"{T} optimizer=adamw8bit": Run(ONE_STAGE, makes=TRAINED),
