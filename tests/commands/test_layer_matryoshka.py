@@ -4,7 +4,6 @@ losses and the dropped candidates are logged (the maths: tests/unit/test_layer_m
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from f2llm.export import export_sentence_transformers
 from tests.conftest import (
     copy_repository,
+    run_python,
     small_run,
     tiny_encoder,
     user_env,
@@ -30,9 +30,7 @@ def test_training_run_logs_layer_losses_and_dropped_candidates(tmp_path: Path,
         "objective.mask_same_text": "true", "objective.false_negative_margin": 0.1,
         "guide": "default", "guide.path": guide, "objective.guide_margin": 0.05,
         "trainer.log_every_n_steps": 1, "trainer.val_check_interval": 3})
-    done = subprocess.run([sys.executable, "src/f2llm/train.py", *args], cwd=repo,
-                          env={**user_env(), "PYTHONPATH": str(repo / "src")},
-                          capture_output=True, text=True, timeout=900)
+    done = run_python([sys.executable, "src/f2llm/train.py", *args], repo, user_env(), 900)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (repo / "logs" / "train" / "runs").iterdir()
     events = EventAccumulator(str(run / "tensorboard"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -56,8 +55,7 @@ def test_merge_command_on_a_real_run(short_run: Path, tmp_path: Path) -> None:
     elsewhere.mkdir()
     cmd = [sys.executable, str(repo / "src/f2llm/merge.py"), f"run={short_run}", "last=3",
            "method=soup"]
-    done = subprocess.run(cmd, cwd=elsewhere, env=user_env(PYTHONPATH=str(repo / "src")),
-                          capture_output=True, text=True, timeout=600)
+    done = run_python(cmd, elsewhere, user_env(), 600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(elsewhere.iterdir())
     (merged,) = (repo / "logs" / "merge" / "runs").iterdir()
