@@ -12,11 +12,14 @@ the command exactly as `python <script> <args>` would (its argv, working folder 
 every command imports the code under test afresh (`f2llm.bootstrap` reads the project root from
 the `__main__` it finds).
 
-Only what a fork cannot give the same way runs as a plain subprocess: a command whose
-environment differs from the server's (libraries read some variables at import, e.g.
-huggingface_hub's `HF_HOME`, Lightning's `RANK`), interpreter options (`python -m`, `-c`), a
-program that is not Python, a second command while one runs, or a server that could not start
-without threads (a fork keeps only the thread that forks).
+A command with a `PYTHONPATH` of its own gets the `sys.path` that gives (its entries after the
+script's folder, before the standard library); the child execs a fresh interpreter instead when
+one of those folders holds a module the server imported from elsewhere. Only what a fork cannot
+give the same way runs as a plain subprocess: a command whose environment differs from the
+server's otherwise (libraries read some variables at import, e.g. huggingface_hub's `HF_HOME`,
+Lightning's `RANK`), interpreter options (`python -m`, `-c`), a program that is not Python, a
+second command while one runs, or a server that could not start without threads (a fork keeps
+only the thread that forks).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from pathlib import Path
 # What a run of the default imports besides f2llm (about 90% of its import time), and what the
 # README's snippets and the scripts add. Not matplotlib.pyplot (it picks a backend) nor
 # sentence_transformers (its import prints a bitsandbytes notice a run of the default never shows).
+_SITE_PATH: list[str] = []
+
 PRELOAD = ("torch", "numpy", "pyarrow", "datasets", "transformers", "transformers.modeling_utils",
            "transformers.models.qwen3.modeling_qwen3", "tokenizers", "safetensors", "hydra",
            "hydra.main", "omegaconf", "lightning", "lightning.pytorch", "torchmetrics",
@@ -52,7 +57,17 @@ FORK_SAFE_THREADS = {"jemalloc_bg_thd"}
 # --- the server (`python tests/warm.py`) ------------------------------------------------------
 
 
+def _python_path(env: dict[str, str]) -> list[str]:
+    """The entries `PYTHONPATH` puts on `sys.path` (absolute, from the working folder)."""
+    return [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
 def _serve() -> None:
+    # sys.path past this file's folder: the server's PYTHONPATH entries, then the standard
+    # library and site-packages. A command's PYTHONPATH replaces the former.
+    global _SITE_PATH
+    own = _python_path(dict(os.environ))
+    _SITE_PATH = [p for p in sys.path[1:] if p not in own]
     for name in PRELOAD:
         # An optional extra this environment lacks: a command that needs it imports it.
         with contextlib.suppress(ImportError):
@@ -94,8 +109,16 @@ def _become(request: dict) -> None:
         os.close(file)
     script, *args = request["argv"][1:]
     path = os.path.abspath(script)
+    entries = _python_path(request["env"])
+    imported = {name.partition(".")[0] for name in sys.modules}
+    if any(name.partition(".")[0] in imported
+           for entry in entries if entry not in _SITE_PATH and os.path.isdir(entry)
+           for name in os.listdir(entry)):
+        # A folder of the command's PYTHONPATH holds a module this process imported from
+        # elsewhere: only a fresh interpreter imports it from there.
+        os.execve(sys.executable, [sys.executable, *request["argv"][1:]], request["env"])
     sys.argv = [script, *args]
-    sys.path[0] = os.path.dirname(path)
+    sys.path[:] = [os.path.dirname(path), *entries, *_SITE_PATH]
     main = types.ModuleType("__main__")
     main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins, __spec__=None,
                          __loader__=importlib.machinery.SourceFileLoader("__main__", path))
@@ -140,8 +163,9 @@ class WarmPython:
 
     def warm(self, argv: list[str], env: dict[str, str]) -> bool:
         """Whether `argv` with `env` can run in a fork (see the module's docstring)."""
+        others = {k for k in env.keys() | self.env.keys() if env.get(k) != self.env.get(k)}
         return (len(argv) >= 2 and argv[0] == sys.executable and argv[1].endswith(".py")
-                and env == self.env)
+                and others <= {"PYTHONPATH"})
 
     def run(self, argv: list[str], cwd: Path | str, env: dict[str, str],
             timeout: float | None = None) -> subprocess.CompletedProcess[str]:

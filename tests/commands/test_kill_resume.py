@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, run_python, tiny_overrides, user_env
 
 
 class StepLog(L.Callback):
@@ -51,11 +51,10 @@ def read(log: Path) -> list[list]:
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, locale_dir: Path) -> None:
     # This checkout's code, whichever copy of f2llm is installed; and the tests' StepLog.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    env = user_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     full_log = tmp_path / "full.jsonl"
-    subprocess.run(command(tmp_path, locale_dir, "full", full_log), cwd=ROOT, env=env,
-                   check=True, timeout=600, capture_output=True)
+    ran = run_python(command(tmp_path, locale_dir, "full", full_log), ROOT, env, 600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
     full = read(full_log)
     assert [s[0] for s in full] == list(range(1, 11))
 
@@ -73,9 +72,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, locale_dir: Pat
     assert done < 10, "the run finished before it could be killed"
 
     resumed_log = tmp_path / "resumed.jsonl"
-    subprocess.run(command(tmp_path, locale_dir, "resumed", resumed_log,
-                           f"ckpt_path={tmp_path / 'killed' / 'run'}"),
-                   cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
+    ran = run_python(command(tmp_path, locale_dir, "resumed", resumed_log,
+                             f"ckpt_path={tmp_path / 'killed' / 'run'}"), ROOT, env, 600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
     resumed = read(resumed_log)
     first = resumed[0][0]
     assert first <= done + 1 and resumed[-1][0] == 10  # resumed at a checkpoint, ran to the end

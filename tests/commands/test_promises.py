@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from tests.conftest import (
     TEST_VAL_CATALOGS,
     TINY_SHAPE,
     copy_repository,
+    run_python,
+    user_env,
 )
 
 
@@ -57,11 +58,9 @@ def user_run(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path
         f"+callbacks.probe.path={probe}",
     ]
     # The copy's code first (the probe callback is imported from the copy's tests/).
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(cwd / "src"), str(cwd)])}
-    env.pop("PROJECT_ROOT", None)
-    subprocess.run([sys.executable, "src/f2llm/train.py", *overrides], cwd=cwd,
-                   env=env, check=True, timeout=900, capture_output=True)
+    env = user_env(PYTHONPATH=os.pathsep.join([str(cwd / "src"), str(cwd)]))
+    done = run_python([sys.executable, "src/f2llm/train.py", *overrides], cwd, env, 900)
+    assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (cwd / "logs" / "train" / "runs").iterdir()  # the default run folder
     return run
 

@@ -5,6 +5,7 @@ handlers run; stopped with what it started when it runs past its timeout."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -54,6 +55,29 @@ def test_a_warm_run_is_the_plain_run(script: Path, tmp_path: Path, what: str) ->
                                                            plain.stderr)
     assert {"ok": 0, "exit": 1, "raise": 1}[what] == warm.returncode
     assert f"path0 {script.parent}" in warm.stdout
+
+
+def test_a_pythonpath_of_its_own_is_the_plain_runs(script: Path, tmp_path: Path) -> None:
+    """The command's PYTHONPATH folders come after the script's, as in a fresh interpreter; a
+    folder that would shadow a module the server imported gets a fresh interpreter."""
+    extra, shadow = tmp_path / "extra", tmp_path / "shadow"
+    (extra / "f2llm_test_mod").mkdir(parents=True)
+    (extra / "f2llm_test_mod" / "__init__.py").write_text("WHERE = 'extra'\n")
+    (shadow / "numpy").mkdir(parents=True)  # imported by the server from site-packages
+    (shadow / "numpy" / "__init__.py").write_text("WHERE = 'shadow'\n")
+    probe = tmp_path / "bin" / "probe.py"
+    probe.write_text("import sys\nimport f2llm_test_mod, numpy\n"
+                     "print(f2llm_test_mod.WHERE, getattr(numpy, 'WHERE', 'site'), "
+                     "sys.path.index(sys.argv[1]))\n")
+    for folders, expected in (([extra], "extra site 1"), ([extra, shadow], "extra shadow 1")):
+        env = user_env(PYTHONPATH=os.pathsep.join(str(f) for f in folders))
+        argv = [sys.executable, str(probe), str(extra)]
+        plain = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=120)
+        warm = run_python(argv, tmp_path, env, timeout=120)
+        assert _WARM[0].warm(argv, env)
+        assert (warm.returncode, warm.stdout) == (0, plain.stdout) == (0, expected + "\n"), (
+            warm.stderr[-2000:])
 
 
 def test_another_environment_runs_as_a_plain_subprocess(script: Path, tmp_path: Path) -> None:
