@@ -29,7 +29,15 @@ from omegaconf import OmegaConf, open_dict
 
 from f2llm.launch import multirun_job_ranks, rank_arguments
 from f2llm.sweep import SweepResults
-from tests.conftest import CONFIGS, ROOT, copy_repository, run_cli, small_run, user_env
+from tests.conftest import (
+    CONFIGS,
+    ROOT,
+    copy_repository,
+    run_cli,
+    run_python,
+    small_run,
+    user_env,
+)
 
 SCALING = ROOT / "docs" / "scaling.md"  # the page with the two-node command
 
@@ -131,11 +139,10 @@ def multirun(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path) -> Path
     Lightning's subprocess launcher (the launcher of `trainer=ddp` and `fsdp`). Job 0 is also
     the one-node run the two-node run must equal."""
     repo = copy_repository(tmp_path_factory.mktemp("multirun") / "f2llm")
-    done = subprocess.run(
+    done = run_python(
         [sys.executable, "src/f2llm/train.py", "-m", "optimizer.lr=1e-3,2e-3", "trainer=ddp_sim",
          "trainer.strategy.start_method=popen", *small_run(locale_dir, steps=STEPS, **QUIET),
-         RANK_LOG],
-        cwd=repo, env=user_env(**ENV), capture_output=True, text=True, timeout=600)
+         RANK_LOG], repo, user_env(**ENV), 600)
     assert done.returncode == 0, done.stderr[-3000:]
     return repo
 
