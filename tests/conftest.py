@@ -116,7 +116,7 @@ def _rank_zero_restored() -> Any:
 
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder every worker of this test session sees: under xdist each worker's base temp is
+    """A folder every worker of this test run sees: under xdist each worker's base temp is
     `<base temp>/popen-gw<n>`, and that base temp is theirs in common."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
