@@ -35,7 +35,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import types
 from pathlib import Path
 
@@ -150,7 +149,9 @@ class WarmPython:
     def _start(self) -> bool:
         if not self.started:
             self.started = True
-            server = subprocess.Popen([sys.executable, __file__], env=self.env, text=True,
+            # Unbuffered: `readline` takes no byte past its line, so `select` on the pipe sees
+            # a reply that has arrived and not been read.
+            server = subprocess.Popen([sys.executable, __file__], env=self.env, bufsize=0,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       cwd=self.scratch)
             hello = server.stdout.readline()
@@ -186,16 +187,10 @@ class WarmPython:
         out, err = self.scratch / "stdout", self.scratch / "stderr"
         request = {"argv": argv, "cwd": str(cwd.resolve()), "env": env,
                    "stdout": str(out), "stderr": str(err)}
-        self.server.stdin.write(json.dumps(request) + "\n")
-        self.server.stdin.flush()
+        self.server.stdin.write(json.dumps(request).encode() + b"\n")
         pid = json.loads(self.server.stdout.readline())["pid"]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        timed_out = False
-        while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if select.select([self.server.stdout], [], [], wait)[0]:
-                break
-            timed_out = True
+        timed_out = not select.select([self.server.stdout], [], [], timeout)[0]
+        if timed_out:  # stop the command and what it started; the server then reports it
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         code = json.loads(self.server.stdout.readline())["code"]
