@@ -265,6 +265,12 @@ class F2LLMModule(L.LightningModule):
                 f"module.embedding_lr_scale={saved:g}, or start a new run from its weights with "
                 "init_from=<checkpoint>")
 
+    def on_train_batch_end(self, outputs: Any, batch: TrainBatch, batch_idx: int) -> None:
+        # The step the training ended at, in the metrics fit hands back (`train/step`, not sent
+        # to the loggers, which have their own step): what `train()` compares with the held-out
+        # scores' `val/step`, also from processes a spawned launcher started.
+        self.log("train/step", float(self.trainer.global_step), logger=False, batch_size=1)
+
     def on_fit_end(self) -> None:
         for frozen in self._frozen():
             frozen.flush()

@@ -134,7 +134,6 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     import lightning as L
 
     from f2llm.callbacks.export import ExportOnFitEnd
-    from f2llm.callbacks.matryoshka_eval import MatryoshkaEval
     from f2llm.loggers import log_config, runs_ended
 
     if cfg.get("keep_freed_host_memory") and keep_freed_host_memory():
@@ -151,14 +150,18 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     with runs_ended(trainer.loggers):
         # weights_only: a checkpoint is data, never code to run (tensors and plain containers).
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # The metrics fit hands back: from this process, or from rank zero of the processes a
+        # spawned launcher started (`trainer=ddp_sim`), whose trainer state stays there.
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        evaluated_now = any(isinstance(cb, MatryoshkaEval) and cb.last_step == trainer.global_step
-                            for cb in trainer.callbacks)
+        end = metrics.get("train/step")  # the step fit ended at (None: it took none)
+        evaluated_now = end is not None and metrics.get("val/step") == end
         if cfg.get("final_validate") and not evaluated_now:
             # The validation loop again (MatryoshkaEval evaluates in it): it places the model on
             # its devices and runs on every rank, as during fit. None without held-out sets.
             for results in trainer.validate(module, datamodule):
                 metrics.update({k: float(v) for k, v in results.items()})
+            if end is not None and "val/step" in metrics:
+                metrics["val/step"] = end  # the final weights (spawned processes count from 0)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from f2llm.callbacks.matryoshka_eval import MatryoshkaEval
 from f2llm.export import export_sentence_transformers
 from f2llm.model_card import write_model_card
 from f2llm.parallel import gathered_encoder
@@ -51,11 +50,15 @@ class ExportOnFitEnd(L.Callback):
 
     def write_card(self, trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
         """README.md in the export: the card with the run's final metrics (`f2llm.model_card`)."""
-        if not (self.exported and trainer.is_global_zero):
+        # Under a spawned launcher (`trainer=ddp_sim`) the export and the trainer's step are the
+        # spawned processes': this process reads the export from disk and the steps from
+        # `metrics` (`train/step`, `val/step`).
+        if not (trainer.is_global_zero and (self.exported or self.path.joinpath("modules.json")
+                                            .is_file())):
             return
-        evaluated = [cb.last_step for cb in trainer.callbacks
-                     if isinstance(cb, MatryoshkaEval) and cb.last_step is not None]
-        card = write_model_card(self.path, cfg.paths.output_dir, cfg, metrics,
-                                trainer.global_step, trainer.world_size, self.license,
-                                max(evaluated, default=None))
+        step = metrics.get("train/step", trainer.global_step)
+        evaluated = metrics.get("val/step")
+        card = write_model_card(self.path, cfg.paths.output_dir, cfg, metrics, int(step),
+                                trainer.world_size, self.license,
+                                None if evaluated is None else int(evaluated))
         log.info("wrote the model card %s", card)

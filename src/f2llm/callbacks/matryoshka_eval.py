@@ -23,7 +23,8 @@ class MatryoshkaEval(L.Callback):
 
     Every rank embeds every held-out text (a sharded encoder needs every rank in each forward)
     and gets the same scores. Logs `val/<task>/<metric>@<dim>` (bitext, retrieval, clustering,
-    classification) and each task's main metric at full width as `val/<task>/<metric>`; draws
+    classification) and each task's main metric at full width as `val/<task>/<metric>`, and the
+    step they are from as `val/step` (in the trainer's metrics and final_metrics.json); draws
     the score-vs-dim figure into the loggers that show images (`val/matryoshka`) and
     `<output_dir>/matryoshka.png`; appends every metric and the per-language bitext table to
     `<output_dir>/matryoshka_eval.jsonl`.
@@ -34,7 +35,6 @@ class MatryoshkaEval(L.Callback):
         self.figure = figure
         self.evaluator: HeldoutEvaluator | None = None
         self.scores: HeldoutScores | None = None  # the latest evaluation's
-        self.last_step: int | None = None  # global step of the latest evaluation
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # The datamodule is set up before the callbacks: its corpus holds the held-out sets.
@@ -53,9 +53,11 @@ class MatryoshkaEval(L.Callback):
         metrics = scores.metrics
         if not metrics:
             return
-        self.scores, self.last_step = scores, trainer.global_step
+        self.scores = scores
         for name, value in metrics.items():
             pl_module.log(f"val/{name}", value, prog_bar=name == "bitext/accuracy")
+        # The step these scores are from, in the metrics fit hands back (not to the loggers).
+        pl_module.log("val/step", float(trainer.global_step), logger=False)
         lines = curves(metrics)
         log.info("step %d held-out scores by dim: %s", trainer.global_step,
                  {task: {d: round(v, 4) for d, v in c.items()} for task, c in lines.items()})
