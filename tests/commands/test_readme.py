@@ -164,8 +164,13 @@ def optuna_results(result: Result) -> None:
 
 
 def stage_switch(result: Result) -> None:
+    """A checkpoint at the switch; the last stage ends with the run, so its checkpoint is
+    last.ckpt (one file on disk, linked under both names, not saved twice)."""
     (run,) = result.folders
-    assert (run / "checkpoints" / "stage-stage1-end.ckpt").is_file()
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "stage-stage1-end.ckpt").is_file()
+    assert (checkpoints / "stage-stage2-end.ckpt").samefile(checkpoints / "last.ckpt")
+    assert not (checkpoints / "stage-stage1-end.ckpt").samefile(checkpoints / "last.ckpt")
 
 
 def two_processes_trained(result: Result) -> None:

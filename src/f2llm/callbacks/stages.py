@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from f2llm.data.batch import TrainBatch
 
@@ -19,12 +23,18 @@ class StageTransition(L.Callback):
     scheduler's, `f2llm.schedule`); this callback owns the rest:
 
     - logs `train/stage` (the stage's index) and a line at each switch;
-    - writes `<checkpoint_dir>/stage-<name>-end.ckpt` when a stage finishes.
+    - writes `<checkpoint_dir>/stage-<name>-end.ckpt` when a stage finishes. When the last
+      stage ends with the run (at `trainer.max_steps`), its checkpoint is the run's last one:
+      once `ModelCheckpoint` has written `last.ckpt` at that step, the stage's file is a hard
+      link to it (one copy on disk, not a second save of the model and optimiser). Lightning
+      writes a checkpoint to a new file and renames it over the old, so a later `last.ckpt`
+      leaves the linked file as it was.
     """
 
     def __init__(self, checkpoint_dir: str | Path | None = None) -> None:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.current: str | None = None
+        self._ends_with_fit: tuple[str, Path] | None = None  # the last stage, its checkpoint
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
@@ -48,6 +58,30 @@ class StageTransition(L.Callback):
         if next_position in starts[1:]:
             name = names[starts.index(next_position) - 1]
             path = self.checkpoint_dir / f"stage-{name}-end.ckpt"
+            if next_position == starts[-1] and 0 < trainer.max_steps <= trainer.global_step:
+                self._ends_with_fit = name, path  # written at the end of fit
+                return
             # Full state (optimizer, scheduler, loops, callbacks): a stage end is a resume point.
             trainer.save_checkpoint(path, weights_only=False)
             log.info("stage %s finished at step %d: %s", name, trainer.global_step, path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._ends_with_fit is None:
+            return
+        (name, path), self._ends_with_fit = self._ends_with_fit, None
+        last = trainer.checkpoint_callback
+        # Decided alike on every rank (a save is collective): from the callback's state, not
+        # from files another node may not see. A sharded checkpoint is a folder: saved.
+        linked = (isinstance(last, ModelCheckpoint) and last.last_model_path
+                  and getattr(last, "_last_global_step_saved", None) == trainer.global_step
+                  and not isinstance(trainer.strategy, ModelParallelStrategy))
+        if not linked:
+            trainer.save_checkpoint(path, weights_only=False)
+        elif trainer.is_global_zero:
+            path.unlink(missing_ok=True)
+            try:
+                os.link(last.last_model_path, path)
+            except OSError:  # a filesystem without hard links
+                shutil.copyfile(last.last_model_path, path)
+        log.info("stage %s finished at step %d: %s%s", name, trainer.global_step, path,
+                 f" (a link to {last.last_model_path})" if linked else "")
