@@ -47,6 +47,7 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
     `callbacks` are added to the configured ones (how benchmarks time steps)."""
     from lightning.pytorch.callbacks import ProgressBar
 
+    from f2llm.checkpoint_io import FileCheckpointIO
     from f2llm.loggers import build_loggers
 
     precision = cfg.trainer.get("precision")
@@ -76,6 +77,8 @@ def build(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = build_loggers(cfg.get("logger"))
     extra = {"gradient_clip_val": None} if gradcache else {}
+    if "plugins" not in cfg.trainer:  # checkpoints without a copy in memory (a config's own win)
+        extra["plugins"] = [FileCheckpointIO()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     return module, datamodule, trainer
 
