@@ -157,9 +157,7 @@ def locale_dir(shared_dir: Path) -> Path:
 
 # --- Configs: the tests' corpus slice, tiny shape and few steps --------------------------------
 
-# 16 held-out pairs per catalog and language: every task scored (a few hundred texts), each
-# validation of a run a second or less.
-SMALL_VALIDATION = {"val_min_pairs": 16, "val_max_pairs": 16}
+SMALL_VALIDATION = {"val_min_pairs": 16, "val_max_pairs": 32}
 
 
 def _values(values: dict[str, object]) -> list[str]:

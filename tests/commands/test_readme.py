@@ -173,6 +173,15 @@ def stage_switch(result: Result) -> None:
     assert not (checkpoints / "stage-stage1-end.ckpt").samefile(checkpoints / "last.ckpt")
 
 
+def stopped_in_stage_one(result: Result) -> None:
+    """The run stops where stage 1 ends (stage 2 never starts): that stage's checkpoint is
+    last.ckpt, linked, not saved twice."""
+    (run,) = result.folders
+    checkpoints = run / "checkpoints"
+    assert (checkpoints / "stage-stage1-end.ckpt").samefile(checkpoints / "last.ckpt")
+    assert not (checkpoints / "stage-stage2-end.ckpt").exists()
+
+
 def two_processes_trained(result: Result) -> None:
     """`trainer=ddp_sim`: both steps taken, one global batch each, the weights stepped in each
     stage, the loss finite, the export written with its card. The processes are started once:
@@ -342,7 +351,8 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
     "python snippet: from sentence_transformers import SentenceTransformer": Run(),
     # docs/options.md
     f"{T} model.attention=bidirectional model.pooling=mean": Run(ONE_STAGE, makes=TRAINED),
-    f"{T} module.embedding_lr_scale=4": Run(ONE_STAGE, makes=TRAINED),
+    f"{T} module.embedding_lr_scale=4": Run(ONE_STAGE, makes=TRAINED,
+                                            check=stopped_in_stage_one),
     f"{T} objective.mask_same_text=true objective.false_negative_margin=0.1":
         Run(ONE_STAGE, makes=TRAINED),
     f"{T} guide=default guide.path=logs/train/runs/<time>/export":

@@ -23,8 +23,8 @@ class StageTransition(L.Callback):
     scheduler's, `f2llm.schedule`); this callback owns the rest:
 
     - logs `train/stage` (the stage's index) and a line at each switch;
-    - writes `<checkpoint_dir>/stage-<name>-end.ckpt` when a stage finishes. When the last
-      stage ends with the run (at `trainer.max_steps`), its checkpoint is the run's last one:
+    - writes `<checkpoint_dir>/stage-<name>-end.ckpt` when a stage finishes. When the stage
+      ends with the run (at `trainer.max_steps`), its checkpoint is the run's last one:
       once `ModelCheckpoint` has written `last.ckpt` at that step, the stage's file is a hard
       link to it (one copy on disk, not a second save of the model and optimiser). Lightning
       writes a checkpoint to a new file and renames it over the old, so a later `last.ckpt`
@@ -34,7 +34,7 @@ class StageTransition(L.Callback):
     def __init__(self, checkpoint_dir: str | Path | None = None) -> None:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.current: str | None = None
-        self._ends_with_fit: tuple[str, Path] | None = None  # the last stage, its checkpoint
+        self._ends_with_fit: tuple[str, Path] | None = None  # the stage, its checkpoint
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
@@ -58,7 +58,7 @@ class StageTransition(L.Callback):
         if next_position in starts[1:]:
             name = names[starts.index(next_position) - 1]
             path = self.checkpoint_dir / f"stage-{name}-end.ckpt"
-            if next_position == starts[-1] and 0 < trainer.max_steps <= trainer.global_step:
+            if 0 < trainer.max_steps <= trainer.global_step:  # the stage ends with the run
                 self._ends_with_fit = name, path  # written at the end of fit
                 return
             # Full state (optimizer, scheduler, loops, callbacks): a stage end is a resume point.
