@@ -64,6 +64,9 @@ TWO_STAGES = ("trainer.max_steps=2", "data.stages.0.steps=1", "data.stages.1.ste
               "trainer.val_check_interval=2")
 ONE_STAGE = ("trainer.max_steps=1", "data.stages.0.steps=1", "trainer.val_check_interval=1")
 NO_STAGES = ("trainer.max_steps=1", "trainer.val_check_interval=1")  # data.stages=null
+# Two steps in stage 1, validated at its end (step 2), one in stage 2, validated after fit.
+VALIDATED_AFTER_FIT = ("trainer.max_steps=3", "data.stages.0.steps=2", "data.stages.1.steps=1",
+                       "trainer.val_check_interval=2")
 # Resume the first run (2 steps, two stages) and train one step more.
 RESUMED = ("trainer.max_steps=3", "data.stages.0.steps=1", "data.stages.1.steps=2",
            "trainer.val_check_interval=3")
@@ -204,6 +207,37 @@ def two_processes_trained(result: Result) -> None:
     assert max((last["state_dict"][k] - stage1["state_dict"][k]).abs().max()
                for k in last["state_dict"]) > 0  # the optimiser stepped in stage 2
     assert (run / "export" / "modules.json").is_file()
+
+
+def sharded_ranks_evaluate_as_one_process(result: Result) -> None:
+    """`trainer=fsdp_sim`: both ranks embed every held-out text through the sharded encoder
+    (each forward gathers the shards: a rank that skipped one would leave the other waiting),
+    in fit (step 2) and in the validation after fit (step 3, after stage 2: instructed). The
+    scores equal those of the exported weights evaluated in one process the same way."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from f2llm.evaluation.embedders import PackedEncoder
+    from f2llm.evaluation.heldout import HeldoutEvaluator
+    from f2llm.model import TruncatingTokenizer
+
+    (run,) = result.folders
+    records = [json.loads(line) for line in (run / "matryoshka_eval.jsonl").read_text()
+               .splitlines()]
+    assert [r["step"] for r in records] == [2, 3]
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")  # the run's own
+    cfg.paths.root_dir = str(run.parents[3])  # the copy: <root>/logs/train/runs/<time>
+    encoder = instantiate(cfg.model, pretrained=str(run / "export"))
+    dims = sorted({int(k.split("@")[1]) for k in records[-1]["metrics"] if "@" in k})
+    alone = HeldoutEvaluator(instantiate(cfg.data.corpus)())(
+        PackedEncoder(encoder, TruncatingTokenizer(encoder.tokenizer, encoder.max_length),
+                      torch.device("cpu")), dims, instructed=True)
+    assert alone.instructed == ("classification/text", "clustering/text")
+    assert records[-1]["metrics"] == alone.metrics
+    final = json.loads((run / "final_metrics.json").read_text())
+    for key, value in alone.metrics.items():
+        assert final[f"val/{key}"] == pytest.approx(value, rel=1e-6), key
+    assert final["val/step"] == final["train/step"] == 3
 
 
 def pruned(result: Result) -> None:
@@ -379,7 +413,8 @@ COMMANDS: dict[str, Run | Fails | Installs | Measured | NotRun] = {
                                          if torch.cuda.is_available()
                                          else Fails("No supported gpu backend found!")),
     f"{T} trainer=ddp_sim": Run(TWO_STAGES, makes=TRAINED, check=two_processes_trained),
-    f"{T} trainer=fsdp_sim": Run(TWO_STAGES, makes=TRAINED),
+    f"{T} trainer=fsdp_sim": Run(VALIDATED_AFTER_FIT, makes=TRAINED,
+                                 check=sharded_ranks_evaluate_as_one_process),
     f"{T} module.gradcache=true": Run(ONE_STAGE, makes=TRAINED),
     f"{T} optimizer=adamw8bit": Run(ONE_STAGE, makes=TRAINED),
     f"{T} model.lora={{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}":

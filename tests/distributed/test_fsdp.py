@@ -1,15 +1,14 @@
 """FSDP2 (`trainer=fsdp` / `fsdp_sim`): the configs build the strategy, the encoder shards
 and computes what the unsharded one does, the gathered copy has the same weights, a sharded
-checkpoint folder resumes, and two ranks evaluate the held-out sets as one process does. The
-2-process run with kill, resume and export is in tests/scripts/test_gpu_check.py, which runs
+checkpoint folder resumes. Two ranks evaluating the held-out sets as one process does is the
+check of the documented `trainer=fsdp_sim` command (tests/commands/test_readme.py); the 2-process
+run with kill, resume and export is in tests/scripts/test_gpu_check.py, which runs
 scripts/gpu_check.py --toy."""
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import ModelParallelStrategy
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
-from f2llm.evaluation.embedders import PackedEncoder
-from f2llm.evaluation.heldout import HeldoutEvaluator
-from f2llm.model import TruncatingTokenizer, build_encoder
+from f2llm.model import build_encoder
 from f2llm.parallel import FSDP2Strategy, gathered_encoder, is_sharded, shard_encoder
 from f2llm.train import resolve_ckpt_path
-from tests.conftest import ROOT, TINY_SHAPE, compose_train, run_python, tiny_overrides, user_env
+from tests.conftest import TINY_SHAPE, compose_train
 
 SHAPE = {k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()}
 
@@ -103,34 +100,3 @@ def test_a_sharded_checkpoint_folder_resumes(tmp_path: Path) -> None:
     os.utime(newer, (1, 1))
     assert resolve_ckpt_path(str(newer)) == str(newer)  # the folder itself, not a run folder
     assert resolve_ckpt_path(str(tmp_path / "run")) == str(newer)
-
-
-def test_two_ranks_evaluate_a_sharded_encoder_as_one_process_does(tmp_path: Path,
-                                                                   locale_dir: Path) -> None:
-    """`trainer=fsdp_sim`: both ranks embed every held-out text through the sharded encoder
-    (each forward gathers the shards: a rank that skipped one would leave the other waiting),
-    in fit (step 2) and in the validation after fit (step 3, after stage 2: instructed). The
-    scores equal those of the exported weights evaluated in one process the same way."""
-    overrides = tiny_overrides(tmp_path, locale_dir, **{
-        "trainer": "fsdp_sim", "trainer.max_steps": 3, "trainer.val_check_interval": 2,
-        "data.stages.0.steps": 2, "data.stages.1.steps": 1,
-        "callbacks.checkpoint.every_n_train_steps": 100})
-    done = run_python([sys.executable, ROOT / "src/f2llm/train.py", *overrides,
-                       f"hydra.run.dir={tmp_path / 'run'}"], ROOT, user_env(), timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    run = tmp_path / "run"
-    records = [json.loads(line) for line in (run / "matryoshka_eval.jsonl").read_text()
-               .splitlines()]
-    assert [r["step"] for r in records] == [2, 3]
-
-    cfg = compose_train(overrides)
-    encoder = instantiate(cfg.model, pretrained=str(run / "export"))
-    dims = sorted({int(k.split("@")[1]) for k in records[-1]["metrics"] if "@" in k})
-    alone = HeldoutEvaluator(instantiate(cfg.data.corpus)())(
-        PackedEncoder(encoder, TruncatingTokenizer(encoder.tokenizer, encoder.max_length),
-                      torch.device("cpu")), dims, instructed=True)
-    assert alone.instructed == ("classification/text", "clustering/text")
-    assert records[-1]["metrics"] == alone.metrics
-    final = json.loads((run / "final_metrics.json").read_text())
-    for key, value in alone.metrics.items():
-        assert final[f"val/{key}"] == pytest.approx(value, rel=1e-6), key
