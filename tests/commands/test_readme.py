@@ -23,6 +23,7 @@ paths it names) and for the snippets' elisions (`…/export`, `[...]`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -46,6 +47,7 @@ from tests.conftest import (
     ROOT,
     copy_repository,
     corpus_overrides,
+    made_once,
     run_folders,
     run_python,
     user_env,
@@ -516,10 +518,17 @@ def user_data(repo: Path) -> None:
 
 
 class CommandRuns:
-    """One repository copy; each command runs once (the first run fills `<time>`)."""
+    """One repository copy; each command runs once (the first run fills `<time>`).
 
-    def __init__(self, repo: Path, locale_dir: Path, scratch: Path) -> None:
+    With `shared` (a folder every worker sees), the first command runs once per test run: in a
+    repository copy of its own, by the first worker that needs it; each worker's copy then holds
+    that run folder as hard links (the commands that read it write beside its files, never into
+    them)."""
+
+    def __init__(self, repo: Path, locale_dir: Path, scratch: Path,
+                 shared: Path | None = None) -> None:
         self.repo, self.locale_dir, self.scratch = repo, locale_dir, scratch
+        self.shared = shared
         self.results: dict[str, Result] = {}
         self.passed: set[str] = set()
         self.base: Path | None = None
@@ -528,10 +537,31 @@ class CommandRuns:
 
     def first_run(self) -> Path:
         if self.base is None:
-            result = self.run(T, T.split(), COMMANDS[T])
+            result = self._shared_first_run() if self.shared else self.run(T, T.split(),
+                                                                            COMMANDS[T])
             assert result.returncode == 0, result.output[-3000:]
             (self.base,) = result.folders
         return self.base
+
+    def _shared_first_run(self) -> Result:
+        def make(folder: Path) -> None:
+            repo = copy_repository(folder / "f2llm")
+            # The corpus, as `runs` has it (the rest of data/ is the pages' files, made anew).
+            shutil.copytree(self.repo / "data" / "gettext", repo / "data" / "gettext")
+            done = CommandRuns(repo, self.locale_dir, folder / "scratch").run(
+                T, T.split(), COMMANDS[T])
+            (folder / "result.json").write_text(json.dumps({
+                "returncode": done.returncode, "output": done.output, "seconds": done.seconds,
+                "folders": [str(p.relative_to(repo)) for p in done.folders]}))
+
+        shared = made_once(self.shared / "first_run", make)
+        record = json.loads((shared / "result.json").read_text())
+        folders = [shutil.copytree(shared / "f2llm" / name, self.repo / name,
+                                   copy_function=os.link) for name in record["folders"]]
+        result = Result(T, record["returncode"], record["output"], record["seconds"],
+                        [Path(p) for p in folders])
+        self.results[T] = result
+        return result
 
     def fill(self, text: str, time_from: str | None = None) -> str:
         if "<f2llm_v2_folder>" in text:
@@ -563,6 +593,8 @@ class CommandRuns:
         return folder
 
     def run(self, key: str, command: list[str] | str, how: Run | Fails) -> Result:
+        if key == T and self.shared and key not in self.results:
+            self.first_run()
         if key in self.results:
             return self.results[key]
         if isinstance(command, str):  # a python snippet
@@ -621,12 +653,13 @@ def key_line(output: str, message: str | None = None) -> str:
 
 
 @pytest.fixture(scope="session")  # one per xdist worker, whichever pages it runs
-def runs(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path, trained_once: Path):
+def runs(tmp_path_factory: pytest.TempPathFactory, locale_dir: Path, trained_once: Path,
+         shared_dir: Path):
     repo = copy_repository(tmp_path_factory.mktemp("readme") / "f2llm")
     # The gettext corpus of the tests' slice, as the first run of a user's clone leaves it in
     # data/: built once for the test run (its build is timed by the runs that make it).
     shutil.copytree(trained_once / "data", repo / "data")
-    s = CommandRuns(repo, locale_dir, tmp_path_factory.mktemp("snippets"))
+    s = CommandRuns(repo, locale_dir, tmp_path_factory.mktemp("snippets"), shared_dir)
     yield s
     summary = s.summary()
     (tmp_path_factory.getbasetemp() / "readme_commands.md").write_text(summary + "\n")
