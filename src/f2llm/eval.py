@@ -16,27 +16,32 @@ from f2llm.bootstrap import (  # first: sys.path and the project root
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from f2llm.checkpoints import newest_loadable, read_checkpoint
 from f2llm.errors import NotFound, one_message
-from f2llm.evaluation.embedders import (
-    Embedder,
-    EncoderEmbedder,
-    SentenceTransformerEmbedder,
-)
-from f2llm.evaluation.figure import matryoshka_figure, save_figure
-from f2llm.evaluation.heldout import HeldoutEvaluator, curves
 
+if TYPE_CHECKING:
+    from f2llm.evaluation.embedders import (
+        Embedder,
+        EncoderEmbedder,
+        SentenceTransformerEmbedder,
+    )
+
+# torch and the evaluation code are imported by the functions that use them: `--help`,
+# `--cfg job` and a mistake Hydra finds in the command line are answered without them.
 log = logging.getLogger("f2llm.eval")
 
 
 def _checkpoint_embedder(ckpt: Path, batch_size: int) -> EncoderEmbedder:
     """Rebuild the run's encoder from its saved Hydra config and load the checkpoint weights;
     queries get the run's instructions when its last stage trained with them."""
+    from f2llm.checkpoints import read_checkpoint
+    from f2llm.evaluation.embedders import EncoderEmbedder
+
     run = ckpt.parent.parent
     saved = run / ".hydra" / "config.yaml"
     if not saved.exists():
@@ -57,6 +62,8 @@ def _checkpoint_embedder(ckpt: Path, batch_size: int) -> EncoderEmbedder:
 def _sentence_transformer_embedder(folder: Path, batch_size: int
                                    ) -> SentenceTransformerEmbedder:
     from sentence_transformers import SentenceTransformer
+
+    from f2llm.evaluation.embedders import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(SentenceTransformer(str(folder), device="cpu"),
                                        batch_size)
@@ -88,6 +95,8 @@ def load_embedder(path: str | Path, batch_size: int = 256) -> Embedder:
         if (path / "export" / "modules.json").exists():
             return _sentence_transformer_embedder(path / "export", batch_size)
         if (path / "checkpoints").is_dir():
+            from f2llm.checkpoints import newest_loadable
+
             return _checkpoint_embedder(newest_loadable(path / "checkpoints", "model_path"),
                                         batch_size)
         raise NotFound(f"model_path={path}: no modules.json, export/ or checkpoints/")
@@ -97,6 +106,9 @@ def load_embedder(path: str | Path, batch_size: int = 256) -> Embedder:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    from f2llm.evaluation.figure import matryoshka_figure, save_figure
+    from f2llm.evaluation.heldout import HeldoutEvaluator, curves
+
     model = load_embedder(cfg.model_path, cfg.batch_size)
     evaluator = HeldoutEvaluator(instantiate(cfg.data.corpus)())
     metrics = evaluator(model, cfg.dims, instructed=cfg.instructions == "auto").metrics

@@ -28,8 +28,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from f2llm.export import export_sentence_transformers
-from f2llm.model.vocab import untrimmed_state
+# The model code (transformers) is imported by the functions that build and export the model:
+# `--help`, `--cfg job` and a mistake Hydra finds in the command line are answered without it.
 
 log = logging.getLogger("f2llm.merge")
 State = Mapping[str, Tensor]
@@ -137,6 +137,8 @@ def last_checkpoints(run: Path, last: int) -> list[tuple[int, Path]]:
 
 def encoder_weights(ckpt: Path) -> dict[str, Tensor]:
     """The encoder's tensors of a Lightning checkpoint (optimiser state never read)."""
+    from f2llm.model.vocab import untrimmed_state
+
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     # A run trained with a trimmed vocabulary (`callbacks.vocab_trim`) stores it trimmed.
     return untrimmed_state({k.removeprefix("encoder."): v for k, v in state.items()
@@ -156,6 +158,8 @@ def merge(cfg: DictConfig) -> Path:
     states = [encoder_weights(path) for _, path in chosen]
     linear: list[str] = []
     merged = soup(states) if cfg.method == "soup" else slerp_merge(states, linear)
+
+    from f2llm.export import export_sentence_transformers
 
     encoder = instantiate(OmegaConf.load(saved).model)
     try:

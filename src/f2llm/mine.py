@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-import pyarrow as pa
-import pyarrow.parquet as pq
 from omegaconf import DictConfig
-
-from f2llm.data.readers import DatasetSpec, read_dataset
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+# pyarrow and the readers (which import the model code) are imported by the functions that use
+# them: `--help`, `--cfg job` and a mistake Hydra finds in the command line are answered without.
 
 
 log = logging.getLogger("f2llm.mine")
@@ -68,6 +67,8 @@ def load_model(model_path: str | Path) -> SentenceTransformer:
 def read_corpus_texts(path: str | Path) -> list[str]:
     """Extra candidates: a parquet or JSONL file with a `passage` or `text` column, or a
     .txt file with one text per line."""
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if path.suffix == ".txt":
         return [line for line in path.read_text().splitlines() if line.strip()]
@@ -87,8 +88,12 @@ def read_corpus_texts(path: str | Path) -> list[str]:
 
 
 def mine(cfg: DictConfig) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
+
+    from f2llm.data.readers import DatasetSpec, read_dataset
 
     if (cfg.language is None) == (cfg.language_column is None):
         raise ValueError("give the input's language (language=en) or the column holding one per "

@@ -18,14 +18,6 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from f2llm.checkpoints import (
-    check_loadable,
-    is_sharded_checkpoint,
-    load_weights,
-    newest_loadable,
-    read_checkpoint,
-)
-from f2llm.config_checks import check_config, sharded_strategy
 from f2llm.errors import NotFound, one_message
 from f2llm.launch import multirun_job_ranks
 
@@ -34,9 +26,10 @@ if TYPE_CHECKING:
 
     from f2llm.module import F2LLMModule
 
-# Lightning and what builds on it (the module, the callbacks, the loggers: about half of a
-# run's start-up) are imported by `build` and `train` after the config and the checkpoints it
-# names are checked, so a mistake in them is reported within seconds of the command.
+# torch, transformers, Lightning and what builds on them are imported by the functions that use
+# them: `--help`, `--cfg job` and a mistake Hydra finds in the command line are answered without
+# them (about 1.5 s, not 7), and a mistake in the config or in the checkpoints it names is
+# reported before Lightning, the module, the callbacks and the loggers are imported.
 
 log = logging.getLogger("f2llm.train")
 
@@ -87,6 +80,8 @@ def builds_empty(cfg: DictConfig) -> bool:
     """Whether the model is built on the meta device and filled rank by rank once sharded
     (`f2llm.model.weights`): under the sharded strategy, unless something needs the whole
     weights before sharding (LoRA adapters, the vocabulary trimming callback)."""
+    from f2llm.config_checks import sharded_strategy
+
     if not sharded_strategy(cfg.trainer) or cfg.model.get("lora"):
         return False
     trim = (cfg.get("callbacks") or {}).get("vocab_trim")
@@ -96,6 +91,8 @@ def builds_empty(cfg: DictConfig) -> bool:
 def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
     """A checkpoint file, or a run folder (resume from its newest checkpoint that loads, with a
     warning naming each damaged newer one), or one of Lightning's keywords."""
+    from f2llm.checkpoints import is_sharded_checkpoint, newest_loadable, read_checkpoint
+
     if not ckpt_path or ckpt_path in {"last", "hpc", "best", "registry"}:
         return ckpt_path  # Lightning's own keywords
     path = Path(ckpt_path)
@@ -129,6 +126,14 @@ def keep_freed_host_memory() -> bool:
 
 
 def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
+    from f2llm.checkpoints import (
+        check_loadable,
+        is_sharded_checkpoint,
+        load_weights,
+        read_checkpoint,
+    )
+    from f2llm.config_checks import check_config
+
     check_config(cfg)
     # Checkpoints named by the config are checked before any work: a bad path stops now.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))

@@ -14,8 +14,10 @@ What is checked:
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -58,3 +60,22 @@ def test_console_script_as_typed(name: str, tmp_path: Path) -> None:
     assert paths["data_dir"] == str(INSTALLED / "data")
     assert paths["log_dir"] == str(INSTALLED / "logs")
     assert not any(tmp_path.iterdir())  # nothing in the working folder either
+
+
+def test_entry_points_answer_the_command_line_before_the_heavy_imports() -> None:
+    """`--help`, `--cfg job` and a mistake Hydra finds in the command line are answered before
+    torch, transformers and Lightning are imported (they cost seconds): importing an entry
+    point imports none of them (merge.py: torch only, its maths)."""
+    probe = "\n".join([
+        "import importlib, json, sys",
+        "heavy = ('torch', 'transformers', 'lightning', 'sklearn', 'pyarrow')",
+        "found = {}",
+        "for name in ('train', 'eval', 'mine', 'merge'):",  # merge last: it imports torch
+        "    importlib.import_module(f'f2llm.{name}')",
+        "    found[name] = [m for m in heavy if m in sys.modules]",
+        "print(json.dumps(found))"])
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=user_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "train": [], "eval": [], "mine": [], "merge": ["torch"]}
