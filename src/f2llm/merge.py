@@ -146,6 +146,8 @@ def encoder_weights(ckpt: Path) -> dict[str, Tensor]:
 
 
 def merge(cfg: DictConfig) -> Path:
+    from f2llm.export import export_sentence_transformers
+
     run = Path(cfg.run)
     saved = run / ".hydra" / "config.yaml"
     if not saved.exists():
@@ -158,8 +160,6 @@ def merge(cfg: DictConfig) -> Path:
     states = [encoder_weights(path) for _, path in chosen]
     linear: list[str] = []
     merged = soup(states) if cfg.method == "soup" else slerp_merge(states, linear)
-
-    from f2llm.export import export_sentence_transformers
 
     encoder = instantiate(OmegaConf.load(saved).model)
     try:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 # pyarrow and the readers (which import the model code) are imported by the functions that use
-# them: `--help`, `--cfg job` and a mistake Hydra finds in the command line are answered without.
+# them: `--help`, `--cfg job` and a mistake Hydra finds in the command line are answered without
+# them.
 
 
 log = logging.getLogger("f2llm.mine")

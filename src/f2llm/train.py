@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # torch, transformers, Lightning and what builds on them are imported by the functions that use
 # them: `--help`, `--cfg job` and a mistake Hydra finds in the command line are answered without
-# them (about 1.5 s, not 7), and a mistake in the config or in the checkpoints it names is
+# them (about 0.5 s, not 6), and a mistake in the config or in the checkpoints it names is
 # reported before Lightning, the module, the callbacks and the loggers are imported.
 
 log = logging.getLogger("f2llm.train")

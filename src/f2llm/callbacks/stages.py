@@ -26,9 +26,9 @@ class StageTransition(L.Callback):
     - writes `<checkpoint_dir>/stage-<name>-end.ckpt` when a stage finishes. When the stage
       ends with the run (at `trainer.max_steps`), its checkpoint is the run's last one:
       once `ModelCheckpoint` has written `last.ckpt` at that step, the stage's file is a hard
-      link to it (one copy on disk, not a second save of the model and optimiser). Lightning
-      writes a checkpoint to a new file and renames it over the old, so a later `last.ckpt`
-      leaves the linked file as it was.
+      link to it (one copy on disk, not a second save of the model and optimiser). Each save
+      writes a new file and renames it over the old (`f2llm.checkpoint_io`), so a later
+      `last.ckpt` leaves the linked file as it was.
     """
 
     def __init__(self, checkpoint_dir: str | Path | None = None) -> None:
