@@ -81,17 +81,30 @@ def test_missing_model_source_is_a_clear_error() -> None:
         build_encoder("nothing")
 
 
-def test_loader_tokenization_equals_the_tokenizer_call() -> None:
-    """The datamodule's Rust fast path gives the ids of `tokenizer(truncation=True)`."""
-    from f2llm.model.tokenizer import encode_ids, truncating_backend
+def test_loader_tokenization_equals_the_tokenizer_call(tmp_path: Path) -> None:
+    """The datamodule's Rust fast path gives the ids of `tokenizer(truncation=True)`, and leaves
+    the tokenizer's own truncation and padding as they were: a tokenizer saved after it (the
+    export) is the same file."""
+    from f2llm.model.tokenizer import TruncatingTokenizer
 
     enc = tiny_encoder()
+    backend = enc.tokenizer.backend_tokenizer
+    backend.enable_padding(pad_id=enc.tokenizer.pad_token_id, pad_token="<|endoftext|>",
+                           pad_to_multiple_of=8)  # as a padded call leaves it
+    before = (backend.truncation, backend.padding)
+    enc.tokenizer.save_pretrained(tmp_path / "before")
     texts = ["", "file not found", "Datei nicht gefunden " * 40, "日本語のテキスト " * 30,
              "Instruct: Retrieve\nQuery: ünïcödé"]
-    fast = [e.ids for e in encode_ids(truncating_backend(enc.tokenizer, 32), texts)]
+    fast = TruncatingTokenizer(enc.tokenizer, 32)(texts)
+    assert (backend.truncation, backend.padding) == before
+    enc.tokenizer.save_pretrained(tmp_path / "after")
+    assert ((tmp_path / "after" / "tokenizer.json").read_bytes()
+            == (tmp_path / "before" / "tokenizer.json").read_bytes())
+    backend.no_padding()
     assert fast == enc.tokenizer(texts, truncation=True, max_length=32)["input_ids"]
     eos = enc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert max(map(len, fast)) == 32 and all(ids[-1] == eos for ids in fast)
+    assert min(map(len, fast)) == 1  # unpadded: "" is its EOS alone
 
 
 def test_forward_chunks_equals_each_chunk_alone_in_value_and_gradient() -> None:
