@@ -37,7 +37,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
@@ -58,6 +57,7 @@ from f2llm.module import F2LLMModule
 from f2llm.objective import F2LLMObjective, gradcache_step
 from f2llm.parallel import FSDP2Strategy, gathered_encoder
 from tests.conftest import TINY_SHAPE, tiny_encoder
+from tests.distributed.ranks import start_ranks
 from tests.distributed.tiny import fresh_encoder
 
 TINY = {**{k.removeprefix("model.shape."): v for k, v in TINY_SHAPE.items()},
@@ -383,8 +383,7 @@ def _worker(rank: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("conformance")
-    context = mp.start_processes(_worker, args=(str(out),), nprocs=WORLD, join=False,
-                                 start_method="spawn")
+    context = start_ranks(_worker, (str(out),), WORLD, join=False)
     deadline = time.monotonic() + DEADLINE_S
     while not context.join(timeout=5):
         if time.monotonic() > deadline:

@@ -12,13 +12,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from tests.conftest import TEST_VAL_CATALOGS, compose_train, tiny_overrides
+from tests.distributed.ranks import start_ranks
 
 WORLD = 2
 
@@ -97,7 +97,7 @@ def test_ddp_epoch_trains_on_every_record_exactly_once(tmp_path: Path,
 
     out = tmp_path / "ranks"
     out.mkdir()
-    mp.spawn(_epoch_worker, args=(str(out), data_cfg, model_cfg), nprocs=WORLD, join=True)
+    start_ranks(_epoch_worker, (str(out), data_cfg, model_cfg), WORLD)
     seen = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
     assert len(seen[0]) == len(seen[1]) == len(reference.sampler)

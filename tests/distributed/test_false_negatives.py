@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from tests.distributed.ranks import start_ranks
+
 WORLD = 2
 B, K, D = 6, 2, 32  # B queries over the two ranks: 3 each
 TAU = 0.05
@@ -69,9 +71,7 @@ def _worker(rank: int, out: str) -> None:
 
 
 def test_gathered_rules_equal_one_process(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
+    start_ranks(_worker, (str(tmp_path),), WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     loss, logs, query_grad = _rank_loss(None, gather=False)
     # Each rank's loss is the mean over its own queries against every rank's positives.

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from f2llm.objective import F2LLMObjective, cosine_logits, inbatch_loss
+from tests.distributed.ranks import start_ranks
 
 WORLD = 2
 SPLITS = [(3, 2), (1, 4)]  # queries per rank: one apart as in an exhaustive epoch, and more
@@ -90,7 +90,7 @@ def _worker(rank: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("unequal")
-    mp.spawn(_worker, args=(str(out),), nprocs=WORLD, join=True)
+    start_ranks(_worker, (str(out),), WORLD)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
