@@ -66,6 +66,9 @@ def _start_wandb(logger: WandbLogger) -> None:
 def log_figure(loggers: Sequence[Logger], key: str, fig: Figure, step: int) -> None:
     """`fig` in each logger that shows images: TensorBoard's images tab, W&B media, an MLflow
     image series. CSV has no place for an image (the PNG is in the run folder)."""
+    shows = (TensorBoardLogger, WandbLogger, LightningMLFlowLogger)
+    if not any(isinstance(logger, shows) for logger in loggers):
+        return
     image = figure_to_array(fig)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.image import imread
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.evaluation import InformationRetrievalEvaluator, TranslationEvaluator
 
@@ -134,7 +136,7 @@ def test_classification_accuracy() -> None:
     assert probe == {"linear_probe_accuracy@8": 1.0, "linear_probe_accuracy@32": 1.0}
 
 
-def test_matryoshka_figure(tmp_path: Path) -> None:
+def test_matryoshka_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flat = {"accuracy@8": 0.2, "accuracy@32": 0.6, "accuracy_s2t@8": 0.1, "accuracy@16": 0.5}
     assert scores_by_dim(flat, "accuracy") == {8: 0.2, 16: 0.5, 32: 0.6}
     scores = {"bitext": scores_by_dim(flat, "accuracy"), "clustering": {8: 0.1, 32: 0.4}}
@@ -146,5 +148,13 @@ def test_matryoshka_figure(tmp_path: Path) -> None:
     image = figure_to_array(fig)
     assert image.dtype == np.uint8 and image.shape == (400, 640, 3)
     assert image.min() < 128 < image.max()  # something was drawn on the white background
+    draws = []
+    draw = FigureCanvasAgg.draw
+    monkeypatch.setattr(FigureCanvasAgg, "draw", lambda self: (draws.append(1), draw(self))[1])
     path = save_figure(fig, tmp_path / "plots" / "matryoshka.png")
+    assert not draws  # drawn once, by figure_to_array
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Drawn once for the array and the PNG: the PNG's pixels are those savefig draws again.
+    fig.savefig(tmp_path / "savefig.png", format="png")
+    np.testing.assert_array_equal(imread(path), imread(tmp_path / "savefig.png"))
+    assert (imread(path)[..., :3] * 255).round().astype(np.uint8).tolist() == image.tolist()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 from matplotlib.ticker import FixedLocator, NullLocator
 
 
@@ -54,17 +55,25 @@ def matryoshka_figure(
     return fig
 
 
+def _rendered(fig: Figure) -> FigureCanvasAgg:
+    """The figure's Agg canvas, drawn unless nothing changed since its last drawing: the image
+    for the loggers and the PNG come from one drawing (each took 0.1 s)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    if fig.stale:
+        canvas.draw()
+    return canvas
+
+
 def figure_to_array(fig: Figure) -> np.ndarray:
     """The rendered figure as an HWC uint8 RGB array, the image the loggers take
     (`f2llm.loggers.log_figure`)."""
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return np.asarray(_rendered(fig).buffer_rgba())[..., :3].copy()
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as a PNG; parent folders are created."""
+    """Write the figure as a PNG (the pixels of `fig.savefig(path)`, which draws it again);
+    parent folders are created."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    imsave(out, np.asarray(_rendered(fig).buffer_rgba()), format="png", dpi=fig.dpi)
     return out
